@@ -1,0 +1,248 @@
+//! The proxy's configuration, read once at start-up from `WEFT_PROXY_*`
+//! environment variables. proxy/README.md documents every variable; keep the
+//! two in step.
+
+use std::{collections::HashSet, net::SocketAddr, str::FromStr, time::Duration};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Explicit mode: every inbound connection goes here rather than to
+    /// `127.0.0.1:<original port>`.
+    pub inbound_app_addr: Option<SocketAddr>,
+    pub opaque_ports: PortSet,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub worker_threads: usize,
+    pub max_connections: usize,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub shutdown_grace_period: Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A set of TCP ports, written `25,3306,5432-5439`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(HashSet<u16>);
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.contains(&port)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var(var).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let config = Config {
+            outbound_addr: env.parse("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140", ADDR)?,
+            inbound_addr: env.parse("WEFT_PROXY_INBOUND_ADDR", "0.0.0.0:4143", ADDR)?,
+            admin_addr: env.parse("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191", ADDR)?,
+            inbound_app_addr: env.parse_opt("WEFT_PROXY_INBOUND_APP_ADDR", ADDR)?,
+            opaque_ports: env.parse("WEFT_PROXY_OPAQUE_PORTS", "", PORTS)?,
+            log: env.get("WEFT_PROXY_LOG").unwrap_or_else(|| "warn,weft_proxy=info".into()),
+            log_format: env.parse("WEFT_PROXY_LOG_FORMAT", "plain", "`plain` or `json`")?,
+            worker_threads: env.parse("WEFT_PROXY_WORKER_THREADS", "1", POSITIVE)?,
+            max_connections: env.parse("WEFT_PROXY_MAX_CONNECTIONS", "10000", POSITIVE)?,
+            detect_timeout: env.duration("WEFT_PROXY_DETECT_TIMEOUT", "10s")?,
+            connect_timeout: env.duration("WEFT_PROXY_CONNECT_TIMEOUT", "3s")?,
+            idle_timeout: env.duration("WEFT_PROXY_IDLE_TIMEOUT", "5m")?,
+            pool_idle_timeout: env.duration("WEFT_PROXY_POOL_IDLE_TIMEOUT", "90s")?,
+            max_header_bytes: env.parse("WEFT_PROXY_MAX_HEADER_BYTES", "65536", HEADER_BYTES)?,
+            shutdown_grace_period: env.duration("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")?,
+        };
+        if config.worker_threads == 0 {
+            return Err(env.error("WEFT_PROXY_WORKER_THREADS", POSITIVE));
+        }
+        if config.max_connections == 0 {
+            return Err(env.error("WEFT_PROXY_MAX_CONNECTIONS", POSITIVE));
+        }
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        if config.max_header_bytes < 8192 {
+            return Err(env.error("WEFT_PROXY_MAX_HEADER_BYTES", HEADER_BYTES));
+        }
+        Ok(config)
+    }
+}
+
+const ADDR: &str = "an IP:PORT socket address such as 127.0.0.1:4140 or [::]:4143";
+const PORTS: &str = "comma-separated ports or ranges, such as 25,3306,5432-5439";
+const POSITIVE: &str = "a positive integer";
+const HEADER_BYTES: &str = "a byte count of at least 8192";
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn error(&self, var: &'static str, expected: &'static str) -> ConfigError {
+        ConfigError { var, value: self.get(var).unwrap_or_default(), expected }
+    }
+
+    fn parse<T: FromStr>(
+        &self,
+        var: &'static str,
+        default: &str,
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
+        let value = self.get(var).unwrap_or_else(|| default.to_string());
+        value.trim().parse().map_err(|_| ConfigError { var, value, expected })
+    }
+
+    fn parse_opt<T: FromStr>(
+        &self,
+        var: &'static str,
+        expected: &'static str,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(var) {
+            None => Ok(None),
+            Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError { var, value, expected }),
+        }
+    }
+
+    fn duration(&self, var: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        let value = self.get(var).unwrap_or_else(|| default.to_string());
+        parse_duration(value.trim()).ok_or(ConfigError {
+            var,
+            value,
+            expected: "a duration such as 500ms, 10s, 5m or 1h",
+        })
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "plain" => Ok(LogFormat::Plain),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(()),
+        }
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut ports = HashSet::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('-') {
+                None => {
+                    ports.insert(part.parse::<u16>().map_err(drop)?);
+                }
+                Some((lo, hi)) => {
+                    let (lo, hi) = (lo.parse::<u16>().map_err(drop)?, hi.parse::<u16>().map_err(drop)?);
+                    if lo > hi {
+                        return Err(());
+                    }
+                    ports.extend(lo..=hi);
+                }
+            }
+        }
+        Ok(PortSet(ports))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ports() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.inbound_addr, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.worker_threads, 1);
+        assert_eq!(c.detect_timeout, Duration::from_secs(10));
+        assert!(c.inbound_app_addr.is_none());
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable_and_the_expectation() {
+        let err = config(&[("WEFT_PROXY_INBOUND_ADDR", "4143")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_INBOUND_ADDR");
+        let msg = err.to_string();
+        assert!(msg.contains("WEFT_PROXY_INBOUND_ADDR=\"4143\""), "{msg}");
+        assert!(msg.contains("IP:PORT"), "{msg}");
+
+        let err = config(&[("WEFT_PROXY_CONNECT_TIMEOUT", "3 seconds")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_CONNECT_TIMEOUT");
+        let err = config(&[("WEFT_PROXY_OPAQUE_PORTS", "25,99999")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_OPAQUE_PORTS");
+        let err = config(&[("WEFT_PROXY_OPAQUE_PORTS", "30-20")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_OPAQUE_PORTS");
+        let err = config(&[("WEFT_PROXY_WORKER_THREADS", "0")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_WORKER_THREADS");
+        let err = config(&[("WEFT_PROXY_LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_LOG_FORMAT");
+        let err = config(&[("WEFT_PROXY_MAX_HEADER_BYTES", "100")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_MAX_HEADER_BYTES");
+    }
+
+    #[test]
+    fn port_sets_take_lists_and_ranges() {
+        let c = config(&[("WEFT_PROXY_OPAQUE_PORTS", " 25, 3306,5432-5434 ")]).unwrap();
+        for p in [25, 3306, 5432, 5433, 5434] {
+            assert!(c.opaque_ports.contains(p), "{p}");
+        }
+        assert!(!c.opaque_ports.contains(5435));
+        assert!(!c.opaque_ports.contains(80));
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

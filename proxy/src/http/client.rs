@@ -1,0 +1,220 @@
+//! A pool of upstream HTTP connections shared by every accepted connection.
+//!
+//! HTTP/1 connections serve one request at a time, so each endpoint keeps a
+//! stack of idle ones; HTTP/2 multiplexes, so each endpoint keeps one. The
+//! pool is keyed by endpoint address, not by the request's authority, so the
+//! authority and Host the client sent reach the upstream unchanged.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+use tracing::{debug, Instrument};
+
+use super::{BoxBody, Version};
+use crate::{
+    connect::{ConnectError, Connector},
+    io::Activity,
+};
+
+/// Idle HTTP/1 connections kept per endpoint; enough for a burst of
+/// concurrent requests to find warm connections afterwards.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    idle_timeout: Duration,
+    http1: Mutex<HashMap<SocketAddr, Vec<Idle<http1::SendRequest<BoxBody>>>>>,
+    http2: Mutex<HashMap<SocketAddr, Idle<http2::SendRequest<BoxBody>>>>,
+}
+
+/// A connection and when it last finished (HTTP/1) or started (HTTP/2) a
+/// request.
+struct Idle<S> {
+    since: Instant,
+    sender: S,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP handshake with {0}: {1}")]
+    Handshake(SocketAddr, #[source] hyper::Error),
+    #[error("upstream {0}: {1}")]
+    Upstream(SocketAddr, #[source] hyper::Error),
+}
+
+impl Client {
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Self {
+        let client = Client {
+            inner: Arc::new(Inner {
+                connector,
+                idle_timeout,
+                http1: Mutex::default(),
+                http2: Mutex::default(),
+            }),
+        };
+        client.spawn_sweeper();
+        client
+    }
+
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        version: Version,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        match version {
+            Version::Http1 => self.send_http1(endpoint, req).await,
+            Version::Http2 => self.send_http2(endpoint, req).await,
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let mut sender = match self.checkout_http1(endpoint) {
+            Some(sender) => sender,
+            None => self.connect_http1(endpoint).await?,
+        };
+        let rsp = sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))?;
+        // The connection is ready again once this response's body has been
+        // read to the end; only then may it serve another request.
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.checkin_http1(endpoint, sender);
+            }
+        });
+        Ok(rsp)
+    }
+
+    fn checkout_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<BoxBody>> {
+        let mut pools = lock(&self.inner.http1);
+        let idle = pools.get_mut(&endpoint)?;
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if conn.sender.is_ready() && now.duration_since(conn.since) < self.inner.idle_timeout {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin_http1(&self, endpoint: SocketAddr, sender: http1::SendRequest<BoxBody>) {
+        let mut pools = lock(&self.inner.http1);
+        let idle = pools.entry(endpoint).or_default();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(Idle { since: Instant::now(), sender });
+        }
+    }
+
+    async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<BoxBody>, ClientError> {
+        let io = self.inner.connector.connect(endpoint, Activity::default()).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ClientError::Handshake(endpoint, e))?;
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.with_upgrades().await {
+                    debug!(%error, "upstream HTTP/1 connection ended");
+                }
+            }
+            .instrument(tracing::debug_span!("upstream", %endpoint, version = "h1")),
+        );
+        Ok(sender)
+    }
+
+    async fn send_http2(
+        &self,
+        endpoint: SocketAddr,
+        req: Request<BoxBody>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let cached = lock(&self.inner.http2).get_mut(&endpoint).filter(|c| !c.sender.is_closed()).map(|c| {
+            c.since = Instant::now();
+            c.sender.clone()
+        });
+        let mut sender = match cached {
+            Some(sender) => sender,
+            None => {
+                let sender = self.connect_http2(endpoint).await?;
+                let idle = Idle { since: Instant::now(), sender: sender.clone() };
+                lock(&self.inner.http2).insert(endpoint, idle);
+                sender
+            }
+        };
+        sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))
+    }
+
+    async fn connect_http2(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<BoxBody>, ClientError> {
+        let io = self.inner.connector.connect(endpoint, Activity::default()).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Notice a dead peer on an otherwise quiet multiplexed connection.
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ClientError::Handshake(endpoint, e))?;
+        tokio::spawn(
+            async move {
+                if let Err(error) = conn.await {
+                    debug!(%error, "upstream HTTP/2 connection ended");
+                }
+            }
+            .instrument(tracing::debug_span!("upstream", %endpoint, version = "h2")),
+        );
+        Ok(sender)
+    }
+
+    /// Closes idle connections past the idle timeout and forgets endpoints
+    /// with nothing left, so the pool never grows with every address ever
+    /// dialed.
+    fn spawn_sweeper(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = (self.inner.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = Instant::now();
+                lock(&inner.http1).retain(|_, idle| {
+                    idle.retain(|c| {
+                        now.duration_since(c.since) < inner.idle_timeout && !c.sender.is_closed()
+                    });
+                    !idle.is_empty()
+                });
+                // An HTTP/2 connection with streams still open stays open when
+                // dropped from the pool; it closes once they finish.
+                lock(&inner.http2)
+                    .retain(|_, c| now.duration_since(c.since) < inner.idle_timeout && !c.sender.is_closed());
+            }
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a map of connections in a
+    // state worse than stale entries, which checkout already tolerates.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,123 @@
+//! Header hygiene at the proxy boundary.
+
+use http::{
+    header::{self, HeaderName},
+    HeaderMap, HeaderValue, Method, Request,
+};
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): those named by
+/// `Connection` and the fixed list below. An HTTP/1 upgrade keeps its
+/// `Connection: upgrade` and `Upgrade` so it can pass through; `TE:
+/// trailers` is end-to-end in practice (gRPC needs it) and is kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        if name != header::TE {
+            headers.remove(name);
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    let keep_te = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    if keep_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    } else {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// An HTTP/1.1 protocol upgrade (WebSocket, h2c, ...) asked for by the client.
+pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() <= http::Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+pub fn is_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+}
+
+/// Headers in the `l5d-` namespace carry proxy-to-proxy metadata (client
+/// identity, destination overrides, proxy errors). The app must only see
+/// values its own proxy set, never ones a client made up.
+pub fn strip_l5d(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("l5d-")).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn strips_connection_named_and_fixed_hop_by_hop_headers() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("x-end-to-end", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_upgrades() {
+        let mut h = headers(&[("te", "trailers"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn strips_l5d_headers_only() {
+        let mut h = headers(&[("l5d-client-id", "spoofed"), ("l5d-dst-override", "x"), ("x-l5d", "kept")]);
+        strip_l5d(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-l5d"]);
+    }
+}

@@ -1,0 +1,114 @@
+//! weft-proxy: the sidecar data plane. See ARCHITECTURE.md for the path a
+//! connection takes through these modules.
+
+pub mod admin;
+pub mod config;
+pub mod connect;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod listen;
+pub mod log;
+pub mod metrics;
+pub mod opaque;
+pub mod orig_dst;
+pub mod outbound;
+pub mod stack;
+
+use std::sync::{atomic::AtomicBool, Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    admin::Admin, config::Config, drain::Drain, inbound::Inbound, metrics::Direction, outbound::Outbound,
+    stack::Stack,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("DNS resolver configuration: {0}")]
+    Dns(#[from] hickory_resolver::net::NetError),
+    #[error("installing signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains.
+pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error> {
+    let prometheus = metrics::install()?;
+    let dns = Arc::new(http::resolve::system_resolver()?);
+    let drain = Drain::default();
+
+    let outbound_listener = bind("outbound", config.outbound_addr).await?;
+    let inbound_listener = bind("inbound", config.inbound_addr).await?;
+    let admin_listener = bind("admin", config.admin_addr).await?;
+    let outbound_addr = outbound_listener.local_addr().map_err(Error::Signal)?;
+    let inbound_addr = inbound_listener.local_addr().map_err(Error::Signal)?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let admin = Admin { metrics: prometheus.clone(), log, ready: ready.clone(), shutdown: shutdown.clone() };
+    tokio::spawn(admin::serve(admin_listener, admin));
+    // Histograms need periodic upkeep to bound their memory.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            prometheus.run_upkeep();
+        }
+    });
+
+    let outbound = Arc::new(Outbound::new(
+        Stack::new(Direction::Outbound, &config, drain.clone()),
+        dns.clone(),
+        outbound_addr,
+    ));
+    let inbound = Arc::new(Inbound::new(
+        Stack::new(Direction::Inbound, &config, drain.clone()),
+        dns,
+        config.inbound_app_addr,
+        inbound_addr,
+    ));
+    let max = config.max_connections;
+    tokio::spawn(listen::serve(outbound_listener, Direction::Outbound, max, drain.clone(), move |conn| {
+        outbound.clone().handle(conn)
+    }));
+    tokio::spawn(listen::serve(inbound_listener, Direction::Inbound, max, drain.clone(), move |conn| {
+        inbound.clone().handle(conn)
+    }));
+
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %config.admin_addr, "proxy ready");
+
+    wait_for_shutdown(&shutdown).await?;
+    ready.store(false, std::sync::atomic::Ordering::Release);
+    info!(grace_period = ?config.shutdown_grace_period, "draining");
+    match drain.drain(config.shutdown_grace_period).await {
+        0 => info!("drained"),
+        open => warn!(open, "grace period over; closing connections still open"),
+    }
+    Ok(())
+}
+
+async fn wait_for_shutdown(admin_shutdown: &CancellationToken) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+        () = admin_shutdown.cancelled() => {}
+    }
+    Ok(())
+}

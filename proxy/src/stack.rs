@@ -1,0 +1,118 @@
+//! What both directions share: the per-connection front half (protocol
+//! detection, opaque forwarding) and the parts each direction owns one of
+//! (upstream connector and pool, metrics, limits).
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::{io::AsyncRead, io::AsyncWrite, net::TcpStream};
+use tracing::{debug, info};
+
+use crate::{
+    config::{Config, PortSet},
+    connect::Connector,
+    detect::{self, Protocol},
+    drain::Drain,
+    http::{client::Client, metrics::HttpMetricsLayer, server::ServerSettings, Version},
+    io::{Activity, MeteredIo, PrefixedIo},
+    metrics::{AuthorityLabels, Direction, TcpMetrics, Tls},
+    opaque,
+};
+
+/// Distinct `authority` label values per direction before `other`.
+const MAX_AUTHORITY_LABELS: usize = 256;
+
+#[derive(Clone)]
+pub struct Stack {
+    pub direction: Direction,
+    pub detect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub opaque_ports: PortSet,
+    pub server: ServerSettings,
+    pub connector: Connector,
+    pub client: Client,
+    pub src_metrics: TcpMetrics,
+    pub http_metrics: HttpMetricsLayer,
+    pub drain: Drain,
+}
+
+/// What detection made of a connection.
+pub enum Detected<I> {
+    Http(Version, I),
+    Opaque(I),
+}
+
+pub type ClientIo = MeteredIo<TcpStream>;
+
+impl Stack {
+    pub fn new(direction: Direction, config: &Config, drain: Drain) -> Self {
+        let connector =
+            Connector::new(config.connect_timeout, TcpMetrics::new(direction, "dst", Tls::NoIdentity));
+        Stack {
+            direction,
+            detect_timeout: config.detect_timeout,
+            idle_timeout: config.idle_timeout,
+            opaque_ports: config.opaque_ports.clone(),
+            server: ServerSettings {
+                header_read_timeout: config.detect_timeout,
+                max_header_bytes: config.max_header_bytes,
+                idle_timeout: config.idle_timeout,
+            },
+            client: Client::new(connector.clone(), config.pool_idle_timeout),
+            connector,
+            src_metrics: TcpMetrics::new(direction, "src", Tls::NoIdentity),
+            http_metrics: HttpMetricsLayer::new(
+                direction,
+                Tls::NoIdentity,
+                AuthorityLabels::new(MAX_AUTHORITY_LABELS),
+            ),
+            drain,
+        }
+    }
+
+    pub fn meter(&self, stream: TcpStream, activity: &Activity) -> ClientIo {
+        MeteredIo::new(stream, self.src_metrics.clone(), activity.clone())
+    }
+
+    /// Detects the protocol unless `dst_port` is configured opaque. `None`
+    /// means the connection was closed (and why was logged).
+    pub async fn detect(
+        &self,
+        io: ClientIo,
+        dst_port: Option<u16>,
+    ) -> Option<Detected<PrefixedIo<ClientIo>>> {
+        if dst_port.is_some_and(|p| self.opaque_ports.contains(p)) {
+            return Some(Detected::Opaque(PrefixedIo::new(Default::default(), io)));
+        }
+        match detect::detect(io, self.detect_timeout).await {
+            Ok((Protocol::Http1, io)) => Some(Detected::Http(Version::Http1, io)),
+            Ok((Protocol::Http2, io)) => Some(Detected::Http(Version::Http2, io)),
+            Ok((Protocol::Opaque, io)) => Some(Detected::Opaque(io)),
+            Err(error) => {
+                info!(%error, "closing connection");
+                None
+            }
+        }
+    }
+
+    pub async fn forward_opaque<I>(&self, client: I, dst: SocketAddr, activity: &Activity)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let upstream = match self.connector.connect(dst, activity.clone()).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                // No way to tell an opaque client why: closing is the answer.
+                info!(%error, "closing connection: upstream unreachable");
+                return;
+            }
+        };
+        match opaque::forward(client, upstream, activity, self.idle_timeout).await {
+            Ok((sent, received)) => debug!(sent, received, "opaque connection closed"),
+            Err(error) => info!(%error, "opaque connection closed"),
+        }
+    }
+
+    pub fn server_settings(&self) -> &ServerSettings {
+        &self.server
+    }
+}
