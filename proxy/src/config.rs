@@ -23,6 +23,13 @@ pub struct Config {
     pub pool_idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace_period: Duration,
+    /// weft-destination's `host:port`; unset, the proxy does no discovery
+    /// and sends every request to its original destination.
+    pub destination_addr: Option<String>,
+    pub destination_context: String,
+    pub destination_suffixes: Vec<String>,
+    pub discovery_timeout: Duration,
+    pub discovery_idle_timeout: Duration,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -74,7 +81,29 @@ impl Config {
             pool_idle_timeout: env.duration("WEFT_PROXY_POOL_IDLE_TIMEOUT", "90s")?,
             max_header_bytes: env.parse("WEFT_PROXY_MAX_HEADER_BYTES", "65536", HEADER_BYTES)?,
             shutdown_grace_period: env.duration("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")?,
+            destination_addr: env.get("WEFT_PROXY_DESTINATION_SVC_ADDR").map(|a| a.trim().to_string()),
+            destination_context: env.get("WEFT_PROXY_DESTINATION_CONTEXT").unwrap_or_default(),
+            destination_suffixes: env
+                .get("WEFT_PROXY_DESTINATION_PROFILE_SUFFIXES")
+                .unwrap_or_else(|| "svc.cluster.local.".into())
+                .split(',')
+                .map(|s| s.trim().trim_start_matches('.').to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            discovery_timeout: env.duration("WEFT_PROXY_DISCOVERY_TIMEOUT", "2s")?,
+            discovery_idle_timeout: env.duration("WEFT_PROXY_DISCOVERY_IDLE_TIMEOUT", "60s")?,
         };
+        if let Some(addr) = &config.destination_addr {
+            let valid = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(env.error(
+                    "WEFT_PROXY_DESTINATION_SVC_ADDR",
+                    "HOST:PORT, such as weft-destination.weft.svc.cluster.local:8086",
+                ));
+            }
+        }
         if config.worker_threads == 0 {
             return Err(env.error("WEFT_PROXY_WORKER_THREADS", POSITIVE));
         }

@@ -29,6 +29,19 @@ impl ConnectError {
     }
 }
 
+/// Whether a failure was a connection that could not be made, meaning the
+/// request never left the proxy.
+pub fn is_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<ConnectError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 pub type Upstream = MeteredIo<TcpStream>;
 
 impl Connector {

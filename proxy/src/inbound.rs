@@ -16,6 +16,7 @@ use tracing::{debug, info};
 
 use crate::{
     http::{
+        boxed,
         errors::RespondOnErrorLayer,
         forward::Forward,
         headers::strip_l5d,
@@ -65,7 +66,7 @@ impl Inbound {
                     .layer(RespondOnErrorLayer)
                     .map_request(|mut req: Request<Incoming>| {
                         strip_l5d(req.headers_mut());
-                        req
+                        req.map(boxed)
                     })
                     .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addr))
                     .service(Forward::new(self.stack.client.clone(), version, self.stack.connector.clone()));

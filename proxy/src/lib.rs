@@ -2,9 +2,11 @@
 //! connection takes through these modules.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod connect;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod inbound;
@@ -15,6 +17,7 @@ pub mod metrics;
 pub mod opaque;
 pub mod orig_dst;
 pub mod outbound;
+pub mod profile;
 pub mod stack;
 
 use std::sync::{atomic::AtomicBool, Arc};
@@ -36,6 +39,8 @@ pub enum Error {
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("DNS resolver configuration: {0}")]
     Dns(#[from] hickory_resolver::net::NetError),
+    #[error(transparent)]
+    Discovery(#[from] discovery::InvalidAddr),
     #[error("installing signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -69,9 +74,32 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         }
     });
 
+    let discovery = match &config.destination_addr {
+        Some(addr) => {
+            let discovery = discovery::Discovery::new(
+                addr,
+                config.destination_context.clone(),
+                config.discovery_idle_timeout,
+            )?;
+            let profiles = http::logical::Profiles::new(
+                discovery.clone(),
+                config.destination_suffixes.clone(),
+                config.discovery_timeout,
+            );
+            let balancers = http::balance::Balancers::new(
+                discovery,
+                config.discovery_timeout,
+                config.discovery_idle_timeout,
+            );
+            info!(destination = %addr, "discovery enabled");
+            Some((profiles, balancers))
+        }
+        None => None,
+    };
     let outbound = Arc::new(Outbound::new(
         Stack::new(Direction::Outbound, &config, drain.clone()),
         dns.clone(),
+        discovery,
         outbound_addr,
     ));
     let inbound = Arc::new(Inbound::new(

@@ -29,6 +29,8 @@ pub enum RouteError {
     Loop(std::net::SocketAddr),
     #[error("no endpoint chosen for request")]
     NoEndpoint,
+    #[error("service {0} has no ready endpoints")]
+    NoEndpoints(String),
 }
 
 #[derive(Copy, Clone, Debug, Default)]
@@ -91,6 +93,7 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
                 RouteError::Resolve { .. } | RouteError::Loop(_) | RouteError::NoEndpoint => {
                     StatusCode::BAD_GATEWAY
                 }
+                RouteError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
         }
         if let Some(ConnectError::Timeout(..)) = e.downcast_ref::<ConnectError>() {
@@ -101,7 +104,7 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
                 return StatusCode::GATEWAY_TIMEOUT;
             }
         }
-        if e.is::<tokio::time::error::Elapsed>() {
+        if e.is::<tokio::time::error::Elapsed>() || e.is::<super::route::RouteTimeout>() {
             return StatusCode::GATEWAY_TIMEOUT;
         }
         cause = e.source();
@@ -137,7 +140,11 @@ fn error_response(status: StatusCode, error: &BoxError, grpc: bool) -> Response<
     let reason = HeaderValue::from_str(&sanitized).unwrap_or(HeaderValue::from_static("proxy error"));
     let mut rsp = if grpc {
         // A trailers-only gRPC response: HTTP 200 with the status in headers.
-        let code = if status == StatusCode::GATEWAY_TIMEOUT { "4" } else { "14" };
+        let code = match status {
+            StatusCode::GATEWAY_TIMEOUT => "4",
+            StatusCode::BAD_REQUEST => "13",
+            _ => "14",
+        };
         let mut rsp = Response::new(full(""));
         let headers = rsp.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

@@ -8,7 +8,7 @@ use std::{
 };
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, Instrument};
 
@@ -40,7 +40,7 @@ impl Forward {
     }
 }
 
-impl tower::Service<Request<Incoming>> for Forward {
+impl tower::Service<Request<BoxBody>> for Forward {
     type Response = Response<BoxBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>>;
@@ -49,7 +49,7 @@ impl tower::Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
             let Endpoint(endpoint) =
@@ -65,7 +65,7 @@ impl tower::Service<Request<Incoming>> for Forward {
             if this.version == Version::Http1 {
                 to_origin_form(&mut req);
             }
-            let mut rsp = this.client.send(endpoint, this.version, req.map(boxed)).await?;
+            let mut rsp = this.client.send(endpoint, this.version, req).await?;
             // A CONNECT's 2xx opens a tunnel; an Upgrade request needs a 101.
             let switched = downstream.is_some()
                 && if connect {

@@ -1,28 +1,73 @@
 //! HTTP proxying: serving accepted connections with hyper, the tower layers
 //! every request passes through, and the pooled upstream client.
 
+pub mod balance;
 pub mod client;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod logical;
 pub mod metrics;
 pub mod resolve;
+pub mod retry;
+pub mod route;
 pub mod server;
+pub mod split;
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The one body type every layer speaks. A newtype rather than an alias:
+/// with the error's `dyn` lifetime hidden, rustc can prove the layers'
+/// futures `Send` (an alias trips its higher-ranked lifetime inference).
+pub struct BoxBody(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>);
+
+impl BoxBody {
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        BoxBody(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl std::fmt::Debug for BoxBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxBody")
+    }
+}
+
+impl http_body::Body for BoxBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.0.size_hint()
+    }
+}
 
 pub fn boxed<B>(body: B) -> BoxBody
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    BoxBody::new(body)
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> BoxBody {

@@ -20,7 +20,7 @@ pub type DnsResolver = hickory_resolver::TokioResolver;
 /// Builds the DNS resolver from the system configuration (resolv.conf,
 /// /etc/hosts).
 pub fn system_resolver() -> Result<DnsResolver, hickory_resolver::net::NetError> {
-    Ok(hickory_resolver::TokioResolver::builder_tokio()?.build()?)
+    hickory_resolver::TokioResolver::builder_tokio()?.build()
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +79,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
+            // A layer above (discovery) may already have chosen.
+            if req.extensions().get::<Endpoint>().is_some() {
+                return inner.call(req).await.map_err(Into::into);
+            }
             let endpoint = match layer.target {
                 Target::Fixed(addr) => addr,
                 Target::Authority => {

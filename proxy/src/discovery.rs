@@ -1,0 +1,359 @@
+//! Discovery: what the destination service says about a name, kept as a
+//! `watch` per name so every connection and request to that name shares one
+//! gRPC stream.
+//!
+//! Each stream is owned by a task that reconnects with jittered backoff when
+//! the control plane goes away, keeping the last state it heard meanwhile
+//! (traffic never stops because the control plane did), and that ends, and
+//! removes its name from the cache, once nobody has watched it for the idle
+//! timeout.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use linkerd2_proxy_api::destination::{
+    self as api, destination_client::DestinationClient, protocol_hint, tls_identity, update,
+};
+use rand::Rng;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::profile::Profile;
+
+/// What is known about a name so far.
+#[derive(Clone, Debug)]
+pub enum Resolution<T> {
+    /// No answer yet: requests wait for one, up to the discovery timeout.
+    Pending,
+    /// The destination service does not know the name (or refused it):
+    /// traffic goes to the original destination.
+    Unknown,
+    Known(T),
+}
+
+/// An endpoint as the destination service describes it.
+#[derive(Debug, Default, PartialEq)]
+pub struct EndpointMeta {
+    pub weight: u32,
+    /// The identity the endpoint's proxy proves with TLS, when it is meshed.
+    pub identity: Option<String>,
+    /// The endpoint's proxy accepts HTTP/2 from other proxies.
+    pub http2: bool,
+    pub labels: Vec<(String, String)>,
+}
+
+/// A service's endpoints. `exists` distinguishes "no such service" from "a
+/// service with no ready endpoints right now".
+#[derive(Clone, Debug, Default)]
+pub struct EndpointSet {
+    pub exists: bool,
+    pub endpoints: HashMap<SocketAddr, Arc<EndpointMeta>>,
+}
+
+pub type ProfileRx = watch::Receiver<Resolution<Arc<Profile>>>;
+pub type EndpointsRx = watch::Receiver<Resolution<Arc<EndpointSet>>>;
+
+#[derive(Clone)]
+pub struct Discovery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: DestinationClient<Channel>,
+    context_token: String,
+    idle_timeout: Duration,
+    profiles: Cache<Arc<Profile>>,
+    endpoints: Cache<Arc<EndpointSet>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid destination service address {0:?}: expected HOST:PORT")]
+pub struct InvalidAddr(pub String);
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Discovery {
+    /// `addr` is the destination service's `host:port`; the channel connects
+    /// lazily and reconnects by itself, so a control plane that is not up
+    /// yet is not an error here.
+    pub fn new(addr: &str, context_token: String, idle_timeout: Duration) -> Result<Self, InvalidAddr> {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|_| InvalidAddr(addr.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self::with_channel(channel, context_token, idle_timeout))
+    }
+
+    pub fn with_channel(channel: Channel, context_token: String, idle_timeout: Duration) -> Self {
+        Discovery {
+            inner: Arc::new(Inner {
+                client: DestinationClient::new(channel),
+                context_token,
+                idle_timeout,
+                profiles: Cache::default(),
+                endpoints: Cache::default(),
+            }),
+        }
+    }
+
+    pub fn profile(&self, name: &str) -> ProfileRx {
+        let inner = self.inner.clone();
+        watch_cached(&self.inner.profiles, name, self.inner.idle_timeout, move |name, tx| {
+            follow_profile(inner, name, tx)
+        })
+    }
+
+    pub fn endpoints(&self, name: &str) -> EndpointsRx {
+        let inner = self.inner.clone();
+        watch_cached(&self.inner.endpoints, name, self.inner.idle_timeout, move |name, tx| {
+            follow_endpoints(inner, name, tx)
+        })
+    }
+}
+
+type Cache<T> = Arc<Mutex<HashMap<String, watch::Receiver<Resolution<T>>>>>;
+
+fn watch_cached<T, F, Fut>(
+    cache: &Cache<T>,
+    name: &str,
+    idle_timeout: Duration,
+    follow: F,
+) -> watch::Receiver<Resolution<T>>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce(String, watch::Sender<Resolution<T>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut entries = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rx) = entries.get(name) {
+        return rx.clone();
+    }
+    let (tx, rx) = watch::channel(Resolution::Pending);
+    entries.insert(name.to_string(), rx.clone());
+    drop(entries);
+    let stream = follow(name.to_string(), tx.clone());
+    let cache = cache.clone();
+    let name = name.to_string();
+    let span = info_span!("discover", name = %name);
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                () = stream => {}
+                () = idle(&tx, idle_timeout) => debug!("no longer watched"),
+            }
+            cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        }
+        .instrument(span),
+    );
+    rx
+}
+
+/// Resolves once only the cache itself has held the name for `timeout`.
+async fn idle<T>(tx: &watch::Sender<T>, timeout: Duration) {
+    let mut quiet_since = None;
+    let tick = (timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(tick).await;
+        // One receiver is the cache's own.
+        if tx.receiver_count() <= 1 {
+            let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= timeout {
+                return;
+            }
+        } else {
+            quiet_since = None;
+        }
+    }
+}
+
+async fn follow_profile(inner: Arc<Inner>, name: String, tx: watch::Sender<Resolution<Arc<Profile>>>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let req = api::GetDestination {
+            scheme: "k8s".into(),
+            path: name.clone(),
+            context_token: inner.context_token.clone(),
+        };
+        match inner.client.clone().get_profile(req).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(pb)) => {
+                            backoff.reset();
+                            debug!("profile updated");
+                            let _ = tx.send(Resolution::Known(Arc::new(Profile::from_api(pb))));
+                        }
+                        Ok(None) => {
+                            debug!("profile stream ended");
+                            break;
+                        }
+                        Err(status) => {
+                            info!(code = ?status.code(), message = status.message(), "profile stream failed; keeping last known profile");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) if is_unknown(&status) => {
+                debug!(code = ?status.code(), "no profile for this name");
+                let _ = tx.send(Resolution::Unknown);
+                // Names the control plane refuses stay refused for a while:
+                // ask again slowly, not in a tight loop.
+                backoff.max_out();
+            }
+            Err(status) => {
+                info!(code = ?status.code(), message = status.message(), "destination service unavailable; keeping last known profile");
+                // A name with no answer yet goes to its original destination
+                // instead of waiting for a control plane that is down.
+                tx.send_if_modified(|r| {
+                    let pending = matches!(r, Resolution::Pending);
+                    if pending {
+                        *r = Resolution::Unknown;
+                    }
+                    pending
+                });
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+async fn follow_endpoints(inner: Arc<Inner>, name: String, tx: watch::Sender<Resolution<Arc<EndpointSet>>>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let req = api::GetDestination {
+            scheme: "k8s".into(),
+            path: name.clone(),
+            context_token: inner.context_token.clone(),
+        };
+        match inner.client.clone().get(req).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                // Each stream starts from nothing: the server sends the full
+                // set again after a reconnect.
+                let mut set = EndpointSet { exists: true, endpoints: HashMap::new() };
+                let mut first = true;
+                loop {
+                    match stream.message().await {
+                        Ok(Some(pb)) => {
+                            backoff.reset();
+                            let Some(update) = pb.update else { continue };
+                            if first {
+                                set.endpoints.clear();
+                                first = false;
+                            }
+                            apply(&mut set, update);
+                            debug!(endpoints = set.endpoints.len(), exists = set.exists, "endpoints updated");
+                            let _ = tx.send(Resolution::Known(Arc::new(set.clone())));
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            info!(code = ?status.code(), message = status.message(), "endpoint stream failed; keeping last known endpoints");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) if is_unknown(&status) => {
+                let _ = tx.send(Resolution::Unknown);
+                backoff.max_out();
+            }
+            Err(status) => {
+                info!(code = ?status.code(), message = status.message(), "destination service unavailable; keeping last known endpoints");
+                tx.send_if_modified(|r| {
+                    let pending = matches!(r, Resolution::Pending);
+                    if pending {
+                        *r = Resolution::Unknown;
+                    }
+                    pending
+                });
+            }
+        }
+        backoff.wait().await;
+    }
+}
+
+/// Linkerd's destination service answers InvalidArgument for names it does
+/// not serve (outside the cluster's domains); NotFound is treated alike.
+fn is_unknown(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound)
+}
+
+fn apply(set: &mut EndpointSet, update: update::Update) {
+    match update {
+        update::Update::Add(add) => {
+            set.exists = true;
+            for addr in add.addrs {
+                if let Some((sa, meta)) = endpoint_from_api(addr) {
+                    set.endpoints.insert(sa, meta);
+                }
+            }
+        }
+        update::Update::Remove(remove) => {
+            for addr in remove.addrs {
+                if let Ok(sa) = SocketAddr::try_from(addr) {
+                    set.endpoints.remove(&sa);
+                }
+            }
+        }
+        update::Update::NoEndpoints(none) => {
+            set.exists = none.exists;
+            set.endpoints.clear();
+        }
+    }
+}
+
+pub fn endpoint_from_api(pb: api::WeightedAddr) -> Option<(SocketAddr, Arc<EndpointMeta>)> {
+    let addr = SocketAddr::try_from(pb.addr?).ok()?;
+    let identity = pb.tls_identity.and_then(|id| match id.strategy? {
+        tls_identity::Strategy::DnsLikeIdentity(dns) => Some(dns.name),
+        // We only issue DNS-like identities; a URI identity is one we could
+        // not verify, so the endpoint is treated as unmeshed.
+        tls_identity::Strategy::UriLikeIdentity(_) => None,
+    });
+    let http2 = matches!(pb.protocol_hint.and_then(|h| h.protocol), Some(protocol_hint::Protocol::H2(_)));
+    let mut labels: Vec<(String, String)> = pb.metric_labels.into_iter().collect();
+    labels.sort();
+    // Weight 0 would never be picked; the proto's default weight is 0, so
+    // treat it as "unweighted".
+    let weight = if pb.weight == 0 { 1 } else { pb.weight };
+    Some((addr, Arc::new(EndpointMeta { weight, identity, http2, labels })))
+}
+
+/// Exponential backoff with full jitter, so proxies that lost the control
+/// plane together do not all return at the same instant.
+struct Backoff {
+    current: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { current: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.current = BACKOFF_MIN;
+    }
+
+    fn max_out(&mut self) {
+        self.current = BACKOFF_MAX;
+    }
+
+    async fn wait(&mut self) {
+        let jittered = rand::rng().random_range(self.current / 2..=self.current);
+        tokio::time::sleep(jittered).await;
+        self.current = (self.current * 2).min(BACKOFF_MAX);
+    }
+}

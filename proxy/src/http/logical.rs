@@ -1,0 +1,195 @@
+//! Looks up the service profile of the request's logical destination and
+//! attaches it, with the service's retry budget, for the layers below.
+//!
+//! The name looked up is the original destination `IP:port` (transparent
+//! mode: the destination service maps a ClusterIP to its service and a pod
+//! IP to its endpoint) or the request's authority when it is an IP or a
+//! name in the cluster's domains (explicit mode). Anything else, or no
+//! answer within the discovery timeout, goes on without a profile to its
+//! original destination.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::Request;
+use tower::retry::budget::TpsBudget;
+use tracing::debug;
+
+use super::{resolve::request_authority, BoxError};
+use crate::{
+    discovery::{Discovery, ProfileRx, Resolution},
+    profile::{Profile, RetryBudget},
+};
+
+/// The profile in force for a request, and its service's retry budget.
+#[derive(Clone)]
+pub struct LogicalProfile {
+    pub profile: Arc<Profile>,
+    pub port: u16,
+    pub budget: Arc<TpsBudget>,
+}
+
+/// A service's retry budget and the parameters it was built with.
+type BudgetEntry = (RetryBudget, Arc<TpsBudget>);
+
+/// Where the proxy looks things up, shared by every connection.
+#[derive(Clone)]
+pub struct Profiles {
+    discovery: Discovery,
+    /// Name suffixes the destination service answers for, e.g.
+    /// `svc.cluster.local`.
+    suffixes: Arc<[String]>,
+    timeout: Duration,
+    budgets: Arc<Mutex<HashMap<String, BudgetEntry>>>,
+}
+
+impl Profiles {
+    pub fn new(discovery: Discovery, suffixes: Vec<String>, timeout: Duration) -> Self {
+        Self { discovery, suffixes: suffixes.into(), timeout, budgets: Arc::default() }
+    }
+
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn lookup_name<B>(&self, fixed: Option<SocketAddr>, req: &Request<B>) -> Option<(String, u16)> {
+        if let Some(addr) = fixed {
+            return Some((addr.to_string(), addr.port()));
+        }
+        let authority = request_authority(req)?;
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host().trim_end_matches('.');
+        let is_ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+        let in_cluster = self.suffixes.iter().any(|s| host.ends_with(s.trim_end_matches('.')));
+        (is_ip || in_cluster).then(|| (format!("{host}:{port}"), port))
+    }
+
+    /// The retry budget of a service, kept across profile updates unless its
+    /// parameters change.
+    fn budget(&self, profile: &Profile) -> Arc<TpsBudget> {
+        let params = profile.retry_budget.unwrap_or_default();
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        if budgets.len() > 10_000 {
+            // Bounded: budgets of services no longer profiled are rebuilt
+            // on next use.
+            budgets.clear();
+        }
+        let entry = budgets
+            .entry(profile.fully_qualified_name.clone())
+            .or_insert_with(|| (params, new_budget(params)));
+        if entry.0 != params {
+            *entry = (params, new_budget(params));
+        }
+        entry.1.clone()
+    }
+}
+
+fn new_budget(b: RetryBudget) -> Arc<TpsBudget> {
+    // TpsBudget takes the ratio as a fraction of requests (0.2 = 20%).
+    Arc::new(TpsBudget::new(
+        b.ttl.clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        b.min_retries_per_second,
+        b.retry_ratio,
+    ))
+}
+
+#[derive(Clone)]
+pub struct LogicalLayer {
+    /// `None` without discovery: requests pass through untouched.
+    profiles: Option<Profiles>,
+    /// The connection's original destination, in transparent mode.
+    fixed: Option<SocketAddr>,
+}
+
+impl LogicalLayer {
+    pub fn new(profiles: Option<Profiles>, fixed: Option<SocketAddr>) -> Self {
+        Self { profiles, fixed }
+    }
+}
+
+impl<S> tower::Layer<S> for LogicalLayer {
+    type Service = Logical<S>;
+    fn layer(&self, inner: S) -> Logical<S> {
+        Logical { inner, layer: self.clone(), cached: None }
+    }
+}
+
+#[derive(Clone)]
+pub struct Logical<S> {
+    inner: S,
+    layer: LogicalLayer,
+    /// Transparent mode looks up one name per connection: keep its watch.
+    cached: Option<ProfileRx>,
+}
+
+impl<S, B> tower::Service<Request<B>> for Logical<S>
+where
+    S: tower::Service<Request<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(profiles) = self.layer.profiles.clone() else {
+            return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
+        };
+        let lookup = profiles.lookup_name(self.layer.fixed, &req);
+        let rx = match (&lookup, &self.cached, self.layer.fixed) {
+            (Some(_), Some(rx), Some(_)) => Some(rx.clone()),
+            (Some((name, _)), _, fixed) => {
+                let rx = profiles.discovery.profile(name);
+                if fixed.is_some() {
+                    self.cached = Some(rx.clone());
+                }
+                Some(rx)
+            }
+            (None, _, _) => None,
+        };
+        Box::pin(async move {
+            if let (Some(mut rx), Some((name, port))) = (rx, lookup) {
+                let resolved = tokio::time::timeout(
+                    profiles.timeout,
+                    rx.wait_for(|r| !matches!(r, Resolution::Pending)),
+                )
+                .await;
+                match resolved {
+                    Ok(Ok(r)) => {
+                        if let Resolution::Known(profile) = &*r {
+                            let budget = profiles.budget(profile);
+                            req.extensions_mut().insert(LogicalProfile {
+                                profile: profile.clone(),
+                                port,
+                                budget,
+                            });
+                        }
+                    }
+                    _ => {
+                        debug!(%name, "no profile within the discovery timeout; using the original destination")
+                    }
+                }
+            }
+            inner.call(req).await.map_err(Into::into)
+        })
+    }
+}

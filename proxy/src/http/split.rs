@@ -1,0 +1,123 @@
+//! Traffic split: picks the backend service for a request among the
+//! profile's `dst_overrides`, by weight (SMI TrafficSplit, as Linkerd maps
+//! it). With no overrides the backend is the service itself; a profile for
+//! a lone pod sends straight to its endpoint.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::Request;
+use rand::Rng;
+
+use super::{logical::LogicalProfile, Endpoint};
+use crate::{discovery::EndpointMeta, profile::WeightedDst};
+
+/// The backend service (`name:port`) a request is balanced across.
+#[derive(Clone, Debug)]
+pub struct Backend(pub Arc<str>);
+
+/// What discovery said about the endpoint a request goes to.
+#[derive(Clone, Debug)]
+pub struct EndpointInfo(pub Arc<EndpointMeta>);
+
+#[derive(Copy, Clone, Debug, Default)]
+pub struct SplitLayer;
+
+impl<S> tower::Layer<S> for SplitLayer {
+    type Service = Split<S>;
+    fn layer(&self, inner: S) -> Split<S> {
+        Split { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Split<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<Request<B>> for Split<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if let Some(logical) = req.extensions().get::<LogicalProfile>().cloned() {
+            let profile = &logical.profile;
+            if !profile.fully_qualified_name.is_empty() {
+                let backend = pick(&profile.dst_overrides)
+                    .map(|d| normalize(&d.authority, logical.port))
+                    .unwrap_or_else(|| format!("{}:{}", profile.fully_qualified_name, logical.port));
+                req.extensions_mut().insert(Backend(backend.into()));
+            } else if let Some((addr, meta)) = &profile.endpoint {
+                req.extensions_mut().insert(Endpoint(*addr));
+                req.extensions_mut().insert(EndpointInfo(meta.clone()));
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Weighted random choice; `None` when there is nothing to choose from.
+pub fn pick(dsts: &[WeightedDst]) -> Option<&WeightedDst> {
+    let total: u64 = dsts.iter().map(|d| u64::from(d.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut n = rand::rng().random_range(0..total);
+    for d in dsts {
+        let w = u64::from(d.weight);
+        if n < w {
+            return Some(d);
+        }
+        n -= w;
+    }
+    None
+}
+
+/// Overrides name a service, with or without a port; the request's port
+/// applies when it has none.
+fn normalize(authority: &str, port: u16) -> String {
+    let authority = authority.trim_end_matches('.');
+    match authority.rsplit_once(':') {
+        Some((_, p)) if p.parse::<u16>().is_ok() => authority.to_string(),
+        _ => format!("{authority}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_choice_follows_weights() {
+        let dsts = vec![
+            WeightedDst { authority: "a".into(), weight: 900 },
+            WeightedDst { authority: "b".into(), weight: 100 },
+            WeightedDst { authority: "c".into(), weight: 0 },
+        ];
+        let n = 20_000;
+        let a = (0..n).filter(|_| pick(&dsts).unwrap().authority == "a").count();
+        let share = a as f64 / n as f64;
+        assert!((0.88..0.92).contains(&share), "{share}");
+        assert!((0..1000).all(|_| pick(&dsts).unwrap().authority != "c"));
+        assert!(pick(&[WeightedDst { authority: "z".into(), weight: 0 }]).is_none());
+    }
+
+    #[test]
+    fn overrides_take_the_request_port_when_they_have_none() {
+        assert_eq!(
+            normalize("web-v2.emojivoto.svc.cluster.local.", 80),
+            "web-v2.emojivoto.svc.cluster.local:80"
+        );
+        assert_eq!(normalize("web-v2:8080", 80), "web-v2:8080");
+    }
+}
