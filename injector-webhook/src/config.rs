@@ -1,0 +1,130 @@
+//! The injector's own configuration: where the control plane lives and what
+//! to inject. Everything a pod can override comes from annotations instead.
+
+/// The proxy's ports and UID. They are the contract between the injector,
+/// weft-proxy-init and weft-proxy, so they are fixed rather than configurable.
+pub const PROXY_UID: u32 = 2102;
+pub const INBOUND_PORT: u16 = 4143;
+pub const OUTBOUND_PORT: u16 = 4140;
+pub const ADMIN_PORT: u16 = 4191;
+pub const TAP_PORT: u16 = 4190;
+
+pub const PROXY_CONTAINER: &str = "weft-proxy";
+pub const INIT_CONTAINER: &str = "weft-proxy-init";
+pub const TOKEN_VOLUME: &str = "weft-identity-token";
+pub const XTABLES_VOLUME: &str = "weft-proxy-init-xtables-lock";
+pub const TOKEN_DIR: &str = "/var/run/secrets/weft.io/serviceaccount";
+pub const TOKEN_AUDIENCE: &str = "identity.weft.io";
+pub const TOKEN_EXPIRATION_SECONDS: u64 = 86_400;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+impl Default for Resources {
+    /// Small requests so a meshed pod still schedules on a busy node; a
+    /// memory limit so a leaking proxy is restarted rather than starving the
+    /// app; no CPU limit, because CFS throttling turns into tail latency.
+    fn default() -> Self {
+        Self {
+            cpu_request: Some("100m".into()),
+            cpu_limit: None,
+            memory_request: Some("20Mi".into()),
+            memory_limit: Some("250Mi".into()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InjectorConfig {
+    /// Namespace of the control plane; its pods are never injected.
+    pub control_plane_namespace: String,
+    /// Trust domain of the identities (`...identity.NS.TRUST_DOMAIN`).
+    pub trust_domain: String,
+    /// DNS suffix of Services (`svc.CLUSTER_DOMAIN`).
+    pub cluster_domain: String,
+    pub proxy_image: String,
+    pub proxy_init_image: String,
+    /// PEM bundle the proxies trust for mTLS and the identity service.
+    pub trust_anchors_pem: String,
+    pub default_log_level: String,
+    pub default_resources: Resources,
+    /// Command run by the postStart hook of a non-native proxy container; it
+    /// must block until the proxy is ready, so the app containers that follow
+    /// start with a working network.
+    pub await_command: Vec<String>,
+}
+
+impl Default for InjectorConfig {
+    fn default() -> Self {
+        Self {
+            control_plane_namespace: "weft".into(),
+            trust_domain: "cluster.local".into(),
+            cluster_domain: "cluster.local".into(),
+            proxy_image: "ghcr.io/weft-mesh/weft-proxy:latest".into(),
+            proxy_init_image: "ghcr.io/weft-mesh/weft-proxy-init:latest".into(),
+            trust_anchors_pem: String::new(),
+            default_log_level: "warn,weft_proxy=info".into(),
+            default_resources: Resources::default(),
+            await_command: vec!["weft-proxy".into(), "await".into(), "--timeout=120s".into()],
+        }
+    }
+}
+
+impl InjectorConfig {
+    /// The Linkerd-style identity of a control-plane ServiceAccount.
+    fn control_plane_identity(&self, sa: &str) -> String {
+        format!(
+            "{sa}.{ns}.serviceaccount.identity.{ns}.{td}",
+            ns = self.control_plane_namespace,
+            td = self.trust_domain
+        )
+    }
+
+    pub fn identity_svc_addr(&self) -> String {
+        format!("weft-identity.{}.svc.{}:8080", self.control_plane_namespace, self.cluster_domain)
+    }
+
+    pub fn identity_svc_name(&self) -> String {
+        self.control_plane_identity("identity")
+    }
+
+    pub fn destination_svc_addr(&self) -> String {
+        format!("weft-destination.{}.svc.{}:8086", self.control_plane_namespace, self.cluster_domain)
+    }
+
+    pub fn destination_svc_name(&self) -> String {
+        self.control_plane_identity("destination")
+    }
+
+    /// The pod's own identity, resolved by the kubelet from the downward-API
+    /// variables `_pod_sa` and `_pod_ns` declared before it.
+    pub fn local_identity_template(&self) -> String {
+        format!(
+            "$(_pod_sa).$(_pod_ns).serviceaccount.identity.{}.{}",
+            self.control_plane_namespace, self.trust_domain
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_plane_names() {
+        let c = InjectorConfig::default();
+        assert_eq!(c.identity_svc_addr(), "weft-identity.weft.svc.cluster.local:8080");
+        assert_eq!(c.identity_svc_name(), "identity.weft.serviceaccount.identity.weft.cluster.local");
+        assert_eq!(c.destination_svc_addr(), "weft-destination.weft.svc.cluster.local:8086");
+        assert_eq!(c.destination_svc_name(), "destination.weft.serviceaccount.identity.weft.cluster.local");
+        assert_eq!(
+            c.local_identity_template(),
+            "$(_pod_sa).$(_pod_ns).serviceaccount.identity.weft.cluster.local"
+        );
+    }
+}

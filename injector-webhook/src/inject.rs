@@ -1,0 +1,466 @@
+//! The injection decision and the JSON patch that carries it out.
+//!
+//! Everything here is a pure function of the pod, its namespace and the
+//! injector's configuration, so the webhook and `weft inject` cannot drift
+//! apart and the logic is tested without a cluster.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+use weft_proxy_init::PortRange;
+
+use crate::annotations::{self, Annotations, ProxyOverrides};
+use crate::config::{
+    InjectorConfig, Resources, ADMIN_PORT, INBOUND_PORT, INIT_CONTAINER, OUTBOUND_PORT, PROXY_CONTAINER,
+    PROXY_UID, TAP_PORT, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_VOLUME, XTABLES_VOLUME,
+};
+use crate::patch::{escape, PatchOp};
+
+pub const CONTROL_PLANE_NS_LABEL: &str = "weft.io/control-plane-ns";
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+/// Ports the proxy binds in the pod's network namespace; an app container
+/// declaring one of them could not run next to it.
+const PROXY_PORTS: [u16; 4] = [OUTBOUND_PORT, INBOUND_PORT, TAP_PORT, ADMIN_PORT];
+
+/// The pod's namespace, as far as the decision needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: Option<String>,
+    pub annotations: Annotations,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    AlreadyInjected,
+    HostNetwork,
+    ControlPlane,
+    NotEnabled,
+    Disabled,
+    UnknownInjectValue(String),
+    InvalidAnnotations,
+    PortConflict(u16),
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::AlreadyInjected => f.write_str("already injected"),
+            SkipReason::HostNetwork => f.write_str("pod uses the host network"),
+            SkipReason::ControlPlane => f.write_str("pod is in the control-plane namespace"),
+            SkipReason::NotEnabled => f.write_str("injection not enabled for pod or namespace"),
+            SkipReason::Disabled => f.write_str("injection disabled by annotation"),
+            SkipReason::UnknownInjectValue(v) => {
+                write!(f, "{}={v:?} is neither \"enabled\" nor \"disabled\"", annotations::INJECT)
+            }
+            SkipReason::InvalidAnnotations => f.write_str("invalid config.weft.io annotations"),
+            SkipReason::PortConflict(p) => {
+                write!(f, "an app container declares port {p}, which the proxy uses")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Injected,
+    Skipped(SkipReason),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// Empty unless injected.
+    pub patch: Vec<PatchOp>,
+    /// For the user (AdmissionReview warnings, `weft inject` stderr).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InjectError {
+    #[error("not a pod: {0}")]
+    Malformed(String),
+}
+
+fn malformed(what: &str) -> InjectError {
+    InjectError::Malformed(what.to_string())
+}
+
+fn optional_object<'a>(v: &'a Value, key: &str) -> Result<Option<&'a Map<String, Value>>, InjectError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(malformed(&format!("{key} is not an object"))),
+    }
+}
+
+fn optional_array<'a>(v: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Vec<Value>>, InjectError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(malformed(&format!("spec.{key} is not an array"))),
+    }
+}
+
+fn string_map(m: Option<&Map<String, Value>>, what: &str) -> Result<Annotations, InjectError> {
+    let mut out = Annotations::new();
+    for (k, v) in m.into_iter().flatten() {
+        let v = v.as_str().ok_or_else(|| malformed(&format!("{what} {k} is not a string")))?;
+        out.insert(k.clone(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn container_name(c: &Value) -> Option<&str> {
+    c.get("name").and_then(Value::as_str)
+}
+
+fn skipped(reason: SkipReason, warnings: Vec<String>) -> Outcome {
+    Outcome { decision: Decision::Skipped(reason), patch: Vec::new(), warnings }
+}
+
+/// Decides whether `pod` (a Pod, or a pod template: an object with
+/// `metadata` and `spec`) gets a proxy and, if so, returns the JSON patch
+/// that adds it. Never mutates anything; an unparseable pod is an error and
+/// the caller admits it unchanged.
+pub fn inject(
+    pod: &Value,
+    namespace: &NamespaceInfo,
+    config: &InjectorConfig,
+) -> Result<Outcome, InjectError> {
+    if !pod.is_object() {
+        return Err(malformed("object is not a JSON object"));
+    }
+    let metadata = optional_object(pod, "metadata")?;
+    let spec = optional_object(pod, "spec")?.ok_or_else(|| malformed("no spec"))?;
+    let containers = optional_array(spec, "containers")?.ok_or_else(|| malformed("no spec.containers"))?;
+    let init_containers = optional_array(spec, "initContainers")?;
+    let empty = Vec::new();
+    let all_containers = || containers.iter().chain(init_containers.unwrap_or(&empty));
+    if all_containers().any(|c| !c.is_object()) {
+        return Err(malformed("a container is not an object"));
+    }
+    let pod_annotations =
+        string_map(metadata.and_then(|m| m.get("annotations")).and_then(Value::as_object), "annotation")?;
+
+    if pod_annotations.contains_key(annotations::INJECTED)
+        || all_containers().any(|c| matches!(container_name(c), Some(PROXY_CONTAINER | INIT_CONTAINER)))
+    {
+        return Ok(skipped(SkipReason::AlreadyInjected, Vec::new()));
+    }
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(skipped(SkipReason::HostNetwork, Vec::new()));
+    }
+    let pod_namespace =
+        metadata.and_then(|m| m.get("namespace")).and_then(Value::as_str).or(namespace.name.as_deref());
+    if pod_namespace == Some(config.control_plane_namespace.as_str()) {
+        return Ok(skipped(SkipReason::ControlPlane, Vec::new()));
+    }
+    let wanted =
+        pod_annotations.get(annotations::INJECT).or_else(|| namespace.annotations.get(annotations::INJECT));
+    match wanted.map(String::as_str) {
+        Some("enabled") => {}
+        Some("disabled") => return Ok(skipped(SkipReason::Disabled, Vec::new())),
+        None => return Ok(skipped(SkipReason::NotEnabled, Vec::new())),
+        Some(other) => {
+            let reason = SkipReason::UnknownInjectValue(other.to_string());
+            let warning = format!("weft: proxy not injected: {reason}");
+            return Ok(skipped(reason, vec![warning]));
+        }
+    }
+
+    let parsed = annotations::parse(&pod_annotations, &namespace.annotations, config);
+    let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| format!("weft: {w}")).collect();
+    let overrides = match parsed.overrides {
+        Ok(o) => o,
+        Err(errors) => {
+            warnings.extend(errors.iter().map(|e| format!("weft: proxy not injected: {e}")));
+            return Ok(skipped(SkipReason::InvalidAnnotations, warnings));
+        }
+    };
+
+    let app_ports = container_ports(all_containers())?;
+    if let Some(p) = app_ports.iter().find(|p| PROXY_PORTS.contains(p)) {
+        let reason = SkipReason::PortConflict(*p);
+        warnings.push(format!("weft: proxy not injected: {reason}"));
+        return Ok(skipped(reason, warnings));
+    }
+    if !overrides.native_sidecar
+        && spec.get("restartPolicy").and_then(Value::as_str).unwrap_or("Always") != "Always"
+    {
+        warnings.push(format!(
+            "weft: {}=false on a pod that does not restart: it will not complete while the proxy runs",
+            annotations::NATIVE_SIDECAR
+        ));
+    }
+
+    let grace = spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
+    let proxy = proxy_container(config, &overrides, &app_ports, grace);
+    let init = init_container(config, &overrides);
+
+    let mut ops = Vec::new();
+    if metadata.is_none() {
+        ops.push(PatchOp::Add { path: "/metadata".into(), value: json!({}) });
+    }
+    let mut new_annotations = vec![(annotations::INJECTED, "true".to_string())];
+    if !pod_annotations.contains_key(DEFAULT_CONTAINER) {
+        // Keeps `kubectl logs/exec` on the app, not on the proxy that may now
+        // be the first container.
+        if let Some(first) = containers.first().and_then(container_name) {
+            new_annotations.push((DEFAULT_CONTAINER, first.to_string()));
+        }
+    }
+    add_map_entries(&mut ops, metadata, "annotations", &new_annotations);
+    add_map_entries(
+        &mut ops,
+        metadata,
+        "labels",
+        &[(CONTROL_PLANE_NS_LABEL, config.control_plane_namespace.clone())],
+    );
+
+    // proxy-init runs first; a native-sidecar proxy comes right after it, so
+    // the pod's own init containers already run with a working proxy.
+    let mut new_inits = vec![init];
+    let mut regular_proxy = None;
+    if overrides.native_sidecar {
+        new_inits.push(proxy);
+    } else {
+        regular_proxy = Some(proxy);
+    }
+    if init_containers.is_none() {
+        ops.push(PatchOp::Add { path: "/spec/initContainers".into(), value: Value::Array(new_inits) });
+    } else {
+        for (i, c) in new_inits.into_iter().enumerate() {
+            ops.push(PatchOp::Add { path: format!("/spec/initContainers/{i}"), value: c });
+        }
+    }
+    if let Some(proxy) = regular_proxy {
+        // First, so its postStart hook holds back the app until it is ready.
+        ops.push(PatchOp::Add { path: "/spec/containers/0".into(), value: proxy });
+    }
+    let volumes = vec![
+        json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE,
+                "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                "path": "token",
+            }}]},
+        }),
+        json!({"name": XTABLES_VOLUME, "emptyDir": {}}),
+    ];
+    match optional_array(spec, "volumes")? {
+        None => ops.push(PatchOp::Add { path: "/spec/volumes".into(), value: Value::Array(volumes) }),
+        Some(_) => {
+            ops.extend(volumes.into_iter().map(|v| PatchOp::Add { path: "/spec/volumes/-".into(), value: v }))
+        }
+    }
+
+    Ok(Outcome { decision: Decision::Injected, patch: ops, warnings })
+}
+
+/// Adds entries to `metadata.<field>`, creating the map when absent (a
+/// JSON-patch add into a missing parent fails the whole pod).
+fn add_map_entries(
+    ops: &mut Vec<PatchOp>,
+    metadata: Option<&Map<String, Value>>,
+    field: &str,
+    entries: &[(&str, String)],
+) {
+    let exists = metadata.and_then(|m| m.get(field)).is_some_and(Value::is_object);
+    if exists {
+        for (k, v) in entries {
+            ops.push(PatchOp::Add {
+                path: format!("/metadata/{field}/{}", escape(k)),
+                value: Value::String(v.clone()),
+            });
+        }
+    } else {
+        let map: Map<String, Value> =
+            entries.iter().map(|(k, v)| (k.to_string(), Value::String(v.clone()))).collect();
+        ops.push(PatchOp::Add { path: format!("/metadata/{field}"), value: Value::Object(map) });
+    }
+}
+
+/// TCP ports the pod's containers declare, sorted: what the proxy accepts
+/// inbound connections for.
+fn container_ports<'a>(containers: impl Iterator<Item = &'a Value>) -> Result<Vec<u16>, InjectError> {
+    let mut ports = BTreeSet::new();
+    for c in containers {
+        for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            if protocol != "TCP" {
+                continue;
+            }
+            let port = p
+                .get("containerPort")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0)
+                .ok_or_else(|| malformed("a containerPort is not a port number"))?;
+            ports.insert(port);
+        }
+    }
+    Ok(ports.into_iter().collect())
+}
+
+/// `a,b,c-d`, the syntax of the annotations, proxy-init and the proxy's env.
+fn port_list(ports: &[PortRange]) -> String {
+    let mut ports = ports.to_vec();
+    ports.sort();
+    ports.dedup();
+    ports
+        .iter()
+        .map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn resources(r: &Resources) -> Value {
+    let mut requests = Map::new();
+    let mut limits = Map::new();
+    let put = |m: &mut Map<String, Value>, k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            m.insert(k.into(), Value::String(v.clone()));
+        }
+    };
+    put(&mut requests, "cpu", &r.cpu_request);
+    put(&mut requests, "memory", &r.memory_request);
+    put(&mut limits, "cpu", &r.cpu_limit);
+    put(&mut limits, "memory", &r.memory_limit);
+    let mut out = Map::new();
+    if !requests.is_empty() {
+        out.insert("requests".into(), Value::Object(requests));
+    }
+    if !limits.is_empty() {
+        out.insert("limits".into(), Value::Object(limits));
+    }
+    Value::Object(out)
+}
+
+fn env(name: &str, value: impl Into<String>) -> Value {
+    json!({"name": name, "value": value.into()})
+}
+
+fn env_field(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}})
+}
+
+fn http_probe(path: &str) -> Value {
+    json!({"httpGet": {"path": path, "port": ADMIN_PORT, "scheme": "HTTP"}})
+}
+
+fn proxy_container(
+    config: &InjectorConfig,
+    o: &ProxyOverrides,
+    app_ports: &[u16],
+    grace_seconds: u64,
+) -> Value {
+    let inbound_ports = app_ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let env = vec![
+        // Downward API first: later values refer to them as $(...).
+        env_field("_pod_name", "metadata.name"),
+        env_field("_pod_ns", "metadata.namespace"),
+        env_field("_pod_sa", "spec.serviceAccountName"),
+        env("WEFT_PROXY_LOG", o.log_level.clone()),
+        env("WEFT_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
+        env("WEFT_PROXY_OUTBOUND_ADDR", format!("127.0.0.1:{OUTBOUND_PORT}")),
+        env("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+        env("WEFT_PROXY_INBOUND_PORTS", inbound_ports),
+        env("WEFT_PROXY_OPAQUE_PORTS", port_list(&o.opaque_ports)),
+        env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", format!("{grace_seconds}s")),
+        env("WEFT_PROXY_IDENTITY_SVC_ADDR", config.identity_svc_addr()),
+        env("WEFT_PROXY_IDENTITY_SVC_NAME", config.identity_svc_name()),
+        env("WEFT_PROXY_IDENTITY_LOCAL_NAME", config.local_identity_template()),
+        env("WEFT_PROXY_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+        env("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", config.trust_anchors_pem.clone()),
+        env("WEFT_PROXY_DESTINATION_SVC_ADDR", config.destination_svc_addr()),
+        env("WEFT_PROXY_DESTINATION_SVC_NAME", config.destination_svc_name()),
+    ];
+    let mut readiness = http_probe("/ready");
+    readiness["initialDelaySeconds"] = json!(2);
+    readiness["timeoutSeconds"] = json!(1);
+    let mut liveness = http_probe("/live");
+    liveness["initialDelaySeconds"] = json!(10);
+    liveness["timeoutSeconds"] = json!(1);
+    let mut c = json!({
+        "name": PROXY_CONTAINER,
+        "image": config.proxy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": env,
+        "ports": [
+            {"name": "weft-proxy", "containerPort": INBOUND_PORT, "protocol": "TCP"},
+            {"name": "weft-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": readiness,
+        "livenessProbe": liveness,
+        "resources": resources(&o.resources),
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
+    });
+    if o.native_sidecar {
+        c["restartPolicy"] = json!("Always");
+        // The kubelet starts the next container only once this passes, so
+        // the app never runs without its proxy; 2 minutes covers a slow
+        // identity bootstrap.
+        let mut startup = http_probe("/ready");
+        startup["periodSeconds"] = json!(1);
+        startup["failureThreshold"] = json!(120);
+        startup["timeoutSeconds"] = json!(1);
+        c["startupProbe"] = startup;
+    } else {
+        c["lifecycle"] = json!({"postStart": {"exec": {"command": config.await_command}}});
+    }
+    c
+}
+
+fn init_container(config: &InjectorConfig, o: &ProxyOverrides) -> Value {
+    // The proxy's tap and admin ports are reached directly: the kubelet's
+    // probes must not depend on the proxy's inbound path.
+    let mut skip_inbound = vec![PortRange::single(TAP_PORT), PortRange::single(ADMIN_PORT)];
+    skip_inbound.extend_from_slice(&o.skip_inbound_ports);
+    let mut args = vec![
+        "--proxy-uid".to_string(),
+        PROXY_UID.to_string(),
+        "--inbound-port".into(),
+        INBOUND_PORT.to_string(),
+        "--outbound-port".into(),
+        OUTBOUND_PORT.to_string(),
+        "--skip-inbound-ports".into(),
+        port_list(&skip_inbound),
+    ];
+    if !o.skip_outbound_ports.is_empty() {
+        args.push("--skip-outbound-ports".into());
+        args.push(port_list(&o.skip_outbound_ports));
+    }
+    json!({
+        "name": INIT_CONTAINER,
+        "image": config.proxy_init_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "10Mi"},
+            "limits": {"cpu": "100m", "memory": "50Mi"},
+        },
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        // iptables-legacy takes its lock under /run; the root filesystem is
+        // read-only.
+        "volumeMounts": [{"name": XTABLES_VOLUME, "mountPath": "/run"}],
+    })
+}

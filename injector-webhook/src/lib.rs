@@ -1,0 +1,21 @@
+//! weft-injector: adds weft-proxy and weft-proxy-init to pods.
+//!
+//! The decision and the patch are a pure function of the pod, its namespace's
+//! annotations and the injector's configuration ([`inject::inject`]), shared
+//! by the admission webhook ([`webhook`]) and by `weft inject`
+//! ([`manifests::inject_manifests`]).
+
+pub mod annotations;
+pub mod config;
+pub mod inject;
+pub mod manifests;
+pub mod namespaces;
+pub mod patch;
+pub mod quantity;
+pub mod review;
+pub mod tls;
+pub mod webhook;
+
+pub use config::InjectorConfig;
+pub use inject::{inject, Decision, InjectError, NamespaceInfo, Outcome};
+pub use manifests::{inject_manifests, inject_manifests_report, ManifestError};

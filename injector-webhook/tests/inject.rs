@@ -1,0 +1,273 @@
+//! The pure injection function, on the pods the apiserver actually sent.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use weft_injector::inject::SkipReason;
+use weft_injector::{inject, Decision, NamespaceInfo};
+
+fn enabled_ns() -> NamespaceInfo {
+    NamespaceInfo {
+        name: Some("emojivoto".into()),
+        annotations: [("weft.io/inject".to_string(), "enabled".to_string())].into(),
+    }
+}
+
+fn plain_ns() -> NamespaceInfo {
+    NamespaceInfo { name: Some("plain".into()), annotations: Default::default() }
+}
+
+fn request_pod(file: &str) -> Value {
+    fixture(file)["request"]["object"].clone()
+}
+
+fn with_annotations(mut pod: Value, pairs: &[(&str, &str)]) -> Value {
+    let ann =
+        pod["metadata"].as_object_mut().expect("metadata").entry("annotations").or_insert_with(|| json!({}));
+    for (k, v) in pairs {
+        ann[*k] = json!(v);
+    }
+    pod
+}
+
+fn skip_reason(pod: &Value, ns: &NamespaceInfo) -> SkipReason {
+    match inject(pod, ns, &config()).expect("inject").decision {
+        Decision::Skipped(r) => r,
+        Decision::Injected => panic!("unexpectedly injected"),
+    }
+}
+
+#[test]
+fn injects_every_captured_pod_and_is_idempotent() {
+    for file in [
+        "admissionreview-pod-create-plain.json",
+        "admissionreview-pod-create-replicaset.json",
+        "admissionreview-pod-create-job.json",
+    ] {
+        let pod = request_pod(file);
+        let outcome = inject(&pod, &enabled_ns(), &config()).expect("inject");
+        assert_eq!(outcome.decision, Decision::Injected, "{file}");
+        assert!(outcome.warnings.is_empty(), "{file}: {:?}", outcome.warnings);
+        let injected = apply(&pod, &outcome.patch);
+        let proxy = assert_injected(&injected, true);
+
+        // The app containers are untouched and still in order.
+        assert_eq!(injected["spec"]["containers"], pod["spec"]["containers"], "{file}");
+
+        // Twice: nothing more to do, so the same pod and one proxy.
+        let again = inject(&injected, &enabled_ns(), &config()).expect("inject");
+        assert_eq!(again.decision, Decision::Skipped(SkipReason::AlreadyInjected));
+        assert!(again.patch.is_empty());
+
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_INBOUND_ADDR").as_deref(), Some("0.0.0.0:4143"));
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_OUTBOUND_ADDR").as_deref(), Some("127.0.0.1:4140"));
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_ADMIN_ADDR").as_deref(), Some("0.0.0.0:4191"));
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_LOG").as_deref(), Some("warn,weft_proxy=info"));
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD").as_deref(), Some("30s"));
+        assert_eq!(
+            env_value(&proxy, "WEFT_PROXY_IDENTITY_LOCAL_NAME").as_deref(),
+            Some("$(_pod_sa).$(_pod_ns).serviceaccount.identity.weft.cluster.local")
+        );
+        assert_eq!(
+            env_value(&proxy, "WEFT_PROXY_IDENTITY_TOKEN_FILE").as_deref(),
+            Some("/var/run/secrets/weft.io/serviceaccount/token")
+        );
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_IDENTITY_TRUST_ANCHORS").as_deref(), Some(TRUST_ANCHORS));
+        assert_eq!(
+            env_value(&proxy, "WEFT_PROXY_DESTINATION_SVC_ADDR").as_deref(),
+            Some("weft-destination.weft.svc.cluster.local:8086")
+        );
+        assert_eq!(
+            injected["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+            pod["spec"]["containers"][0]["name"]
+        );
+    }
+}
+
+#[test]
+fn inbound_ports_come_from_the_containers() {
+    let pod = request_pod("admissionreview-pod-create-replicaset.json");
+    let injected = apply(&pod, &inject(&pod, &enabled_ns(), &config()).unwrap().patch);
+    let proxy = find(&injected, "initContainers", "weft-proxy").unwrap();
+    assert_eq!(env_value(proxy, "WEFT_PROXY_INBOUND_PORTS").as_deref(), Some("8080"));
+    let init = find(&injected, "initContainers", "weft-proxy-init").unwrap();
+    assert_eq!(
+        init["args"],
+        json!([
+            "--proxy-uid",
+            "2102",
+            "--inbound-port",
+            "4143",
+            "--outbound-port",
+            "4140",
+            "--skip-inbound-ports",
+            "4190,4191"
+        ])
+    );
+}
+
+#[test]
+fn annotations_decide() {
+    let pod = request_pod("admissionreview-pod-create-plain.json");
+    // Namespace enabled, pod disabled: disabled wins.
+    let disabled = with_annotations(pod.clone(), &[("weft.io/inject", "disabled")]);
+    assert_eq!(skip_reason(&disabled, &enabled_ns()), SkipReason::Disabled);
+    // Namespace silent, pod enabled: injected.
+    let mut opted_in = with_annotations(pod.clone(), &[("weft.io/inject", "enabled")]);
+    opted_in["metadata"]["namespace"] = json!("plain");
+    let o = inject(&opted_in, &plain_ns(), &config()).unwrap();
+    assert_eq!(o.decision, Decision::Injected);
+    // Neither: not injected.
+    let mut silent = pod.clone();
+    silent["metadata"]["namespace"] = json!("plain");
+    assert_eq!(skip_reason(&silent, &plain_ns()), SkipReason::NotEnabled);
+    // A typo in the value: not injected, with a warning.
+    let typo = with_annotations(pod.clone(), &[("weft.io/inject", "enable")]);
+    let o = inject(&typo, &enabled_ns(), &config()).unwrap();
+    assert!(matches!(o.decision, Decision::Skipped(SkipReason::UnknownInjectValue(_))));
+    assert_eq!(o.warnings.len(), 1);
+}
+
+#[test]
+fn skips_host_network_and_control_plane() {
+    let mut pod = request_pod("admissionreview-pod-create-plain.json");
+    pod["spec"]["hostNetwork"] = json!(true);
+    assert_eq!(skip_reason(&pod, &enabled_ns()), SkipReason::HostNetwork);
+
+    let mut pod = request_pod("admissionreview-pod-create-plain.json");
+    pod["metadata"]["namespace"] = json!("weft");
+    let ns = NamespaceInfo { name: Some("weft".into()), ..enabled_ns() };
+    assert_eq!(skip_reason(&pod, &ns), SkipReason::ControlPlane);
+}
+
+#[test]
+fn invalid_config_admits_unmodified_with_warnings() {
+    let pod = with_annotations(
+        request_pod("admissionreview-pod-create-plain.json"),
+        &[("config.weft.io/skip-outbound-ports", "mysql"), ("config.weft.io/proxy-memory-limit", "lots")],
+    );
+    let o = inject(&pod, &enabled_ns(), &config()).unwrap();
+    assert_eq!(o.decision, Decision::Skipped(SkipReason::InvalidAnnotations));
+    assert!(o.patch.is_empty());
+    assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+    assert!(o.warnings[0].contains("config.weft.io/skip-outbound-ports"), "{:?}", o.warnings);
+}
+
+#[test]
+fn config_annotations_reach_the_proxy_and_init() {
+    let pod = with_annotations(
+        request_pod("admissionreview-pod-create-plain.json"),
+        &[
+            ("config.weft.io/skip-inbound-ports", "22"),
+            ("config.weft.io/skip-outbound-ports", "3306,5432-5433"),
+            ("config.weft.io/opaque-ports", "25,5432-5433"),
+            ("config.weft.io/proxy-cpu-limit", "1"),
+            ("config.weft.io/proxy-memory-request", "64Mi"),
+            ("config.weft.io/proxy-log-level", "debug"),
+        ],
+    );
+    // A namespace-level value loses to the pod's.
+    let ns = NamespaceInfo {
+        annotations: [
+            ("weft.io/inject".to_string(), "enabled".to_string()),
+            ("config.weft.io/proxy-log-level".to_string(), "error".to_string()),
+            ("config.weft.io/proxy-cpu-request".to_string(), "200m".to_string()),
+        ]
+        .into(),
+        ..enabled_ns()
+    };
+    let o = inject(&pod, &ns, &config()).unwrap();
+    let injected = apply(&pod, &o.patch);
+    let proxy = assert_injected(&injected, true);
+    assert_eq!(env_value(&proxy, "WEFT_PROXY_LOG").as_deref(), Some("debug"));
+    assert_eq!(env_value(&proxy, "WEFT_PROXY_OPAQUE_PORTS").as_deref(), Some("25,5432-5433"));
+    assert_eq!(
+        proxy["resources"],
+        json!({"requests": {"cpu": "200m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "250Mi"}})
+    );
+    let init = find(&injected, "initContainers", "weft-proxy-init").unwrap();
+    let args: Vec<&str> = init["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.windows(2).any(|w| w == ["--skip-inbound-ports", "22,4190,4191"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--skip-outbound-ports", "3306,5432-5433"]), "{args:?}");
+}
+
+#[test]
+fn non_native_sidecar_goes_first_with_a_post_start_hook() {
+    let pod = with_annotations(
+        request_pod("admissionreview-pod-create-replicaset.json"),
+        &[("config.weft.io/native-sidecar", "false")],
+    );
+    let o = inject(&pod, &enabled_ns(), &config()).unwrap();
+    let injected = apply(&pod, &o.patch);
+    assert_injected(&injected, false);
+    assert_eq!(injected["spec"]["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(injected["spec"]["containers"][1], pod["spec"]["containers"][0]);
+    // kubectl still defaults to the app.
+    assert_eq!(injected["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"], "emoji");
+    // Idempotent in this shape too.
+    assert_eq!(
+        inject(&injected, &enabled_ns(), &config()).unwrap().decision,
+        Decision::Skipped(SkipReason::AlreadyInjected)
+    );
+
+    // A Job's pod never completes with a regular proxy container: say so.
+    let job = with_annotations(
+        request_pod("admissionreview-pod-create-job.json"),
+        &[("config.weft.io/native-sidecar", "false")],
+    );
+    let o = inject(&job, &enabled_ns(), &config()).unwrap();
+    assert_eq!(o.decision, Decision::Injected);
+    assert!(o.warnings.iter().any(|w| w.contains("will not complete")), "{:?}", o.warnings);
+}
+
+#[test]
+fn existing_init_containers_volumes_and_bare_metadata() {
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x", "namespace": "emojivoto"},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "m"}],
+            "containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}, {"containerPort": 9090, "protocol": "TCP"}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "terminationGracePeriodSeconds": 45
+        }
+    });
+    let o = inject(&pod, &enabled_ns(), &config()).unwrap();
+    let injected = apply(&pod, &o.patch);
+    let proxy = assert_injected(&injected, true);
+    let inits: Vec<&str> = injected["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // The app's own init container runs after the proxy is up.
+    assert_eq!(inits, ["weft-proxy-init", "weft-proxy", "migrate"]);
+    assert_eq!(injected["spec"]["volumes"][0]["name"], "data");
+    assert_eq!(injected["spec"]["volumes"].as_array().unwrap().len(), 3);
+    assert_eq!(injected["metadata"]["labels"]["weft.io/control-plane-ns"], "weft");
+    assert_eq!(env_value(&proxy, "WEFT_PROXY_INBOUND_PORTS").as_deref(), Some("80,9090"));
+    assert_eq!(env_value(&proxy, "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD").as_deref(), Some("45s"));
+}
+
+#[test]
+fn port_conflicts_and_malformed_pods_are_not_injected() {
+    let pod = json!({
+        "metadata": {"namespace": "emojivoto"},
+        "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 4191}]}]}
+    });
+    assert_eq!(skip_reason(&pod, &enabled_ns()), SkipReason::PortConflict(4191));
+
+    for bad in [
+        json!("pod"),
+        json!({"metadata": {}}),
+        json!({"spec": {"containers": {"name": "app"}}}),
+        json!({"spec": {"containers": ["app"]}}),
+        json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": "http"}]}]}, "metadata": {"annotations": {"weft.io/inject": "enabled"}}}),
+        json!({"spec": {"containers": []}, "metadata": {"annotations": {"weft.io/inject": 1}}}),
+    ] {
+        assert!(inject(&bad, &enabled_ns(), &config()).is_err(), "{bad}");
+    }
+}
