@@ -36,19 +36,28 @@ struct Args {
     #[arg(long, env = "WEFT_INJECTOR_TRUST_ANCHORS")]
     trust_anchors: PathBuf,
     /// Namespace of the control plane; its pods are never injected.
-    #[arg(long, env = "WEFT_CONTROL_PLANE_NAMESPACE", default_value = "weft")]
+    #[arg(long, env = "WEFT_INJECTOR_CONTROL_PLANE_NAMESPACE", default_value = "weft")]
     control_plane_namespace: String,
-    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    /// Trust domain of proxy identities (`SA.NS.serviceaccount.identity.CPNS.TRUST_DOMAIN`).
+    #[arg(long, env = "WEFT_INJECTOR_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    /// DNS suffix of cluster Services, used for the control-plane addresses.
+    #[arg(long, env = "WEFT_INJECTOR_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
-    #[arg(long, env = "WEFT_PROXY_IMAGE", default_value = "ghcr.io/weft-mesh/weft-proxy:latest")]
+    /// Image of the injected weft-proxy container.
+    #[arg(long, env = "WEFT_INJECTOR_PROXY_IMAGE", default_value = "ghcr.io/weft-mesh/weft-proxy:latest")]
     proxy_image: String,
-    #[arg(long, env = "WEFT_PROXY_INIT_IMAGE", default_value = "ghcr.io/weft-mesh/weft-proxy-init:latest")]
+    /// Image of the injected weft-proxy-init init container.
+    #[arg(
+        long,
+        env = "WEFT_INJECTOR_PROXY_INIT_IMAGE",
+        default_value = "ghcr.io/weft-mesh/weft-proxy-init:latest"
+    )]
     proxy_init_image: String,
     /// Proxy log filter unless config.weft.io/proxy-log-level says otherwise.
     #[arg(long, env = "WEFT_INJECTOR_PROXY_LOG_LEVEL", default_value = "warn,weft_proxy=info")]
     proxy_log_level: String,
+    /// Proxy resources unless config.weft.io/proxy-* annotations say otherwise; empty: unset.
     #[arg(long, env = "WEFT_INJECTOR_PROXY_CPU_REQUEST", default_value = "100m")]
     proxy_cpu_request: String,
     /// Empty: no CPU limit (throttling shows up as tail latency).
