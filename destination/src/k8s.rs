@@ -1,0 +1,250 @@
+//! The Kubernetes backend: one kube-runtime watcher per kind, cluster-wide,
+//! feeding the shared index. Subscribers never talk to the API server, so
+//! a thousand proxies cost the same API load as one.
+//!
+//! A watcher that fails (network error, 410 Gone after a compaction, a
+//! restarted API server) is restarted by kube-runtime with backoff; its
+//! relist arrives as `Init … InitDone` and replaces that kind's records in
+//! one step. Subscribers stay connected throughout and see only the net
+//! change, if any.
+
+use std::{
+    collections::HashSet,
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+use kube::{
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{watcher, WatchStreamExt},
+    Client, Resource,
+};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{
+    index::Index,
+    model::{self, Kind, ModelError, ObjKey, Object},
+    MeshConfig,
+};
+
+/// Which served version of `split.smi-spec.io` to watch. Both carry the same
+/// `service`/`backends`; v1alpha4 adds `matches`, which weft ignores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitVersion {
+    /// The newest of v1alpha4 and v1alpha2 the API server serves.
+    Auto,
+    V1alpha2,
+    V1alpha4,
+}
+
+/// How often to look again for a CRD that is not installed yet.
+const CRD_RECHECK: Duration = Duration::from_secs(30);
+
+/// Marks the index synced once every watched kind has listed once.
+struct SyncTracker {
+    pending: Mutex<HashSet<Kind>>,
+    index: Index,
+}
+
+impl SyncTracker {
+    fn done(&self, kind: Kind) {
+        let Ok(mut pending) = self.pending.lock() else { return };
+        if pending.remove(&kind) && pending.is_empty() {
+            info!("all kinds listed; serving");
+            self.index.set_synced();
+        }
+    }
+}
+
+/// Starts every watcher; they run until the runtime shuts down.
+pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: SplitVersion) {
+    let sync = Arc::new(SyncTracker {
+        pending: Mutex::new(
+            [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::TrafficSplit, Kind::ServiceProfile].into(),
+        ),
+        index: index.clone(),
+    });
+
+    tokio::spawn(
+        watch_kind(
+            Api::<core::Service>::all(client.clone()),
+            Kind::Service,
+            index.clone(),
+            sync.clone(),
+            |s| model::service(s).map(|r| Some(Object::Service(r))),
+        )
+        .instrument(info_span!("watch", kind = "Service")),
+    );
+    tokio::spawn(
+        watch_kind(
+            Api::<discovery::EndpointSlice>::all(client.clone()),
+            Kind::EndpointSlice,
+            index.clone(),
+            sync.clone(),
+            |s| model::endpoint_slice(s).map(|r| r.map(Object::EndpointSlice)),
+        )
+        .instrument(info_span!("watch", kind = "EndpointSlice")),
+    );
+    let pod_cfg = cfg.clone();
+    tokio::spawn(
+        watch_kind(Api::<core::Pod>::all(client.clone()), Kind::Pod, index.clone(), sync.clone(), move |p| {
+            model::pod(p, &pod_cfg).map(|r| Some(Object::Pod(r)))
+        })
+        .instrument(info_span!("watch", kind = "Pod")),
+    );
+    tokio::spawn(
+        watch_crd(client.clone(), CrdKind::TrafficSplit(split_version), index.clone(), sync.clone())
+            .instrument(info_span!("watch", kind = "TrafficSplit")),
+    );
+    tokio::spawn(
+        watch_crd(client, CrdKind::ServiceProfile, index, sync)
+            .instrument(info_span!("watch", kind = "ServiceProfile")),
+    );
+}
+
+#[derive(Clone, Copy)]
+enum CrdKind {
+    TrafficSplit(SplitVersion),
+    ServiceProfile,
+}
+
+impl CrdKind {
+    fn kind(self) -> Kind {
+        match self {
+            CrdKind::TrafficSplit(_) => Kind::TrafficSplit,
+            CrdKind::ServiceProfile => Kind::ServiceProfile,
+        }
+    }
+
+    /// Candidate (group, version) pairs, preferred first.
+    fn versions(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            CrdKind::TrafficSplit(SplitVersion::Auto) => {
+                &[("split.smi-spec.io", "v1alpha4"), ("split.smi-spec.io", "v1alpha2")]
+            }
+            CrdKind::TrafficSplit(SplitVersion::V1alpha4) => &[("split.smi-spec.io", "v1alpha4")],
+            CrdKind::TrafficSplit(SplitVersion::V1alpha2) => &[("split.smi-spec.io", "v1alpha2")],
+            CrdKind::ServiceProfile => &[("linkerd.io", "v1alpha2")],
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            CrdKind::TrafficSplit(_) => "trafficsplits",
+            CrdKind::ServiceProfile => "serviceprofiles",
+        }
+    }
+}
+
+/// Whether the API server serves `plural` in `group/version`.
+async fn served(client: &Client, group: &str, version: &str, plural: &str) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(&format!("{group}/{version}")).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Watches a custom resource once its CRD is found. Until then the kind
+/// counts as synced and empty: a cluster without SMI or ServiceProfiles is a
+/// normal cluster, and must not keep discovery from becoming ready.
+async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTracker>) {
+    let kind = crd.kind();
+    let (group, version) = loop {
+        let mut found = None;
+        let mut failed = false;
+        for (group, version) in crd.versions() {
+            match served(&client, group, version, crd.plural()).await {
+                Ok(true) => {
+                    found = Some((*group, *version));
+                    break;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(%error, group, version, "API discovery failed; retrying");
+                    failed = true;
+                }
+            }
+        }
+        if let Some(found) = found {
+            break found;
+        }
+        if !failed {
+            debug!(kind = kind.as_str(), "CRD not installed; treating as empty and checking again later");
+            index.replace(kind, Vec::new());
+            sync.done(kind);
+        }
+        tokio::time::sleep(if failed { Duration::from_secs(2) } else { CRD_RECHECK }).await;
+    };
+    info!(group, version, "watching {}", crd.plural());
+    let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
+    let api = Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, crd.plural()));
+    watch_kind(api, kind, index, sync, move |obj: &DynamicObject| {
+        let key = ObjKey::from_meta(&obj.metadata)?;
+        let spec = obj.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+        Ok(Some(match crd {
+            CrdKind::TrafficSplit(_) => Object::TrafficSplit(model::traffic_split(key, &spec)?),
+            CrdKind::ServiceProfile => Object::ServiceProfile(model::service_profile(key, &spec)?),
+        }))
+    })
+    .await
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: Kind,
+    index: Index,
+    sync: Arc<SyncTracker>,
+    convert: impl Fn(&K) -> Result<Option<Object>, ModelError>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let key = |obj: &K| ObjKey::from_meta(obj.meta()).ok();
+    let converted = |obj: &K| match convert(obj) {
+        Ok(o) => o,
+        Err(error) => {
+            // Reported, and the object treated as absent: serving a stale
+            // version of something now invalid would hide the problem.
+            metrics::counter!("destination_invalid_objects_total", "kind" => kind.as_str()).increment(1);
+            warn!(object = ?key(obj), %error, "invalid object ignored");
+            None
+        }
+    };
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut buffer = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => {
+                debug!("listing");
+                buffer.clear();
+            }
+            Ok(watcher::Event::InitApply(obj)) => buffer.extend(converted(&obj)),
+            Ok(watcher::Event::InitDone) => {
+                debug!(objects = buffer.len(), "listed");
+                metrics::counter!("destination_watch_resyncs_total", "kind" => kind.as_str()).increment(1);
+                index.replace(kind, std::mem::take(&mut buffer));
+                sync.done(kind);
+            }
+            Ok(watcher::Event::Apply(obj)) => match (converted(&obj), key(&obj)) {
+                (Some(o), _) => index.apply(o),
+                (None, Some(k)) => index.delete(kind, &k),
+                (None, None) => {}
+            },
+            Ok(watcher::Event::Delete(obj)) => {
+                if let Some(k) = key(&obj) {
+                    index.delete(kind, &k);
+                }
+            }
+            Err(error) => {
+                // kube-runtime re-lists (410 Gone) or re-watches with backoff;
+                // the index keeps serving the last known state meanwhile.
+                metrics::counter!("destination_watch_errors_total", "kind" => kind.as_str()).increment(1);
+                warn!(%error, "watch error; resyncing");
+            }
+        }
+    }
+}

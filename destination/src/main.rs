@@ -1,0 +1,130 @@
+//! weft-destination: serves the Destination API from Kubernetes or a
+//! directory of manifests. See README.md for flags and formats.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::info;
+use weft_destination::{admin, files, index::Index, k8s, server, MeshConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "weft-destination", version, about = "weft's service discovery (Linkerd Destination API)")]
+struct Args {
+    /// gRPC listen address for the Destination API (plaintext).
+    #[arg(long, env = "WEFT_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
+    addr: SocketAddr,
+
+    /// Admin listen address: /ready, /live, /metrics.
+    #[arg(long, env = "WEFT_DESTINATION_ADMIN_ADDR", default_value = "0.0.0.0:9996")]
+    admin_addr: SocketAddr,
+
+    /// Watch the Kubernetes API (in-cluster config or KUBECONFIG).
+    #[arg(long, env = "WEFT_DESTINATION_KUBERNETES", conflicts_with = "dir")]
+    kubernetes: bool,
+
+    /// Serve the manifests in this directory, reloading them as they change
+    /// (the default backend).
+    #[arg(long, env = "WEFT_DESTINATION_DIR", default_value = "/etc/weft/destination")]
+    dir: PathBuf,
+
+    /// How often the manifest directory is checked for changes.
+    #[arg(long, env = "WEFT_DESTINATION_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    poll_ms: u64,
+
+    #[arg(long, env = "WEFT_DESTINATION_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+
+    #[arg(long, env = "WEFT_DESTINATION_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+
+    #[arg(long, env = "WEFT_DESTINATION_CONTROL_PLANE_NAMESPACE", default_value = "weft")]
+    control_plane_namespace: String,
+
+    /// TrafficSplit API version to watch.
+    #[arg(long, env = "WEFT_DESTINATION_TRAFFIC_SPLIT_VERSION", value_enum, default_value = "auto")]
+    traffic_split_version: k8s::SplitVersion,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
+    log: String,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "WEFT_DESTINATION_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+
+    // Fail fast on names that could never form a valid identity.
+    weft_tls::name::check_trust_domain(&args.trust_domain).context("invalid --trust-domain")?;
+    weft_tls::name::check_dns_label("control plane namespace", &args.control_plane_namespace)
+        .context("invalid --control-plane-namespace")?;
+    let cfg = MeshConfig {
+        cluster_domain: args.cluster_domain.trim_end_matches('.').to_owned(),
+        trust_domain: args.trust_domain.clone(),
+        control_plane_namespace: args.control_plane_namespace.clone(),
+    };
+
+    let metrics = admin::install_metrics().context("installing the metrics recorder")?;
+    let index = Index::new();
+
+    if args.kubernetes {
+        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+        info!("backend: kubernetes");
+        k8s::spawn(client, index.clone(), cfg.clone(), args.traffic_split_version);
+    } else {
+        if !args.dir.is_dir() {
+            bail!(
+                "manifest directory {} does not exist (pass --dir, or --kubernetes to watch a cluster)",
+                args.dir.display()
+            );
+        }
+        info!(dir = %args.dir.display(), "backend: files");
+        let loader = files::Loader::new(&args.dir, cfg.clone());
+        tokio::spawn(files::run(loader, index.clone(), std::time::Duration::from_millis(args.poll_ms)));
+    }
+
+    let admin_listener =
+        TcpListener::bind(args.admin_addr).await.with_context(|| format!("binding {}", args.admin_addr))?;
+    tokio::spawn(admin::serve(admin_listener, index.clone(), Some(metrics)));
+
+    let listener = TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
+    info!(addr = %listener.local_addr().context("local address")?, admin = %args.admin_addr, "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let service = server::DestinationService::new(index, cfg, stop_rx);
+    let shutdown = async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    server::serve(listener, service, shutdown).await.context("serving the Destination API")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
