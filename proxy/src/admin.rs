@@ -24,13 +24,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::log::LogLevel;
+use crate::{identity::LocalIdentity, log::LogLevel};
 
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: PrometheusHandle,
     pub log: Option<LogLevel>,
     pub ready: Arc<AtomicBool>,
+    /// With an identity, ready also means certified: inbound mTLS cannot be
+    /// served before.
+    pub identity: Option<LocalIdentity>,
     /// Cancelled by `POST /shutdown`.
     pub shutdown: CancellationToken,
 }
@@ -77,7 +80,8 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
-                if self.ready.load(Ordering::Acquire) {
+                let certified = self.identity.as_ref().is_none_or(|id| id.is_ready());
+                if self.ready.load(Ordering::Acquire) && certified {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

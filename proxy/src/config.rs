@@ -2,7 +2,11 @@
 //! environment variables. proxy/README.md documents every variable; keep the
 //! two in step.
 
-use std::{collections::HashSet, net::SocketAddr, str::FromStr, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use weft_tls::{IdentityName, TrustAnchors};
+
+use crate::identity::IdentityConfig;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -30,6 +34,11 @@ pub struct Config {
     pub destination_suffixes: Vec<String>,
     pub discovery_timeout: Duration,
     pub discovery_idle_timeout: Duration,
+    /// Unset, the proxy has no identity: no mTLS either way.
+    pub identity: Option<IdentityConfig>,
+    /// Inbound ports that refuse connections without a verified client
+    /// identity (plaintext, or TLS without a mesh certificate).
+    pub inbound_ports_require_identity: PortSet,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -92,6 +101,12 @@ impl Config {
                 .collect(),
             discovery_timeout: env.duration("WEFT_PROXY_DISCOVERY_TIMEOUT", "2s")?,
             discovery_idle_timeout: env.duration("WEFT_PROXY_DISCOVERY_IDLE_TIMEOUT", "60s")?,
+            identity: identity(&env)?,
+            inbound_ports_require_identity: env.parse(
+                "WEFT_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+                "",
+                PORTS,
+            )?,
         };
         if let Some(addr) = &config.destination_addr {
             let valid = addr
@@ -163,6 +178,53 @@ impl Env<'_> {
             expected: "a duration such as 500ms, 10s, 5m or 1h",
         })
     }
+}
+
+const IDENTITY_NAME: &str = "an identity name SA.NS.serviceaccount.identity.CPNS.TRUSTDOMAIN";
+
+/// The identity settings come as a group: naming the CA without the rest is
+/// a mistake worth refusing to start over.
+fn identity(env: &Env<'_>) -> Result<Option<IdentityConfig>, ConfigError> {
+    let Some(svc_addr) = env.get("WEFT_PROXY_IDENTITY_SVC_ADDR") else { return Ok(None) };
+    let svc_addr = svc_addr.trim().to_string();
+    if !svc_addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+        return Err(env.error("WEFT_PROXY_IDENTITY_SVC_ADDR", "HOST:PORT of weft-identity"));
+    }
+    let required = |var: &'static str, expected: &'static str| {
+        env.get(var).ok_or(ConfigError { var, value: String::new(), expected })
+    };
+    let name = |var: &'static str| -> Result<IdentityName, ConfigError> {
+        let value = required(var, IDENTITY_NAME)?;
+        value.trim().parse().map_err(|_| ConfigError { var, value, expected: IDENTITY_NAME })
+    };
+    let anchors = match (env.get("WEFT_PROXY_IDENTITY_TRUST_ANCHORS"), env.get("WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE")) {
+        (Some(pem), _) => TrustAnchors::from_pem(pem.as_bytes()).map_err(|_| ConfigError {
+            var: "WEFT_PROXY_IDENTITY_TRUST_ANCHORS",
+            value: "<PEM>".into(),
+            expected: "PEM-encoded trust anchor certificates",
+        })?,
+        (None, Some(path)) => TrustAnchors::load(std::path::Path::new(path.trim())).map_err(|_| ConfigError {
+            var: "WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE",
+            value: path.clone(),
+            expected: "a readable file of PEM-encoded trust anchor certificates",
+        })?,
+        (None, None) => {
+            return Err(ConfigError {
+                var: "WEFT_PROXY_IDENTITY_TRUST_ANCHORS",
+                value: String::new(),
+                expected: "the trust anchors' PEM (or WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE) when WEFT_PROXY_IDENTITY_SVC_ADDR is set",
+            })
+        }
+    };
+    Ok(Some(IdentityConfig {
+        svc_addr,
+        svc_name: name("WEFT_PROXY_IDENTITY_SVC_NAME")?,
+        local_name: name("WEFT_PROXY_IDENTITY_LOCAL_NAME")?,
+        trust_anchors: anchors,
+        token_file: PathBuf::from(
+            required("WEFT_PROXY_IDENTITY_TOKEN_FILE", "the path of the ServiceAccount token file")?.trim(),
+        ),
+    }))
 }
 
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -253,6 +315,13 @@ mod tests {
         assert_eq!(err.var, "WEFT_PROXY_LOG_FORMAT");
         let err = config(&[("WEFT_PROXY_MAX_HEADER_BYTES", "100")]).unwrap_err();
         assert_eq!(err.var, "WEFT_PROXY_MAX_HEADER_BYTES");
+        let err = config(&[("WEFT_PROXY_IDENTITY_SVC_ADDR", "localhost:8080")]).unwrap_err();
+        assert_eq!(
+            err.var, "WEFT_PROXY_IDENTITY_TRUST_ANCHORS",
+            "the rest of the identity group is required"
+        );
+        let err = config(&[("WEFT_PROXY_DESTINATION_SVC_ADDR", "nohostport")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_DESTINATION_SVC_ADDR");
     }
 
     #[test]

@@ -1,8 +1,20 @@
-//! Dialing upstreams: TCP connect with a deadline, Nagle off, metered.
+//! Dialing upstreams: TCP connect with a deadline, Nagle off, metered, and
+//! wrapped in mutual TLS when the peer is a meshed proxy.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+use tokio_rustls::client::TlsStream;
+use weft_tls::MeshClientConfig;
 
 use crate::{
     io::{Activity, MeteredIo},
@@ -12,7 +24,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Connector {
     timeout: Duration,
-    metrics: TcpMetrics,
+    plain: TcpMetrics,
+    tls: TcpMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +34,8 @@ pub enum ConnectError {
     Timeout(SocketAddr, Duration),
     #[error("connect to {0}: {1}")]
     Io(SocketAddr, #[source] io::Error),
+    #[error("TLS handshake with {0} ({1}): {2}")]
+    Tls(SocketAddr, String, #[source] io::Error),
 }
 
 impl ConnectError {
@@ -42,14 +57,23 @@ pub fn is_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-pub type Upstream = MeteredIo<TcpStream>;
+/// An upstream connection, in the clear or mutually authenticated.
+pub enum Upstream {
+    Plain(MeteredIo<TcpStream>),
+    Tls(Box<TlsStream<MeteredIo<TcpStream>>>),
+}
 
 impl Connector {
-    pub fn new(timeout: Duration, metrics: TcpMetrics) -> Self {
-        Self { timeout, metrics }
+    pub fn new(timeout: Duration, plain: TcpMetrics, tls: TcpMetrics) -> Self {
+        Self { timeout, plain, tls }
     }
 
-    pub async fn connect(&self, addr: SocketAddr, activity: Activity) -> Result<Upstream, ConnectError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&MeshClientConfig>,
+        activity: Activity,
+    ) -> Result<Upstream, ConnectError> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ConnectError::Timeout(addr, self.timeout))?
@@ -57,6 +81,63 @@ impl Connector {
         // Proxied requests are latency-sensitive and already batched by the
         // HTTP codecs; Nagle would only add delay.
         let _ = stream.set_nodelay(true);
-        Ok(MeteredIo::new(stream, self.metrics.clone(), activity))
+        let Some(tls) = tls else {
+            return Ok(Upstream::Plain(MeteredIo::new(stream, self.plain.clone(), activity)));
+        };
+        let io = MeteredIo::new(stream, self.tls.clone(), activity);
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let handshake = connector.connect(tls.server_name.clone(), io);
+        let peer = || tls.server_name.to_str().into_owned();
+        let stream = tokio::time::timeout(self.timeout, handshake)
+            .await
+            .map_err(|_| ConnectError::Timeout(addr, self.timeout))?
+            .map_err(|e| ConnectError::Tls(addr, peer(), e))?;
+        Ok(Upstream::Tls(Box::new(stream)))
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Upstream::Tls(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Upstream::Tls(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Upstream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(io) => io.is_write_vectored(),
+            Upstream::Tls(io) => io.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Upstream::Tls(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Upstream::Tls(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }

@@ -110,6 +110,56 @@ fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The SNI of a TLS ClientHello at the start of a connection, if the
+/// connection starts with one. The bytes read are handed back for replay
+/// either way, so a TLS stream that is not for us (the app's own TLS)
+/// passes through untouched.
+pub async fn client_hello_sni<T: AsyncRead + Unpin>(
+    mut io: T,
+    timeout: Duration,
+) -> Result<(Option<String>, PrefixedIo<T>), DetectError> {
+    const HANDSHAKE: u8 = 0x16;
+    const MAX_RECORD: usize = 5 + 16 * 1024;
+    let mut buf = BytesMut::with_capacity(1024);
+    let read = async {
+        loop {
+            if let Some(&first) = buf.first() {
+                if first != HANDSHAKE {
+                    return Ok(false);
+                }
+            }
+            if buf.len() >= 5 {
+                let len = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+                if len > MAX_RECORD {
+                    return Ok(false);
+                }
+                if buf.len() >= len {
+                    return Ok(true);
+                }
+            }
+            if io.read_buf(&mut buf).await? == 0 {
+                return if buf.is_empty() { Err(DetectError::Closed) } else { Ok(false) };
+            }
+        }
+    };
+    let complete = match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result?,
+        Err(_) if buf.is_empty() => return Err(DetectError::NothingSent(timeout)),
+        Err(_) => false,
+    };
+    let sni = if complete { sni_of(&buf) } else { None };
+    Ok((sni, PrefixedIo::new(Bytes::from(buf), io)))
+}
+
+fn sni_of(record: &[u8]) -> Option<String> {
+    let mut acceptor = weft_tls::rustls::server::Acceptor::default();
+    acceptor.read_tls(&mut &record[..]).ok()?;
+    match acceptor.accept() {
+        Ok(Some(accepted)) => accepted.client_hello().server_name().map(str::to_string),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

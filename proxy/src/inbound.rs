@@ -1,7 +1,10 @@
 //! Inbound: connections from the network to the local app.
 //!
-//! accept → detect →
-//!   HTTP: metrics → errors → strip client-set l5d- headers → app → forward
+//! accept → TLS ClientHello for our identity? terminate mTLS (peer identity
+//! recorded; ALPN says HTTP/2 or opaque) : plaintext (refused on ports that
+//! require identity) → detect →
+//!   HTTP: metrics → errors → strip client-set l5d- headers, add
+//!         l5d-client-id, restore HTTP/1 → app → forward
 //!   else: opaque TCP to the app
 //!
 //! The app is `127.0.0.1:<original port>` under iptables, or the configured
@@ -9,30 +12,51 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use http::Request;
+use http::{HeaderValue, Request};
 use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceBuilder;
 use tracing::{debug, info};
+use weft_tls::{rustls::ServerConfig, IdentityName, ALPN_HTTP2, ALPN_OPAQUE};
 
 use crate::{
+    config::PortSet,
+    detect::client_hello_sni,
     http::{
         boxed,
         errors::RespondOnErrorLayer,
-        forward::Forward,
+        forward::{Forward, L5D_ORIG_PROTO},
         headers::strip_l5d,
         resolve::{DnsResolver, ResolveLayer, Target},
-        server,
+        server, Version,
     },
+    identity::LocalIdentity,
     io::Activity,
     listen::Accepted,
     stack::{Detected, Stack},
 };
+
+/// Terminating mesh TLS: our identity and the server config presenting it.
+pub struct MeshServer {
+    pub local: LocalIdentity,
+    pub config: Arc<ServerConfig>,
+}
 
 pub struct Inbound {
     stack: Stack,
     dns: Arc<DnsResolver>,
     app_addr: Option<SocketAddr>,
     listen_addr: SocketAddr,
+    mesh: Option<MeshServer>,
+    require_identity: PortSet,
+}
+
+/// How a connection reached us.
+#[derive(Clone, Debug)]
+enum Peer {
+    Plaintext,
+    /// mTLS; the identity is `None` when the client presented no certificate.
+    Meshed(Option<IdentityName>),
 }
 
 impl Inbound {
@@ -41,8 +65,10 @@ impl Inbound {
         dns: Arc<DnsResolver>,
         app_addr: Option<SocketAddr>,
         listen_addr: SocketAddr,
+        mesh: Option<MeshServer>,
+        require_identity: PortSet,
     ) -> Self {
-        Self { stack, dns, app_addr, listen_addr }
+        Self { stack, dns, app_addr, listen_addr, mesh, require_identity }
     }
 
     pub async fn handle(self: Arc<Self>, conn: Accepted) {
@@ -57,26 +83,98 @@ impl Inbound {
         };
         let activity = Activity::default();
         let io = self.stack.meter(stream, &activity);
+        let Some(mesh) = &self.mesh else {
+            return self.plaintext(io, app, &activity).await;
+        };
+        let (sni, io) = match client_hello_sni(io, self.stack.detect_timeout).await {
+            Ok(sniffed) => sniffed,
+            Err(error) => return info!(%error, "closing connection"),
+        };
+        if sni.as_deref() != Some(mesh.local.name.dns_name()) {
+            return self.plaintext(io, app, &activity).await;
+        }
+        let tls = match tokio_rustls::TlsAcceptor::from(mesh.config.clone()).accept(io).await {
+            Ok(tls) => tls,
+            Err(error) => return info!(%error, "mesh TLS handshake failed"),
+        };
+        let (_, session) = tls.get_ref();
+        let peer = weft_tls::peer_identity(session);
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let span =
+            tracing::info_span!("mtls", client.id = peer.as_ref().map(|p| p.dns_name()).unwrap_or("-"));
+        let _enter = span.enter();
+        if peer.is_none() && self.require_identity.contains(app.port()) {
+            return info!(port = app.port(), "closing connection: this port requires a client identity");
+        }
+        let peer = Peer::Meshed(peer);
+        match alpn.as_deref() {
+            Some(p) if p == ALPN_HTTP2 => self.http(tls, Version::Http2, app, peer, &activity).await,
+            Some(p) if p == ALPN_OPAQUE => self.stack.forward_opaque(tls, app, None, &activity).await,
+            _ => self.detected(tls, app, peer, &activity).await,
+        }
+    }
+
+    async fn plaintext<I>(&self, io: I, app: SocketAddr, activity: &Activity)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if self.require_identity.contains(app.port()) {
+            return info!(
+                port = app.port(),
+                "closing plaintext connection: this port requires a client identity"
+            );
+        }
+        self.detected(io, app, Peer::Plaintext, activity).await
+    }
+
+    async fn detected<I>(&self, io: I, app: SocketAddr, peer: Peer, activity: &Activity)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Some(detected) = self.stack.detect(io, Some(app.port())).await else { return };
         match detected {
-            Detected::Opaque(io) => self.stack.forward_opaque(io, app, &activity).await,
-            Detected::Http(version, io) => {
-                let service = ServiceBuilder::new()
-                    .layer(self.stack.http_metrics.clone())
-                    .layer(RespondOnErrorLayer)
-                    .map_request(|mut req: Request<Incoming>| {
-                        strip_l5d(req.headers_mut());
-                        req.map(boxed)
-                    })
-                    .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addr))
-                    .service(Forward::new(self.stack.client.clone(), version, self.stack.connector.clone()));
-                let settings = self.stack.server_settings();
-                if let Err(error) =
-                    server::serve(io, version, service, settings, &activity, self.stack.drain.signal()).await
-                {
-                    debug!(%error, "HTTP connection closed with an error");
+            Detected::Opaque(io) => self.stack.forward_opaque(io, app, None, activity).await,
+            Detected::Http(version, io) => self.http(io, version, app, peer, activity).await,
+        }
+    }
+
+    async fn http<I>(&self, io: I, version: Version, app: SocketAddr, peer: Peer, activity: &Activity)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let client_id = match &peer {
+            Peer::Meshed(Some(id)) => HeaderValue::from_str(id.dns_name()).ok(),
+            _ => None,
+        };
+        let meshed = matches!(peer, Peer::Meshed(_));
+        let metrics = match &peer {
+            Peer::Meshed(Some(id)) => self.stack.http_metrics.meshed(id.dns_name()),
+            _ => self.stack.http_metrics.clone(),
+        };
+        let service = ServiceBuilder::new()
+            .layer(metrics)
+            .layer(RespondOnErrorLayer)
+            .map_request(move |mut req: Request<Incoming>| {
+                // Only a peer proxy may ask for its request to be restored
+                // to HTTP/1; from anyone else the header is just stripped.
+                let restore_http1 = meshed
+                    && req.headers().get(L5D_ORIG_PROTO).is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"));
+                strip_l5d(req.headers_mut());
+                if restore_http1 {
+                    *req.version_mut() = http::Version::HTTP_11;
                 }
-            }
+                if let Some(id) = &client_id {
+                    req.headers_mut().insert("l5d-client-id", id.clone());
+                }
+                req.map(boxed)
+            })
+            .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addr))
+            .service(Forward::new(self.stack.client.clone(), self.stack.connector.clone(), None));
+        let settings = self.stack.server_settings();
+        if let Err(error) =
+            server::serve(io, version, service, settings, activity, self.stack.drain.signal()).await
+        {
+            debug!(%error, "HTTP connection closed with an error");
         }
     }
 }

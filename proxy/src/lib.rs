@@ -9,6 +9,7 @@ pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod listen;
@@ -19,6 +20,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod profile;
 pub mod stack;
+pub mod tls;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
@@ -41,6 +43,10 @@ pub enum Error {
     Dns(#[from] hickory_resolver::net::NetError),
     #[error(transparent)]
     Discovery(#[from] discovery::InvalidAddr),
+    #[error("identity: {0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("mesh TLS: {0}")]
+    Tls(#[from] weft_tls::ConfigError),
     #[error("installing signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -61,9 +67,16 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
     let outbound_addr = outbound_listener.local_addr().map_err(Error::Signal)?;
     let inbound_addr = inbound_listener.local_addr().map_err(Error::Signal)?;
 
+    let identity = config.identity.clone().map(identity::start).transpose()?;
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
-    let admin = Admin { metrics: prometheus.clone(), log, ready: ready.clone(), shutdown: shutdown.clone() };
+    let admin = Admin {
+        metrics: prometheus.clone(),
+        log,
+        ready: ready.clone(),
+        identity: identity.clone(),
+        shutdown: shutdown.clone(),
+    };
     tokio::spawn(admin::serve(admin_listener, admin));
     // Histograms need periodic upkeep to bound their memory.
     tokio::spawn(async move {
@@ -100,13 +113,22 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         Stack::new(Direction::Outbound, &config, drain.clone()),
         dns.clone(),
         discovery,
+        identity.clone().map(tls::MeshClients::new),
         outbound_addr,
     ));
+    let mesh_server = match &identity {
+        Some(local) => {
+            Some(inbound::MeshServer { local: local.clone(), config: tls::inbound_server_config(local)? })
+        }
+        None => None,
+    };
     let inbound = Arc::new(Inbound::new(
         Stack::new(Direction::Inbound, &config, drain.clone()),
         dns,
         config.inbound_app_addr,
         inbound_addr,
+        mesh_server,
+        config.inbound_ports_require_identity.clone(),
     ));
     let max = config.max_connections;
     tokio::spawn(listen::serve(outbound_listener, Direction::Outbound, max, drain.clone(), move |conn| {

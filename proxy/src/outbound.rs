@@ -13,6 +13,7 @@ use tower::ServiceBuilder;
 use tracing::{debug, info};
 
 use crate::{
+    balance::Pick,
     http::{
         balance::{BalanceLayer, Balancers},
         boxed,
@@ -28,12 +29,15 @@ use crate::{
     io::Activity,
     listen::Accepted,
     stack::{Detected, Stack},
+    tls::{Carried, MeshClients},
 };
+use weft_tls::MeshClientConfig;
 
 pub struct Outbound {
     stack: Stack,
     dns: Arc<DnsResolver>,
     discovery: Option<(Profiles, Balancers)>,
+    mesh: Option<MeshClients>,
     /// The outbound listener's own address, to refuse requests that would
     /// loop back into it.
     listen_addr: SocketAddr,
@@ -44,9 +48,35 @@ impl Outbound {
         stack: Stack,
         dns: Arc<DnsResolver>,
         discovery: Option<(Profiles, Balancers)>,
+        mesh: Option<MeshClients>,
         listen_addr: SocketAddr,
     ) -> Self {
-        Self { stack, dns, discovery, listen_addr }
+        Self { stack, dns, discovery, mesh, listen_addr }
+    }
+
+    /// Where an opaque connection to `dst` goes: with discovery, to an
+    /// endpoint of the service `dst` is (balanced per connection), or to the
+    /// pod `dst` is, over mTLS when it is meshed.
+    async fn opaque_target(&self, dst: SocketAddr) -> (SocketAddr, Option<MeshClientConfig>) {
+        let Some((profiles, balancers)) = &self.discovery else { return (dst, None) };
+        let Some(profile) = profiles.get(&dst.to_string()).await else { return (dst, None) };
+        let (addr, meta) = if !profile.fully_qualified_name.is_empty() {
+            let backend: Arc<str> = format!("{}:{}", profile.fully_qualified_name, dst.port()).into();
+            match balancers.pick(&backend).await {
+                Pick::Endpoint(endpoint) => (endpoint.addr, endpoint.meta.clone()),
+                _ => return (dst, None),
+            }
+        } else {
+            match &profile.endpoint {
+                Some((addr, meta)) => (*addr, meta.clone()),
+                None => return (dst, None),
+            }
+        };
+        let tls = match (&self.mesh, meta.identity.as_deref()) {
+            (Some(mesh), Some(identity)) => mesh.for_peer(identity, Carried::Opaque),
+            _ => None,
+        };
+        (addr, tls)
     }
 
     pub async fn handle(self: Arc<Self>, conn: Accepted) {
@@ -56,7 +86,10 @@ impl Outbound {
         let Some(detected) = self.stack.detect(io, orig_dst.map(|d| d.port())).await else { return };
         match detected {
             Detected::Opaque(io) => match orig_dst {
-                Some(dst) => self.stack.forward_opaque(io, dst, &activity).await,
+                Some(dst) => {
+                    let (addr, tls) = self.opaque_target(dst).await;
+                    self.stack.forward_opaque(io, addr, tls.as_ref(), &activity).await
+                }
                 None => info!("closing connection: explicit mode routes only HTTP, and this is not HTTP"),
             },
             Detected::Http(version, io) => {
@@ -72,7 +105,11 @@ impl Outbound {
                     .layer(SplitLayer)
                     .layer(BalanceLayer::new(balancers))
                     .layer(ResolveLayer::new(target, self.dns.clone(), self.listen_addr))
-                    .service(Forward::new(self.stack.client.clone(), version, self.stack.connector.clone()));
+                    .service(Forward::new(
+                        self.stack.client.clone(),
+                        self.stack.connector.clone(),
+                        self.mesh.clone(),
+                    ));
                 let settings = self.stack.server_settings();
                 if let Err(error) =
                     server::serve(io, version, service, settings, &activity, self.stack.drain.signal()).await

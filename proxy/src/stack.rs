@@ -45,8 +45,11 @@ pub type ClientIo = MeteredIo<TcpStream>;
 
 impl Stack {
     pub fn new(direction: Direction, config: &Config, drain: Drain) -> Self {
-        let connector =
-            Connector::new(config.connect_timeout, TcpMetrics::new(direction, "dst", Tls::NoIdentity));
+        let connector = Connector::new(
+            config.connect_timeout,
+            TcpMetrics::new(direction, "dst", Tls::NoIdentity),
+            TcpMetrics::new(direction, "dst", Tls::Established),
+        );
         Stack {
             direction,
             detect_timeout: config.detect_timeout,
@@ -75,11 +78,11 @@ impl Stack {
 
     /// Detects the protocol unless `dst_port` is configured opaque. `None`
     /// means the connection was closed (and why was logged).
-    pub async fn detect(
+    pub async fn detect<I: AsyncRead + Unpin>(
         &self,
-        io: ClientIo,
+        io: I,
         dst_port: Option<u16>,
-    ) -> Option<Detected<PrefixedIo<ClientIo>>> {
+    ) -> Option<Detected<PrefixedIo<I>>> {
         if dst_port.is_some_and(|p| self.opaque_ports.contains(p)) {
             return Some(Detected::Opaque(PrefixedIo::new(Default::default(), io)));
         }
@@ -94,11 +97,17 @@ impl Stack {
         }
     }
 
-    pub async fn forward_opaque<I>(&self, client: I, dst: SocketAddr, activity: &Activity)
-    where
+    /// Forwards bytes to `dst`, over mTLS when `tls` names the peer.
+    pub async fn forward_opaque<I>(
+        &self,
+        client: I,
+        dst: SocketAddr,
+        tls: Option<&weft_tls::MeshClientConfig>,
+        activity: &Activity,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let upstream = match self.connector.connect(dst, activity.clone()).await {
+        let upstream = match self.connector.connect(dst, tls, activity.clone()).await {
             Ok(upstream) => upstream,
             Err(error) => {
                 // No way to tell an opaque client why: closing is the answer.

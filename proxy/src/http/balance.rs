@@ -72,6 +72,25 @@ impl Balancers {
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+
+    /// An endpoint of `backend`, waiting up to the discovery timeout for a
+    /// first answer about it.
+    pub async fn pick(&self, backend: &Arc<str>) -> Pick {
+        let balancer = self.get(backend);
+        let pick = balancer.pick();
+        if !matches!(pick, Pick::Pending) {
+            return pick;
+        }
+        let mut rx = balancer.watch();
+        let waited =
+            tokio::time::timeout(self.discovery_timeout, rx.wait_for(|r| !matches!(r, Resolution::Pending)))
+                .await;
+        if waited.is_ok() {
+            balancer.pick()
+        } else {
+            Pick::Pending
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -125,20 +144,7 @@ where
             let (Some(Backend(name)), Some(balancers)) = (backend, balancers) else {
                 return inner.call(req).await.map_err(Into::into);
             };
-            let balancer = balancers.get(&name);
-            let mut pick = balancer.pick();
-            if matches!(pick, Pick::Pending) {
-                let mut rx = balancer.watch();
-                let waited = tokio::time::timeout(
-                    balancers.discovery_timeout,
-                    rx.wait_for(|r| !matches!(r, Resolution::Pending)),
-                )
-                .await;
-                if waited.is_ok() {
-                    pick = balancer.pick();
-                }
-            }
-            let endpoint = match pick {
+            let endpoint = match balancers.pick(&name).await {
                 Pick::Endpoint(endpoint) => endpoint,
                 Pick::NoEndpoints { exists: true } => {
                     return Err(RouteError::NoEndpoints(name.to_string()).into())

@@ -21,6 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
+use weft_tls::{rustls::pki_types::ServerName, MeshClientConfig};
+
 use super::{BoxBody, Version};
 use crate::{
     connect::{ConnectError, Connector},
@@ -39,8 +41,27 @@ pub struct Client {
 struct Inner {
     connector: Connector,
     idle_timeout: Duration,
-    http1: Mutex<HashMap<SocketAddr, Vec<Idle<http1::SendRequest<BoxBody>>>>>,
-    http2: Mutex<HashMap<SocketAddr, Idle<http2::SendRequest<BoxBody>>>>,
+    http1: Mutex<HashMap<Key, Vec<Idle<http1::SendRequest<BoxBody>>>>>,
+    http2: Mutex<HashMap<Key, Idle<http2::SendRequest<BoxBody>>>>,
+}
+
+/// Where a request goes: an address, and the identity its proxy must prove
+/// when the connection is meshed.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: Option<MeshClientConfig>,
+}
+
+/// Connections are shared only between requests for the same address *and*
+/// the same peer identity: a plaintext connection never carries a request
+/// meant for mTLS.
+type Key = (SocketAddr, Option<ServerName<'static>>);
+
+impl Target {
+    fn key(&self) -> Key {
+        (self.addr, self.tls.as_ref().map(|t| t.server_name.clone()))
+    }
 }
 
 /// A connection and when it last finished (HTTP/1) or started (HTTP/2) a
@@ -76,24 +97,26 @@ impl Client {
 
     pub async fn send(
         &self,
-        endpoint: SocketAddr,
+        target: &Target,
         version: Version,
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, ClientError> {
         match version {
-            Version::Http1 => self.send_http1(endpoint, req).await,
-            Version::Http2 => self.send_http2(endpoint, req).await,
+            Version::Http1 => self.send_http1(target, req).await,
+            Version::Http2 => self.send_http2(target, req).await,
         }
     }
 
     async fn send_http1(
         &self,
-        endpoint: SocketAddr,
+        target: &Target,
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let mut sender = match self.checkout_http1(endpoint) {
+        let key = target.key();
+        let endpoint = target.addr;
+        let mut sender = match self.checkout_http1(&key) {
             Some(sender) => sender,
-            None => self.connect_http1(endpoint).await?,
+            None => self.connect_http1(target).await?,
         };
         let rsp = sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))?;
         // The connection is ready again once this response's body has been
@@ -101,15 +124,15 @@ impl Client {
         let pool = self.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                pool.checkin_http1(endpoint, sender);
+                pool.checkin_http1(key, sender);
             }
         });
         Ok(rsp)
     }
 
-    fn checkout_http1(&self, endpoint: SocketAddr) -> Option<http1::SendRequest<BoxBody>> {
+    fn checkout_http1(&self, key: &Key) -> Option<http1::SendRequest<BoxBody>> {
         let mut pools = lock(&self.inner.http1);
-        let idle = pools.get_mut(&endpoint)?;
+        let idle = pools.get_mut(key)?;
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
             if conn.sender.is_ready() && now.duration_since(conn.since) < self.inner.idle_timeout {
@@ -119,16 +142,17 @@ impl Client {
         None
     }
 
-    fn checkin_http1(&self, endpoint: SocketAddr, sender: http1::SendRequest<BoxBody>) {
+    fn checkin_http1(&self, key: Key, sender: http1::SendRequest<BoxBody>) {
         let mut pools = lock(&self.inner.http1);
-        let idle = pools.entry(endpoint).or_default();
+        let idle = pools.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
             idle.push(Idle { since: Instant::now(), sender });
         }
     }
 
-    async fn connect_http1(&self, endpoint: SocketAddr) -> Result<http1::SendRequest<BoxBody>, ClientError> {
-        let io = self.inner.connector.connect(endpoint, Activity::default()).await?;
+    async fn connect_http1(&self, target: &Target) -> Result<http1::SendRequest<BoxBody>, ClientError> {
+        let endpoint = target.addr;
+        let io = self.inner.connector.connect(endpoint, target.tls.as_ref(), Activity::default()).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -146,27 +170,30 @@ impl Client {
 
     async fn send_http2(
         &self,
-        endpoint: SocketAddr,
+        target: &Target,
         req: Request<BoxBody>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let cached = lock(&self.inner.http2).get_mut(&endpoint).filter(|c| !c.sender.is_closed()).map(|c| {
+        let key = target.key();
+        let endpoint = target.addr;
+        let cached = lock(&self.inner.http2).get_mut(&key).filter(|c| !c.sender.is_closed()).map(|c| {
             c.since = Instant::now();
             c.sender.clone()
         });
         let mut sender = match cached {
             Some(sender) => sender,
             None => {
-                let sender = self.connect_http2(endpoint).await?;
+                let sender = self.connect_http2(target).await?;
                 let idle = Idle { since: Instant::now(), sender: sender.clone() };
-                lock(&self.inner.http2).insert(endpoint, idle);
+                lock(&self.inner.http2).insert(key, idle);
                 sender
             }
         };
         sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))
     }
 
-    async fn connect_http2(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<BoxBody>, ClientError> {
-        let io = self.inner.connector.connect(endpoint, Activity::default()).await?;
+    async fn connect_http2(&self, target: &Target) -> Result<http2::SendRequest<BoxBody>, ClientError> {
+        let endpoint = target.addr;
+        let io = self.inner.connector.connect(endpoint, target.tls.as_ref(), Activity::default()).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // Notice a dead peer on an otherwise quiet multiplexed connection.

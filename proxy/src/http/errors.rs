@@ -99,10 +99,12 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
         if let Some(ConnectError::Timeout(..)) = e.downcast_ref::<ConnectError>() {
             return StatusCode::GATEWAY_TIMEOUT;
         }
-        if let Some(ClientError::Upstream(_, e)) = e.downcast_ref::<ClientError>() {
-            if e.is_timeout() {
-                return StatusCode::GATEWAY_TIMEOUT;
-            }
+        match e.downcast_ref::<ClientError>() {
+            // `Connect` is `#[error(transparent)]`: its source() skips the
+            // ConnectError, so it must be matched here.
+            Some(ClientError::Connect(ConnectError::Timeout(..))) => return StatusCode::GATEWAY_TIMEOUT,
+            Some(ClientError::Upstream(_, e)) if e.is_timeout() => return StatusCode::GATEWAY_TIMEOUT,
+            _ => {}
         }
         if e.is::<tokio::time::error::Elapsed>() || e.is::<super::route::RouteTimeout>() {
             return StatusCode::GATEWAY_TIMEOUT;
@@ -172,6 +174,11 @@ mod tests {
             std::time::Duration::from_secs(1),
         ));
         assert_eq!(status_for(&*timeout), StatusCode::GATEWAY_TIMEOUT);
+        let wrapped: BoxError = Box::new(ClientError::Connect(ConnectError::Timeout(
+            "127.0.0.1:1".parse().unwrap(),
+            std::time::Duration::from_secs(1),
+        )));
+        assert_eq!(status_for(&*wrapped), StatusCode::GATEWAY_TIMEOUT);
         let refused: BoxError = Box::new(ClientError::Connect(ConnectError::Io(
             "127.0.0.1:1".parse().unwrap(),
             std::io::ErrorKind::ConnectionRefused.into(),

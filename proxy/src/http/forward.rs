@@ -18,25 +18,37 @@ use super::{
     errors::RouteError,
     full,
     headers::{is_connect, strip_hop_by_hop, wants_upgrade},
+    metrics::SentOverMtls,
+    split::EndpointInfo,
     BoxBody, BoxError, Endpoint, Version,
 };
-use crate::{connect::Connector, io::Activity};
+use crate::{
+    connect::Connector,
+    http::client::Target,
+    io::Activity,
+    tls::{Carried, MeshClients},
+};
 
 /// Marks a CONNECT the proxy must serve itself (explicit mode: the client
 /// asks this proxy for a tunnel) rather than pass to the endpoint.
 #[derive(Copy, Clone, Debug)]
 pub struct TunnelHere;
 
+/// Marks an HTTP/1 request carried over HTTP/2 between two proxies, so the
+/// receiving proxy gives the app the HTTP/1 it was sent (Linkerd's header).
+pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+
 #[derive(Clone)]
 pub struct Forward {
     client: Client,
-    version: Version,
     connector: Connector,
+    /// Outbound only: how to reach meshed peers over mTLS.
+    mesh: Option<MeshClients>,
 }
 
 impl Forward {
-    pub fn new(client: Client, version: Version, connector: Connector) -> Self {
-        Self { client, version, connector }
+    pub fn new(client: Client, connector: Connector, mesh: Option<MeshClients>) -> Self {
+        Self { client, connector, mesh }
     }
 }
 
@@ -54,7 +66,9 @@ impl tower::Service<Request<BoxBody>> for Forward {
         Box::pin(async move {
             let Endpoint(endpoint) =
                 req.extensions().get::<Endpoint>().copied().ok_or(RouteError::NoEndpoint)?;
-            let upgrade = this.version == Version::Http1 && (wants_upgrade(&req) || is_connect(&req));
+            let downstream_version = req.version();
+            let h1 = downstream_version <= http::Version::HTTP_11;
+            let upgrade = h1 && (wants_upgrade(&req) || is_connect(&req));
             let downstream: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut req));
             let connect = is_connect(&req);
             if connect && req.extensions().get::<TunnelHere>().is_some() {
@@ -62,10 +76,35 @@ impl tower::Service<Request<BoxBody>> for Forward {
                 return this.tunnel(endpoint, downstream).await;
             }
             strip_hop_by_hop(req.headers_mut(), upgrade);
-            if this.version == Version::Http1 {
+            let peer = req.extensions().get::<EndpointInfo>().map(|i| i.0.clone());
+            let carried = match &peer {
+                Some(meta) if meta.http2 && !upgrade => Carried::Http2,
+                _ => Carried::Detect,
+            };
+            let tls = match (&this.mesh, peer.as_ref().and_then(|m| m.identity.as_deref())) {
+                (Some(mesh), Some(identity)) => mesh.for_peer(identity, carried),
+                _ => None,
+            };
+            let mut version = if h1 { Version::Http1 } else { Version::Http2 };
+            if tls.is_some() && carried == Carried::Http2 && h1 {
+                // One multiplexed connection between the two proxies
+                // carries every HTTP/1 request; the peer restores HTTP/1.
+                req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+                to_absolute_form(&mut req, endpoint);
+                *req.version_mut() = http::Version::HTTP_2;
+                version = Version::Http2;
+            }
+            if version == Version::Http1 {
                 to_origin_form(&mut req);
             }
-            let mut rsp = this.client.send(endpoint, this.version, req).await?;
+            let meshed = tls.is_some();
+            let target = Target { addr: endpoint, tls };
+            let mut rsp = this.client.send(&target, version, req).await?;
+            *rsp.version_mut() = downstream_version;
+            if meshed {
+                rsp.extensions_mut().insert(SentOverMtls);
+            }
+            rsp.headers_mut().remove(L5D_ORIG_PROTO);
             // A CONNECT's 2xx opens a tunnel; an Upgrade request needs a 101.
             let switched = downstream.is_some()
                 && if connect {
@@ -92,7 +131,7 @@ impl Forward {
         downstream: OnUpgrade,
     ) -> Result<Response<BoxBody>, BoxError> {
         let activity = Activity::default();
-        let upstream = self.connector.connect(endpoint, activity).await?;
+        let upstream = self.connector.connect(endpoint, None, activity).await?;
         tokio::spawn(
             async move {
                 match downstream.await {
@@ -127,6 +166,25 @@ fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
         }
         .in_current_span(),
     );
+}
+
+/// HTTP/2 needs the authority in the URI (`:authority`); an HTTP/1 request
+/// has it in Host, or, lacking that, only the address it was sent to.
+fn to_absolute_form<B>(req: &mut Request<B>, endpoint: std::net::SocketAddr) {
+    if req.uri().authority().is_some() {
+        return;
+    }
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| endpoint.to_string());
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Ok(uri) = Uri::builder().scheme("http").authority(authority).path_and_query(path).build() {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(header::HOST);
 }
 
 /// HTTP/1 upstreams get origin-form targets (`/path?q`) with the authority in

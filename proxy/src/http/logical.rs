@@ -75,6 +75,21 @@ impl Profiles {
         (is_ip || in_cluster).then(|| (format!("{host}:{port}"), port))
     }
 
+    /// The profile for `name` once discovery has answered, or `None` when it
+    /// does not know the name or did not answer within the timeout.
+    pub async fn get(&self, name: &str) -> Option<Arc<Profile>> {
+        self.wait(self.discovery.profile(name)).await
+    }
+
+    async fn wait(&self, mut rx: ProfileRx) -> Option<Arc<Profile>> {
+        let resolved =
+            tokio::time::timeout(self.timeout, rx.wait_for(|r| !matches!(r, Resolution::Pending))).await;
+        match resolved.ok()?.ok()?.clone() {
+            Resolution::Known(profile) => Some(profile),
+            Resolution::Pending | Resolution::Unknown => None,
+        }
+    }
+
     /// The retry budget of a service, kept across profile updates unless its
     /// parameters change.
     fn budget(&self, profile: &Profile) -> Arc<TpsBudget> {
@@ -167,24 +182,13 @@ where
             (None, _, _) => None,
         };
         Box::pin(async move {
-            if let (Some(mut rx), Some((name, port))) = (rx, lookup) {
-                let resolved = tokio::time::timeout(
-                    profiles.timeout,
-                    rx.wait_for(|r| !matches!(r, Resolution::Pending)),
-                )
-                .await;
-                match resolved {
-                    Ok(Ok(r)) => {
-                        if let Resolution::Known(profile) = &*r {
-                            let budget = profiles.budget(profile);
-                            req.extensions_mut().insert(LogicalProfile {
-                                profile: profile.clone(),
-                                port,
-                                budget,
-                            });
-                        }
+            if let (Some(rx), Some((name, port))) = (rx, lookup) {
+                match profiles.wait(rx).await {
+                    Some(profile) => {
+                        let budget = profiles.budget(&profile);
+                        req.extensions_mut().insert(LogicalProfile { profile, port, budget });
                     }
-                    _ => {
+                    None => {
                         debug!(%name, "no profile within the discovery timeout; using the original destination")
                     }
                 }

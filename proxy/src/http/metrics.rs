@@ -24,12 +24,24 @@ use crate::metrics::{AuthorityLabels, Direction, Tls};
 pub struct HttpMetricsLayer {
     direction: Direction,
     tls: Tls,
+    /// Inbound over mTLS: the client's identity, Linkerd's `client_id`.
+    client_id: Option<Arc<str>>,
     authorities: AuthorityLabels,
 }
 
+/// Put on a response by the layer that sent its request over mTLS, so the
+/// outbound `tls` label says how the request actually travelled.
+#[derive(Copy, Clone, Debug)]
+pub struct SentOverMtls;
+
 impl HttpMetricsLayer {
     pub fn new(direction: Direction, tls: Tls, authorities: AuthorityLabels) -> Self {
-        Self { direction, tls, authorities }
+        Self { direction, tls, client_id: None, authorities }
+    }
+
+    /// The layer for a connection from a verified mesh peer.
+    pub fn meshed(&self, client_id: &str) -> Self {
+        Self { tls: Tls::Established, client_id: Some(Arc::from(client_id)), ..self.clone() }
     }
 }
 
@@ -62,16 +74,26 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let authority = request_authority(&req);
         let authority = self.layer.authorities.label(authority.as_ref().map(|a| a.as_str()));
-        let labels: Arc<[Label]> = Arc::new([
-            Label::from_static_parts("direction", self.layer.direction.as_str()),
-            Label::new("authority", authority.to_string()),
-            Label::from_static_parts("tls", self.layer.tls.as_str()),
-        ]);
-        metrics::counter!("request_total", labels.iter()).increment(1);
+        let direction = self.layer.direction.as_str();
+        let default_tls = self.layer.tls;
+        let client_id = self.layer.client_id.clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
+            let tls =
+                if rsp.extensions().get::<SentOverMtls>().is_some() { Tls::Established } else { default_tls };
+            let mut labels = Vec::with_capacity(6);
+            labels.push(Label::from_static_parts("direction", direction));
+            labels.push(Label::new("authority", authority.to_string()));
+            labels.push(Label::from_static_parts("tls", tls.as_str()));
+            if let Some(id) = &client_id {
+                labels.push(Label::new("client_id", id.to_string()));
+            }
+            let labels: Arc<[Label]> = labels.into();
+            // Counted when the response starts, with the request's final
+            // tls label (errors below this layer are already responses).
+            metrics::counter!("request_total", labels.iter()).increment(1);
             let status = rsp.status().as_u16();
             let mut latency_labels = labels.to_vec();
             latency_labels.push(Label::new("status_code", status.to_string()));

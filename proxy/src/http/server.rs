@@ -59,7 +59,13 @@ where
             tokio::select! {
                 res = conn.as_mut() => return res,
                 () = drain.cancelled() => debug!("draining"),
-                () = activity.idle_for(settings.idle_timeout) => debug!("idle"),
+                () = activity.idle_for(settings.idle_timeout) => {
+                    // Nothing moved either way for the idle timeout: close,
+                    // even with a request in flight (a graceful shutdown
+                    // would wait for an upstream that may never answer).
+                    debug!("idle: closing");
+                    return Ok(());
+                }
             }
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -73,7 +79,13 @@ where
             tokio::select! {
                 res = conn.as_mut() => return res,
                 () = drain.cancelled() => debug!("draining"),
-                () = activity.idle_for(settings.idle_timeout) => debug!("idle"),
+                () = activity.idle_for(settings.idle_timeout) => {
+                    // Nothing moved either way for the idle timeout: close,
+                    // even with a request in flight (a graceful shutdown
+                    // would wait for an upstream that may never answer).
+                    debug!("idle: closing");
+                    return Ok(());
+                }
             }
             // Sends GOAWAY; streams already open run to completion.
             conn.as_mut().graceful_shutdown();

@@ -1,0 +1,188 @@
+//! The proxy's own identity: a private key made in memory at start, a
+//! certificate for it from weft-identity, renewed well before it expires.
+//!
+//! The key never leaves this process: it is generated here, only its CSR is
+//! sent, and `weft_tls::PrivateKey` cannot print it. Until the first
+//! certificate arrives the proxy is not ready; when a renewal fails the
+//! current certificate keeps serving while the proxy retries with backoff.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use linkerd2_proxy_api::identity::{identity_client::IdentityClient, CertifyRequest};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{info, info_span, warn, Instrument};
+use weft_tls::{
+    rustls::pki_types::CertificateDer, CurrentCert, IdentityName, MeshClientConfig, MeshTls, PrivateKey,
+    TrustAnchors,
+};
+
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// weft-identity's `host:port`.
+    pub svc_addr: String,
+    /// The identity weft-identity's certificate must carry.
+    pub svc_name: IdentityName,
+    /// The identity this proxy asks for.
+    pub local_name: IdentityName,
+    pub trust_anchors: TrustAnchors,
+    /// The ServiceAccount token proving the proxy may have `local_name`.
+    /// Read at every request: Kubernetes rotates projected tokens.
+    pub token_file: PathBuf,
+}
+
+/// What the rest of the proxy needs: who we are and the TLS configs that
+/// present our (current) certificate.
+#[derive(Clone)]
+pub struct LocalIdentity {
+    pub name: IdentityName,
+    pub tls: MeshTls,
+}
+
+impl LocalIdentity {
+    pub fn is_ready(&self) -> bool {
+        self.tls.current_cert().is_ready()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Key(#[from] weft_tls::CsrError),
+    #[error(transparent)]
+    Tls(#[from] weft_tls::ConfigError),
+    #[error("invalid identity service address {0:?}")]
+    Addr(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CertifyError {
+    #[error("reading token {0}: {1}")]
+    Token(PathBuf, std::io::Error),
+    #[error("identity service refused: {0}")]
+    Refused(#[from] tonic::Status),
+    #[error("identity service returned an unusable certificate: {0}")]
+    BadCertificate(String),
+}
+
+/// Renew at this fraction of the certificate's lifetime.
+const RENEW_AT: f64 = 0.7;
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Generates the key, starts certification in the background, and returns
+/// at once: callers watch `LocalIdentity::is_ready`.
+pub fn start(config: IdentityConfig) -> Result<LocalIdentity, IdentityError> {
+    let key = PrivateKey::generate()?;
+    let tls = MeshTls::new(&config.trust_anchors, CurrentCert::new())?;
+    let ca_tls = tls.client_config(&config.svc_name, &[weft_tls::ALPN_GRPC])?;
+    let channel = channel(&config.svc_addr, ca_tls)?;
+    let local = LocalIdentity { name: config.local_name.clone(), tls: tls.clone() };
+    let span = info_span!("identity", name = %config.local_name);
+    tokio::spawn(
+        renew(config, key, tls.current_cert().clone(), IdentityClient::new(channel)).instrument(span),
+    );
+    Ok(local)
+}
+
+/// A gRPC channel to the CA over TLS that verifies the CA's identity.
+fn channel(addr: &str, tls: MeshClientConfig) -> Result<Channel, IdentityError> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|_| IdentityError::Addr(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10));
+    let addr = addr.to_string();
+    let connector = tower::service_fn(move |_: Uri| {
+        let (addr, tls) = (addr.clone(), tls.clone());
+        async move {
+            let tcp = TcpStream::connect(addr.as_str()).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio_rustls::TlsConnector::from(tls.config).connect(tls.server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+async fn renew(
+    config: IdentityConfig,
+    key: PrivateKey,
+    current: Arc<CurrentCert>,
+    mut client: IdentityClient<Channel>,
+) {
+    let expiry_gauge = metrics::gauge!("identity_cert_expiration_timestamp_seconds");
+    let refreshes = metrics::counter!("identity_cert_refresh_total");
+    let failures = metrics::counter!("identity_cert_refresh_failures_total");
+    let mut retry = RETRY_MIN;
+    let mut valid_until: Option<SystemTime> = None;
+    loop {
+        match certify(&config, &key, &mut client).await {
+            Ok((certified, expiry)) => {
+                current.set(certified);
+                refreshes.increment(1);
+                let secs =
+                    expiry.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                expiry_gauge.set(secs);
+                let lifetime = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+                let renew_in = lifetime.mul_f64(RENEW_AT);
+                info!(valid_for = ?lifetime, renew_in = ?renew_in, "certified");
+                valid_until = Some(expiry);
+                retry = RETRY_MIN;
+                tokio::time::sleep(renew_in).await;
+            }
+            Err(error) => {
+                failures.increment(1);
+                // Never wait past the current certificate's expiry to retry.
+                let remaining =
+                    valid_until.and_then(|v| v.duration_since(SystemTime::now()).ok()).unwrap_or(RETRY_MAX);
+                let wait = retry.min(remaining / 4).max(Duration::from_millis(100));
+                let jittered = rand::rng().random_range(wait / 2..=wait);
+                warn!(%error, retry_in = ?jittered, still_valid = current.is_ready(), "certification failed");
+                retry = (retry * 2).min(RETRY_MAX);
+                tokio::time::sleep(jittered).await;
+            }
+        }
+    }
+}
+
+async fn certify(
+    config: &IdentityConfig,
+    key: &PrivateKey,
+    client: &mut IdentityClient<Channel>,
+) -> Result<(Arc<weft_tls::rustls::sign::CertifiedKey>, SystemTime), CertifyError> {
+    let token = tokio::fs::read(&config.token_file)
+        .await
+        .map_err(|e| CertifyError::Token(config.token_file.clone(), e))?;
+    let csr = key
+        .certificate_signing_request(&config.local_name)
+        .map_err(|e| CertifyError::BadCertificate(e.to_string()))?;
+    let rsp = client
+        .certify(CertifyRequest {
+            identity: config.local_name.dns_name().to_string(),
+            token,
+            certificate_signing_request: csr.as_ref().to_vec(),
+        })
+        .await?
+        .into_inner();
+    let leaf = CertificateDer::from(rsp.leaf_certificate);
+    let issued_to =
+        weft_tls::identity_from_cert(&leaf).map_err(|e| CertifyError::BadCertificate(e.to_string()))?;
+    if issued_to != config.local_name {
+        return Err(CertifyError::BadCertificate(format!(
+            "issued to {issued_to}, not {}",
+            config.local_name
+        )));
+    }
+    let expiry = weft_tls::not_after(&leaf).map_err(|e| CertifyError::BadCertificate(e.to_string()))?;
+    let intermediates = rsp.intermediate_certificates.into_iter().map(CertificateDer::from);
+    let certified =
+        key.certified_key(leaf, intermediates).map_err(|e| CertifyError::BadCertificate(e.to_string()))?;
+    Ok((certified, expiry))
+}
