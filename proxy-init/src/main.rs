@@ -104,6 +104,7 @@ fn families(ipv6: bool) -> Vec<Family> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_PROXY_INIT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

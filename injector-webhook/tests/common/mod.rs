@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
