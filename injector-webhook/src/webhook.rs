@@ -60,6 +60,13 @@ impl<L: NamespaceLookup> Injector<L> {
         // registered more broadly than it should, and blocking unrelated
         // objects would be far worse than not injecting.
         if !request.is_pod_create() {
+            let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+            if is_pod {
+                // Registered for more than CREATE: updates need nothing from
+                // us, and a warning on every pod update would only be noise.
+                debug!(operation = %request.operation, "pod operation other than CREATE; admitted unchanged");
+                return AdmissionReview::allow(uid, &[], Vec::new());
+            }
             let what = format!(
                 "{} {}/{} {}",
                 request.operation, request.kind.group, request.kind.version, request.kind.kind

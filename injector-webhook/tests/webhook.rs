@@ -196,8 +196,7 @@ async fn other_kinds_and_operations_are_admitted_unchanged() {
     review["request"]["uid"] = json!("b2");
     review["request"]["operation"] = json!("UPDATE");
     let resp = hook.review(&review).await;
-    assert_eq!(resp["response"]["allowed"], true);
-    assert!(response_patch(&resp).is_none());
+    assert_eq!(resp["response"], json!({"uid": "b2", "allowed": true}));
 }
 
 #[tokio::test]
