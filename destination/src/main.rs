@@ -1,7 +1,7 @@
 //! weft-destination: serves the Destination API from Kubernetes or a
 //! directory of manifests. See README.md for flags and formats.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -60,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .with_context(|| format!("invalid --log filter {:?}", args.log))?;
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if args.log_json {
         fmt.json().init();
     } else {
@@ -98,10 +101,12 @@ async fn main() -> anyhow::Result<()> {
 
     let admin_listener =
         TcpListener::bind(args.admin_addr).await.with_context(|| format!("binding {}", args.admin_addr))?;
+    let admin_addr = admin_listener.local_addr().context("admin local address")?;
     tokio::spawn(admin::serve(admin_listener, index.clone(), Some(metrics)));
 
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
-    info!(addr = %listener.local_addr().context("local address")?, admin = %args.admin_addr, "listening");
+    // Both bound addresses are logged so tools and tests can use port 0.
+    info!(addr = %listener.local_addr().context("local address")?, admin = %admin_addr, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = server::DestinationService::new(index, cfg, stop_rx);

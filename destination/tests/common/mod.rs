@@ -148,3 +148,9 @@ pub fn write(path: &std::path::Path, text: &str) {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// An expected `Add`, in any order.
+pub fn add(mut v: Vec<Ep>) -> U {
+    v.sort();
+    U::Add(v)
+}

@@ -1,0 +1,341 @@
+//! The Kubernetes backend with the real kube-rs client against a local HTTP
+//! server that replays API traffic captured from a kube-apiserver v1.32
+//! (../shared/fixtures/kubernetes, see its README): LISTs, then WATCH
+//! streams whose events the test releases one at a time, so each step of the
+//! captured scenario can be checked as a proxy would see it.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch};
+use weft_destination::{
+    index::Index,
+    k8s::{self, SplitVersion},
+    MeshConfig,
+};
+
+const ID_WEB: &str = "web.emojivoto.serviceaccount.identity.weft.cluster.local";
+const ID_VOTING: &str = "voting.emojivoto.serviceaccount.identity.weft.cluster.local";
+const WEB_SVC: &str = "web-svc.emojivoto.svc.cluster.local:80";
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/kubernetes")
+}
+
+fn fixture(name: &str) -> String {
+    let path = fixtures().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A captured watch stream whose events are released by the test.
+struct Gated {
+    lines: Vec<(u64, String)>,
+    released: watch::Sender<usize>,
+}
+
+impl Gated {
+    fn new(file: &str) -> Self {
+        let lines = fixture(file)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let rv = v["object"]["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().unwrap();
+                (rv, format!("{l}\n"))
+            })
+            .collect();
+        Self { lines, released: watch::Sender::new(0) }
+    }
+}
+
+struct Replay {
+    addr: SocketAddr,
+    /// Every request as `METHOD path?query`.
+    log: Arc<Mutex<Vec<String>>>,
+    watches: Arc<HashMap<&'static str, Gated>>,
+}
+
+impl Replay {
+    /// `expire_first_split_watch`: the first TrafficSplit watch gets the
+    /// captured `410 Expired` ERROR event instead of events.
+    async fn start(split_version: &'static str, expire_first_split_watch: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut watches = HashMap::new();
+        watches.insert("endpointslices", Gated::new("endpointslices-emojivoto.watch.jsonl"));
+        watches.insert("trafficsplits", Gated::new(&format!("trafficsplits-{split_version}.watch.jsonl")));
+        let watches = Arc::new(watches);
+        let expired = Arc::new(Mutex::new(expire_first_split_watch));
+        let (log2, watches2) = (log.clone(), watches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (log, watches, expired) = (log2.clone(), watches2.clone(), expired.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let rsp = route(&req, &log, &watches, &expired);
+                            async move { Ok::<_, Infallible>(rsp) }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, log, watches }
+    }
+
+    fn release(&self, resource: &str, n: usize) {
+        self.watches[resource].released.send_modify(|r| *r += n);
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.starts_with(prefix)).count()
+    }
+
+    fn client(&self) -> kube::Client {
+        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json(status: u16, body: String) -> hyper::Response<Body> {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap()
+}
+
+fn route(
+    req: &hyper::Request<hyper::body::Incoming>,
+    log: &Mutex<Vec<String>>,
+    watches: &Arc<HashMap<&'static str, Gated>>,
+    expired: &Mutex<bool>,
+) -> hyper::Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    log.lock().unwrap().push(format!(
+        "{} {path} {}",
+        if watching { "WATCH" } else { "GET" },
+        req.uri().query().unwrap_or("")
+    ));
+    // The cluster-wide paths kube-rs uses map to the captured namespaced
+    // responses: every object of the scenario is in `emojivoto`.
+    let (list, resource) = match path.as_str() {
+        "/apis/split.smi-spec.io/v1alpha4" => return json(200, fixture("discovery-apis-split.smi-spec.io-v1alpha4.json")),
+        "/apis/split.smi-spec.io/v1alpha2" => return json(200, fixture("discovery-apis-split.smi-spec.io-v1alpha2.json")),
+        "/apis/linkerd.io/v1alpha2" => return json(200, fixture("discovery-apis-linkerd.io-v1alpha2.json")),
+        "/api/v1/services" => ("services-emojivoto.list.json", None),
+        "/api/v1/pods" => ("pods-emojivoto.list.json", None),
+        "/apis/discovery.k8s.io/v1/endpointslices" => ("endpointslices-emojivoto.list.json", Some("endpointslices")),
+        "/apis/split.smi-spec.io/v1alpha2/trafficsplits" => ("trafficsplits-v1alpha2.list.json", Some("trafficsplits")),
+        "/apis/split.smi-spec.io/v1alpha4/trafficsplits" => ("trafficsplits-v1alpha4.list.json", Some("trafficsplits")),
+        "/apis/linkerd.io/v1alpha2/serviceprofiles" => ("serviceprofiles.list.json", None),
+        _ => {
+            return json(
+                404,
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#.into(),
+            )
+        }
+    };
+    if !watching {
+        return json(200, fixture(list));
+    }
+    if resource == Some("trafficsplits") && std::mem::take(&mut *expired.lock().unwrap()) {
+        return json(200, fixture("trafficsplits-v1alpha2.watch-expired.jsonl"));
+    }
+    let from: u64 = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).unwrap_or(0);
+    // Lines newer than the requested RV, each sent once the test releases it;
+    // then the stream stays open, as a real watch does until its timeout.
+    let events: Vec<(usize, String)> = match resource {
+        Some(r) => watches[r]
+            .lines
+            .iter()
+            .enumerate()
+            .filter(|(_, (rv, _))| *rv > from)
+            .map(|(i, (_, l))| (i, l.clone()))
+            .collect(),
+        None => Vec::new(),
+    };
+    let released = resource.map(|r| watches[r].released.subscribe());
+    let stream = futures_util::stream::iter(events)
+        .then(move |(i, line)| {
+            let mut released = released.clone();
+            async move {
+                if let Some(r) = released.as_mut() {
+                    let _ = r.wait_for(|n| *n > i).await;
+                }
+                Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+            }
+        })
+        .chain(futures_util::stream::pending());
+    hyper::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap()
+}
+
+async fn start_mesh(replay: &Replay, split_version: SplitVersion) -> Server {
+    let cfg = MeshConfig::default();
+    let index = Index::new();
+    k8s::spawn(replay.client(), index.clone(), cfg.clone(), split_version);
+    start(index, cfg).await
+}
+
+const STEP: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn kubernetes_scenario_as_a_proxy_sees_it() {
+    let replay = Replay::start("v1alpha4", false).await;
+    let server = start_mesh(&replay, SplitVersion::Auto).await;
+    let mut c = client(server.addr).await;
+
+    // Initial state (RV 331): ready endpoints only, the terminating web-v1-2
+    // (10.42.0.13, ready=false serving=true terminating=true) dropped because
+    // others are ready. Injected pods carry their ServiceAccount identity and
+    // the h2 hint; web-v2-* are not injected.
+    let mut web = get(&mut c, WEB_SVC).await;
+    assert_eq!(
+        u(next(&mut web, STEP, "web-svc initial").await),
+        add(vec![
+            plain("10.42.0.22:8080"),
+            meshed("10.42.0.11:8080", ID_WEB),
+            meshed("10.42.1.12:8080", ID_WEB),
+            plain("10.42.1.21:8080"),
+        ])
+    );
+    let mut web_v1 = get(&mut c, "web-v1.emojivoto.svc.cluster.local:80").await;
+    assert_eq!(
+        u(next(&mut web_v1, STEP, "web-v1 initial").await),
+        add(vec![meshed("10.42.0.11:8080", ID_WEB), meshed("10.42.1.12:8080", ID_WEB)])
+    );
+    let mut voting = get(&mut c, "voting-svc.emojivoto.svc.cluster.local:8080").await;
+    assert_eq!(
+        u(next(&mut voting, STEP, "voting initial").await),
+        add(vec![meshed("10.42.0.31:8080", ID_VOTING), plain("10.42.1.32:8080")])
+    );
+    // By cluster IP, too.
+    let mut by_ip = get(&mut c, "127.1.84.92:80").await;
+    assert!(matches!(u(next(&mut by_ip, STEP, "by cluster ip").await), U::Add(v) if v.len() == 4));
+
+    // Profiles: ServiceProfile routes and the TrafficSplit as dst_overrides.
+    let mut web_profile = get_profile(&mut c, WEB_SVC).await;
+    let p = next(&mut web_profile, STEP, "web profile").await;
+    assert_eq!(p.fully_qualified_name, "web-svc.emojivoto.svc.cluster.local");
+    assert_eq!(
+        overrides(&p),
+        [
+            ("web-v1.emojivoto.svc.cluster.local:80".to_owned(), 9_000_000),
+            ("web-v2.emojivoto.svc.cluster.local:80".to_owned(), 1_000_000)
+        ]
+    );
+    let routes: Vec<(&str, bool)> =
+        p.routes.iter().map(|r| (r.metrics_labels["route"].as_str(), r.is_retryable)).collect();
+    assert_eq!(routes, [("GET /api/list", true), ("POST /api/vote", false)]);
+    assert_eq!(p.routes[0].timeout, Some(prost_types::Duration { seconds: 0, nanos: 300_000_000 }));
+    let mut voting_profile = get_profile(&mut c, "voting-svc.emojivoto.svc.cluster.local:8080").await;
+    let p = next(&mut voting_profile, STEP, "voting profile").await;
+    // No TrafficSplit for voting-svc: the profile's own dstOverrides, as written.
+    assert_eq!(
+        overrides(&p),
+        [
+            ("voting-svc.emojivoto.svc.cluster.local.:8080".to_owned(), 9_000_000),
+            ("voting-svc-canary.emojivoto.svc.cluster.local.:8080".to_owned(), 1_000_000)
+        ]
+    );
+    assert_eq!(p.routes.len(), 2);
+    assert!(p.routes[1].response_classes[0].is_failure);
+
+    // Step 1: pod web-v2-2 (10.42.1.23) becomes ready → added to web-svc.
+    replay.release("endpointslices", 1);
+    assert_eq!(u(next(&mut web, STEP, "step 1").await), add(vec![plain("10.42.1.23:8080")]));
+    replay.release("endpointslices", 1); // web-v2's slice: web-svc unchanged.
+
+    // Step 2: web-v1-1 flips to not ready → removed from web-svc and web-v1.
+    replay.release("endpointslices", 1);
+    assert_eq!(u(next(&mut web, STEP, "step 2").await), U::Remove(vec!["10.42.1.12:8080".into()]));
+    replay.release("endpointslices", 1);
+    assert_eq!(u(next(&mut web_v1, STEP, "step 2 web-v1").await), U::Remove(vec!["10.42.1.12:8080".into()]));
+
+    // Step 3: the split goes 500/500.
+    replay.release("trafficsplits", 1);
+    let p = next(&mut web_profile, STEP, "step 3").await;
+    assert_eq!(overrides(&p).iter().map(|(_, w)| *w).collect::<Vec<_>>(), [5_000_000, 5_000_000]);
+
+    // Step 4: voting's slice is deleted and recreated under a new name: the
+    // subscriber sees the gap and the return (keyed by service label).
+    replay.release("endpointslices", 1);
+    assert_eq!(u(next(&mut voting, STEP, "step 4 delete").await), U::NoEndpoints(true));
+    replay.release("endpointslices", 1);
+    assert_eq!(
+        u(next(&mut voting, STEP, "step 4 recreate").await),
+        add(vec![meshed("10.42.0.31:8080", ID_VOTING), plain("10.42.1.32:8080")])
+    );
+
+    // Step 5: a second split for web-svc is created and deleted. The first by
+    // name (web-split) stays in force, so profile subscribers see nothing.
+    replay.release("trafficsplits", 2);
+    quiet(&mut web_profile, Duration::from_millis(500)).await;
+    quiet(&mut web, Duration::from_millis(100)).await;
+
+    // One LIST and one WATCH per kind, however many subscribers.
+    assert_eq!(replay.count("GET /apis/discovery.k8s.io/v1/endpointslices"), 1);
+    assert_eq!(replay.count("WATCH /apis/discovery.k8s.io/v1/endpointslices"), 1);
+    assert_eq!(replay.count("GET /apis/split.smi-spec.io/v1alpha4/trafficsplits"), 1);
+    assert_eq!(replay.count("GET /apis/split.smi-spec.io/v1alpha2/trafficsplits"), 0);
+}
+
+#[tokio::test]
+async fn a_410_gone_resyncs_without_dropping_subscribers() {
+    let replay = Replay::start("v1alpha2", true).await;
+    let server = start_mesh(&replay, SplitVersion::V1alpha2).await;
+    let mut c = client(server.addr).await;
+
+    let mut profile = get_profile(&mut c, WEB_SVC).await;
+    let p = next(&mut profile, STEP, "initial").await;
+    assert_eq!(overrides(&p).iter().map(|(_, w)| *w).collect::<Vec<_>>(), [9_000_000, 1_000_000]);
+
+    // The first watch ends in `410 Expired`; kube-runtime lists again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while replay.count("GET /apis/split.smi-spec.io/v1alpha2/trafficsplits") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no relist after 410: {:#?}",
+            replay.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The relist changed nothing, so the subscriber heard nothing...
+    quiet(&mut profile, Duration::from_millis(300)).await;
+    // ...and is still subscribed: the next change reaches it.
+    replay.release("trafficsplits", 1);
+    let p = next(&mut profile, STEP, "after resync").await;
+    assert_eq!(overrides(&p).iter().map(|(_, w)| *w).collect::<Vec<_>>(), [5_000_000, 5_000_000]);
+}
