@@ -252,26 +252,43 @@ fn describe(doc: &serde_json::Value) -> String {
 
 /// Loads `dir` into `index` now, then keeps polling. Returns only if the
 /// task is dropped.
-pub async fn run(mut loader: Loader, index: Index, interval: Duration) {
+pub async fn run(loader: Loader, index: Index, interval: Duration) {
+    let dir = loader.dir.clone();
+    let loader = std::sync::Arc::new(std::sync::Mutex::new(loader));
     let mut first = true;
     loop {
-        let scan = loader.scan();
-        for e in &scan.errors {
-            metrics::counter!("destination_manifest_errors_total").increment(1);
-            error!(file = %e.path.display(), reason = %e.reason, "bad manifest");
-        }
-        if scan.changed || first {
-            let objects = loader.objects();
-            if first {
-                info!(dir = %loader.dir.display(), objects = objects.len(), "loaded manifests");
-            } else {
-                debug!(objects = objects.len(), "manifests changed; reloading");
+        // Reading and parsing files blocks; keep it off the async workers
+        // that serve the streams.
+        let scanning = loader.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut loader = scanning.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let scan = loader.scan();
+            let objects = (scan.changed || first).then(|| loader.objects());
+            (scan, objects)
+        })
+        .await;
+        match result {
+            Ok((scan, objects)) => {
+                for e in &scan.errors {
+                    metrics::counter!("destination_manifest_errors_total").increment(1);
+                    error!(file = %e.path.display(), reason = %e.reason, "bad manifest");
+                }
+                if let Some(objects) = objects {
+                    if first {
+                        info!(dir = %dir.display(), objects = objects.len(), "loaded manifests");
+                    } else {
+                        debug!(objects = objects.len(), "manifests changed; reloading");
+                    }
+                    index.replace_all(objects);
+                }
+                if first {
+                    index.set_synced();
+                    first = false;
+                }
             }
-            index.replace_all(objects);
-        }
-        if first {
-            index.set_synced();
-            first = false;
+            // A panic while parsing is a bug; keep the last good index and
+            // try again on the next tick rather than stop reloading forever.
+            Err(error) => error!(%error, "manifest scan failed"),
         }
         tokio::time::sleep(interval).await;
     }
