@@ -13,6 +13,9 @@ pub struct Config {
     pub outbound_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Always a loopback address: tap shows request metadata, so only the
+    /// pod itself (or a Kubernetes port-forward, which RBAC guards) may use it.
+    pub tap_addr: SocketAddr,
     /// Explicit mode: every inbound connection goes here rather than to
     /// `127.0.0.1:<original port>`.
     pub inbound_app_addr: Option<SocketAddr>,
@@ -78,6 +81,7 @@ impl Config {
             outbound_addr: env.parse("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140", ADDR)?,
             inbound_addr: env.parse("WEFT_PROXY_INBOUND_ADDR", "0.0.0.0:4143", ADDR)?,
             admin_addr: env.parse("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191", ADDR)?,
+            tap_addr: env.parse("WEFT_PROXY_TAP_ADDR", "127.0.0.1:4190", ADDR)?,
             inbound_app_addr: env.parse_opt("WEFT_PROXY_INBOUND_APP_ADDR", ADDR)?,
             opaque_ports: env.parse("WEFT_PROXY_OPAQUE_PORTS", "", PORTS)?,
             log: env.get("WEFT_PROXY_LOG").unwrap_or_else(|| "warn,weft_proxy=info".into()),
@@ -118,6 +122,11 @@ impl Config {
                     "HOST:PORT, such as weft-destination.weft.svc.cluster.local:8086",
                 ));
             }
+        }
+        if !config.tap_addr.ip().is_loopback() {
+            return Err(
+                env.error("WEFT_PROXY_TAP_ADDR", "a loopback address such as 127.0.0.1:4190 or [::1]:4190")
+            );
         }
         if config.worker_threads == 0 {
             return Err(env.error("WEFT_PROXY_WORKER_THREADS", POSITIVE));
@@ -320,6 +329,8 @@ mod tests {
             err.var, "WEFT_PROXY_IDENTITY_TRUST_ANCHORS",
             "the rest of the identity group is required"
         );
+        let err = config(&[("WEFT_PROXY_TAP_ADDR", "0.0.0.0:4190")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_TAP_ADDR", "tap must stay on loopback");
         let err = config(&[("WEFT_PROXY_DESTINATION_SVC_ADDR", "nohostport")]).unwrap_err();
         assert_eq!(err.var, "WEFT_PROXY_DESTINATION_SVC_ADDR");
     }

@@ -28,11 +28,14 @@ use crate::{
         forward::{Forward, L5D_ORIG_PROTO},
         headers::strip_l5d,
         resolve::{DnsResolver, ResolveLayer, Target},
-        server, Version,
+        server,
+        tap::TapLayer,
+        Version,
     },
     identity::LocalIdentity,
     io::Activity,
     listen::Accepted,
+    metrics::Direction,
     stack::{Detected, Stack},
 };
 
@@ -72,7 +75,7 @@ impl Inbound {
     }
 
     pub async fn handle(self: Arc<Self>, conn: Accepted) {
-        let Accepted { stream, orig_dst, .. } = conn;
+        let Accepted { stream, orig_dst, client } = conn;
         let app = match (self.app_addr, orig_dst) {
             (Some(app), _) => app,
             (None, Some(dst)) => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), dst.port()),
@@ -84,14 +87,14 @@ impl Inbound {
         let activity = Activity::default();
         let io = self.stack.meter(stream, &activity);
         let Some(mesh) = &self.mesh else {
-            return self.plaintext(io, app, &activity).await;
+            return self.plaintext(io, app, client, &activity).await;
         };
         let (sni, io) = match client_hello_sni(io, self.stack.detect_timeout).await {
             Ok(sniffed) => sniffed,
             Err(error) => return info!(%error, "closing connection"),
         };
         if sni.as_deref() != Some(mesh.local.name.dns_name()) {
-            return self.plaintext(io, app, &activity).await;
+            return self.plaintext(io, app, client, &activity).await;
         }
         let tls = match tokio_rustls::TlsAcceptor::from(mesh.config.clone()).accept(io).await {
             Ok(tls) => tls,
@@ -108,13 +111,13 @@ impl Inbound {
         }
         let peer = Peer::Meshed(peer);
         match alpn.as_deref() {
-            Some(p) if p == ALPN_HTTP2 => self.http(tls, Version::Http2, app, peer, &activity).await,
+            Some(p) if p == ALPN_HTTP2 => self.http(tls, Version::Http2, app, client, peer, &activity).await,
             Some(p) if p == ALPN_OPAQUE => self.stack.forward_opaque(tls, app, None, &activity).await,
-            _ => self.detected(tls, app, peer, &activity).await,
+            _ => self.detected(tls, app, client, peer, &activity).await,
         }
     }
 
-    async fn plaintext<I>(&self, io: I, app: SocketAddr, activity: &Activity)
+    async fn plaintext<I>(&self, io: I, app: SocketAddr, client: SocketAddr, activity: &Activity)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -124,24 +127,35 @@ impl Inbound {
                 "closing plaintext connection: this port requires a client identity"
             );
         }
-        self.detected(io, app, Peer::Plaintext, activity).await
+        self.detected(io, app, client, Peer::Plaintext, activity).await
     }
 
-    async fn detected<I>(&self, io: I, app: SocketAddr, peer: Peer, activity: &Activity)
+    async fn detected<I>(&self, io: I, app: SocketAddr, client: SocketAddr, peer: Peer, activity: &Activity)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(detected) = self.stack.detect(io, Some(app.port())).await else { return };
         match detected {
             Detected::Opaque(io) => self.stack.forward_opaque(io, app, None, activity).await,
-            Detected::Http(version, io) => self.http(io, version, app, peer, activity).await,
+            Detected::Http(version, io) => self.http(io, version, app, client, peer, activity).await,
         }
     }
 
-    async fn http<I>(&self, io: I, version: Version, app: SocketAddr, peer: Peer, activity: &Activity)
-    where
+    async fn http<I>(
+        &self,
+        io: I,
+        version: Version,
+        app: SocketAddr,
+        client: SocketAddr,
+        peer: Peer,
+        activity: &Activity,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let client_name = match &peer {
+            Peer::Meshed(Some(id)) => Some(id.dns_name().to_string()),
+            _ => None,
+        };
         let client_id = match &peer {
             Peer::Meshed(Some(id)) => HeaderValue::from_str(id.dns_name()).ok(),
             _ => None,
@@ -169,6 +183,7 @@ impl Inbound {
                 req.map(boxed)
             })
             .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addr))
+            .layer(TapLayer::new(self.stack.taps.clone(), Direction::Inbound, client, client_name.as_deref()))
             .service(Forward::new(self.stack.client.clone(), self.stack.connector.clone(), None));
         let settings = self.stack.server_settings();
         if let Err(error) =

@@ -20,6 +20,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod profile;
 pub mod stack;
+pub mod tap;
 pub mod tls;
 
 use std::sync::{atomic::AtomicBool, Arc};
@@ -64,6 +65,9 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
     let outbound_listener = bind("outbound", config.outbound_addr).await?;
     let inbound_listener = bind("inbound", config.inbound_addr).await?;
     let admin_listener = bind("admin", config.admin_addr).await?;
+    let tap_listener = bind("tap", config.tap_addr).await?;
+    let taps = tap::Taps::default();
+    tokio::spawn(tap::serve(tap_listener, taps.clone()));
     let outbound_addr = outbound_listener.local_addr().map_err(Error::Signal)?;
     let inbound_addr = inbound_listener.local_addr().map_err(Error::Signal)?;
 
@@ -110,7 +114,7 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         None => None,
     };
     let outbound = Arc::new(Outbound::new(
-        Stack::new(Direction::Outbound, &config, drain.clone()),
+        Stack::new(Direction::Outbound, &config, drain.clone(), taps.clone()),
         dns.clone(),
         discovery,
         identity.clone().map(tls::MeshClients::new),
@@ -123,7 +127,7 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         None => None,
     };
     let inbound = Arc::new(Inbound::new(
-        Stack::new(Direction::Inbound, &config, drain.clone()),
+        Stack::new(Direction::Inbound, &config, drain.clone(), taps),
         dns,
         config.inbound_app_addr,
         inbound_addr,

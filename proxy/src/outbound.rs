@@ -25,9 +25,11 @@ use crate::{
         route::RouteLayer,
         server,
         split::SplitLayer,
+        tap::TapLayer,
     },
     io::Activity,
     listen::Accepted,
+    metrics::Direction,
     stack::{Detected, Stack},
     tls::{Carried, MeshClients},
 };
@@ -80,7 +82,7 @@ impl Outbound {
     }
 
     pub async fn handle(self: Arc<Self>, conn: Accepted) {
-        let Accepted { stream, orig_dst, .. } = conn;
+        let Accepted { stream, orig_dst, client } = conn;
         let activity = Activity::default();
         let io = self.stack.meter(stream, &activity);
         let Some(detected) = self.stack.detect(io, orig_dst.map(|d| d.port())).await else { return };
@@ -105,6 +107,7 @@ impl Outbound {
                     .layer(SplitLayer)
                     .layer(BalanceLayer::new(balancers))
                     .layer(ResolveLayer::new(target, self.dns.clone(), self.listen_addr))
+                    .layer(TapLayer::new(self.stack.taps.clone(), Direction::Outbound, client, None))
                     .service(Forward::new(
                         self.stack.client.clone(),
                         self.stack.connector.clone(),

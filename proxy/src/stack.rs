@@ -16,6 +16,7 @@ use crate::{
     io::{Activity, MeteredIo, PrefixedIo},
     metrics::{AuthorityLabels, Direction, TcpMetrics, Tls},
     opaque,
+    tap::Taps,
 };
 
 /// Distinct `authority` label values per direction before `other`.
@@ -33,6 +34,7 @@ pub struct Stack {
     pub src_metrics: TcpMetrics,
     pub http_metrics: HttpMetricsLayer,
     pub drain: Drain,
+    pub taps: Taps,
 }
 
 /// What detection made of a connection.
@@ -44,7 +46,7 @@ pub enum Detected<I> {
 pub type ClientIo = MeteredIo<TcpStream>;
 
 impl Stack {
-    pub fn new(direction: Direction, config: &Config, drain: Drain) -> Self {
+    pub fn new(direction: Direction, config: &Config, drain: Drain, taps: Taps) -> Self {
         let connector = Connector::new(
             config.connect_timeout,
             TcpMetrics::new(direction, "dst", Tls::NoIdentity),
@@ -69,6 +71,7 @@ impl Stack {
                 AuthorityLabels::new(MAX_AUTHORITY_LABELS),
             ),
             drain,
+            taps,
         }
     }
 

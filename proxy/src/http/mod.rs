@@ -13,6 +13,7 @@ pub mod retry;
 pub mod route;
 pub mod server;
 pub mod split;
+pub mod tap;
 
 use std::net::SocketAddr;
 
