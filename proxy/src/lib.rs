@@ -2,6 +2,7 @@
 //! connection takes through these modules.
 
 pub mod admin;
+pub mod await_ready;
 pub mod balance;
 pub mod config;
 pub mod connect;
