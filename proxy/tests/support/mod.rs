@@ -197,6 +197,11 @@ impl ProxyBuilder {
                 cmd.env_remove(k);
             }
         }
+        if self.fixed.is_none() {
+            // Its own tap port too (the default is fixed); inside a
+            // namespace the default is free.
+            cmd.env("WEFT_PROXY_TAP_ADDR", loopback(free_port()).to_string());
+        }
         cmd.env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
             .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
             .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
