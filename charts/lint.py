@@ -1,0 +1,644 @@
+#!/usr/bin/env python3
+"""Lint and render charts/weft with the real Helm library, then check the output.
+
+Uses helm-sdkpy (the Helm v4 Go library behind a C ABI). Its Lint action
+takes no values and it has no `template` action, so:
+
+- lint: each values set (defaults + the required values; + values-ha.yaml)
+  is merged into the values.yaml of a temporary copy of the chart, which
+  Helm's linter then checks (any ERROR or WARNING fails).
+- render: Helm's real install action runs against a throwaway fake
+  Kubernetes API server on 127.0.0.1 (discovery answers and an in-memory
+  store, no cluster). Helm renders the templates, maps every object through
+  discovery, and POSTs it; we keep the bodies and the release manifest and
+  check them with PyYAML: every document parses and has apiVersion, kind and
+  metadata.name; RBAC verbs are only the minimal ones; the webhook is
+  service-based, its namespaceSelector keeps out kube-system and the control
+  plane; securityContext, probes, resources, HA replicas/affinity/PDBs.
+- negative cases: rendering without the trust anchor/issuer fails with a
+  message naming `weft identity create-ca`.
+- the CRDs in charts/weft/crds/ parse, and their spec still equals the
+  CRDs the apiserver served in ../shared/fixtures/kubernetes (when present).
+
+Exit status 0 when everything passes; otherwise 1 with every failure listed.
+Usage: python3 charts/lint.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.parse
+
+import yaml
+
+try:
+    import helm_sdkpy
+except ImportError:  # pragma: no cover
+    sys.exit("charts/lint.py: helm-sdkpy is not installed (pip install helm-sdkpy, see .ci/run)")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHART = os.path.join(HERE, "weft")
+REPO = os.path.dirname(HERE)
+NAMESPACE = "weft"
+
+SEVERITY = {1: "INFO", 2: "WARNING", 4: "ERROR"}
+
+failures: list[str] = []
+
+
+def fail(msg: str) -> None:
+    failures.append(msg)
+    print(f"  FAIL {msg}")
+
+
+def ok(msg: str) -> None:
+    print(f"  ok   {msg}")
+
+
+# --------------------------------------------------------------------------
+# Test certificates (the chart only needs PEM; real ECDSA ones all the same)
+
+
+def make_test_ca(tmp: str) -> dict[str, str]:
+    """A trust anchor and an issuer, like `weft identity create-ca` makes (P-256, PKCS#8)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, cwd=tmp, capture_output=True)
+
+    ext = os.path.join(tmp, "issuer.ext")
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "root.key", "-out", "trust-anchors.pem", "-days", "2",
+        "-subj", "/CN=root.linkerd.cluster.local", "-addext", "basicConstraints=critical,CA:TRUE")
+    run("req", *ec, "-keyout", "issuer.key", "-out", "issuer.csr", "-subj", "/CN=identity.weft.cluster.local")
+    run("x509", "-req", "-in", "issuer.csr", "-CA", "trust-anchors.pem", "-CAkey", "root.key",
+        "-out", "issuer.crt", "-days", "1", "-extfile", ext)
+
+    def read(name: str) -> str:
+        with open(os.path.join(tmp, name)) as f:
+            return f.read()
+
+    return {"anchors": read("trust-anchors.pem"), "crt": read("issuer.crt"), "key": read("issuer.key")}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_yaml(path: str) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+# --------------------------------------------------------------------------
+# helm lint
+
+
+def lint(label: str, values: dict, tmp: str) -> None:
+    """Helm's linter on a copy of the chart whose values.yaml is `values`."""
+    copy_dir = os.path.join(tmp, f"lint-{label}", "weft")
+    shutil.copytree(CHART, copy_dir)
+    with open(os.path.join(copy_dir, "values.yaml"), "w") as f:
+        yaml.safe_dump(values, f, sort_keys=False)
+    cfg = helm_sdkpy.Configuration(namespace=NAMESPACE)
+    try:
+        result = asyncio.run(helm_sdkpy.Lint(cfg).run(copy_dir))
+    except helm_sdkpy.HelmError as e:
+        fail(f"helm lint [{label}]: {e}")
+        return
+    bad = []
+    for m in result.get("Messages") or []:
+        sev = SEVERITY.get(m.get("Severity"), str(m.get("Severity")))
+        # INFO is only "icon is recommended"; anything worse fails.
+        if m.get("Severity", 0) >= 2:
+            err = m.get("Err")
+            bad.append(f"{sev} {m.get('Path')}{': ' + str(err) if err else ''}")
+    for e in result.get("Errors") or []:
+        bad.append(f"ERROR {e}")
+    if bad:
+        fail(f"helm lint [{label}]: " + "; ".join(bad)
+             + " (helm-sdkpy does not pass lint messages' text; the library's log lines above say more)")
+    else:
+        ok(f"helm lint [{label}]: {result.get('TotalChartsLinted')} chart linted, no warnings or errors")
+
+
+# --------------------------------------------------------------------------
+# A fake Kubernetes API server, just enough for Helm's install action
+
+
+CORE = [
+    ("configmaps", "ConfigMap", True), ("secrets", "Secret", True), ("services", "Service", True),
+    ("serviceaccounts", "ServiceAccount", True), ("pods", "Pod", True),
+    ("namespaces", "Namespace", False), ("endpoints", "Endpoints", True),
+]
+GROUPS: dict[str, list[tuple[str, str, bool]]] = {
+    "apps/v1": [("deployments", "Deployment", True), ("replicasets", "ReplicaSet", True),
+                ("statefulsets", "StatefulSet", True), ("daemonsets", "DaemonSet", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "rbac.authorization.k8s.io/v1": [("clusterroles", "ClusterRole", False),
+                                     ("clusterrolebindings", "ClusterRoleBinding", False),
+                                     ("roles", "Role", True), ("rolebindings", "RoleBinding", True)],
+    "admissionregistration.k8s.io/v1": [
+        ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", False),
+        ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", False)],
+    "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
+    "discovery.k8s.io/v1": [("endpointslices", "EndpointSlice", True)],
+    "split.smi-spec.io/v1alpha2": [("trafficsplits", "TrafficSplit", True)],
+    "split.smi-spec.io/v1alpha4": [("trafficsplits", "TrafficSplit", True)],
+    "linkerd.io/v1alpha2": [("serviceprofiles", "ServiceProfile", True)],
+}
+VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+
+
+def resource_list(gv: str, resources: list[tuple[str, str, bool]]) -> dict:
+    return {
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+        "resources": [{"name": n, "singularName": k.lower(), "namespaced": ns, "kind": k, "verbs": VERBS}
+                      for n, k, ns in resources],
+    }
+
+
+def group_list() -> dict:
+    groups: dict[str, list[str]] = {}
+    for gv in GROUPS:
+        g, v = gv.split("/")
+        groups.setdefault(g, []).append(v)
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+        {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+         "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
+        for g, vs in groups.items()]}
+
+
+class FakeAPI(http.server.BaseHTTPRequestHandler):
+    created: list[dict] = []
+    store: dict[str, dict] = {}
+    unexpected: list[str] = []
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def not_found(self, what: str) -> None:
+        self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "message": f"{what} not found", "reason": "NotFound", "code": 404})
+
+    def body(self) -> dict:
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n)
+        if "protobuf" in (self.headers.get("Content-Type") or ""):
+            # client-go sends built-in types it knows statically (Helm's release
+            # Secret) as protobuf: keep only the name, enough to answer.
+            m = re.search(rb"sh\.helm\.release\.v1\.[a-z0-9.-]+", raw)
+            name = m.group(0).decode() if m else "unknown"
+            return {"kind": "Secret", "apiVersion": "v1",
+                    "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"owner": "helm"}}}
+        return json.loads(raw or b"{}")
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlparse(self.path)
+        p = url.path.rstrip("/")
+        if p == "/version":
+            return self.reply(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0",
+                                    "platform": "linux/amd64"})
+        if p == "/api":
+            return self.reply(200, {"kind": "APIVersions", "versions": ["v1"]})
+        if p == "/api/v1":
+            return self.reply(200, resource_list("v1", CORE))
+        if p == "/apis":
+            return self.reply(200, group_list())
+        parts = p.split("/")
+        if len(parts) == 4 and parts[1] == "apis" and f"{parts[2]}/{parts[3]}" in GROUPS:
+            gv = f"{parts[2]}/{parts[3]}"
+            return self.reply(200, resource_list(gv, GROUPS[gv]))
+        if p in self.store:
+            return self.reply(200, self.store[p])
+        if p.endswith("/secrets") or p.endswith("/customresourcedefinitions"):
+            # Helm's release storage lists its secrets; nothing stored yet.
+            items = [v for k, v in self.store.items() if k.startswith(p + "/")]
+            return self.reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
+        return self.not_found(p)
+
+    def do_POST(self) -> None:
+        p = urllib.parse.urlparse(self.path).path.rstrip("/")
+        obj = self.body()
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", f"00000000-0000-0000-0000-{len(self.store):012d}")
+        meta.setdefault("resourceVersion", "1")
+        if obj.get("kind") == "CustomResourceDefinition":
+            obj["status"] = {"conditions": [{"type": "Established", "status": "True"},
+                                            {"type": "NamesAccepted", "status": "True"}]}
+        self.store[f"{p}/{meta.get('name')}"] = obj
+        if not (obj.get("kind") == "Secret" and meta.get("labels", {}).get("owner") == "helm"):
+            self.created.append(obj)
+        self.reply(201, obj)
+
+    def do_PUT(self) -> None:
+        p = urllib.parse.urlparse(self.path).path.rstrip("/")
+        obj = self.body()
+        self.store[p] = obj
+        self.reply(200, obj)
+
+    def do_PATCH(self) -> None:
+        p = urllib.parse.urlparse(self.path).path.rstrip("/")
+        if p not in self.store:
+            return self.not_found(p)
+        self.reply(200, self.store[p])
+
+    def do_DELETE(self) -> None:
+        p = urllib.parse.urlparse(self.path).path.rstrip("/")
+        self.store.pop(p, None)
+        self.reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+
+def render(label: str, values: dict | None, tmp: str) -> tuple[list[dict], str, str | None]:
+    """Install the chart (without crds/, checked separately) into a fresh fake API server.
+    Returns (objects Helm created, release manifest, error or None)."""
+    chart = os.path.join(tmp, f"render-{label}", "weft")
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("crds"))
+
+    class Handler(FakeAPI):
+        created: list[dict] = []
+        store: dict[str, dict] = {}
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        kubeconfig = yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": NAMESPACE}}],
+        })
+        kc_path = os.path.join(tmp, f"kubeconfig-{label}")
+        with open(kc_path, "w") as f:
+            f.write(kubeconfig)
+        cfg = helm_sdkpy.Configuration(namespace=NAMESPACE, kubeconfig=kc_path)
+        try:
+            result = asyncio.run(helm_sdkpy.Install(cfg).run(
+                "weft", chart, values=values, wait=False, timeout=60))
+        except helm_sdkpy.HelmError as e:
+            return [], "", str(e)
+        manifest = result.get("manifest") or ""
+        return list(Handler.created), manifest, None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------
+# Checks on what Helm rendered
+
+READ = {"get", "list", "watch"}
+# Every permission the control plane may hold: (ClusterRole, apiGroup, resource) -> verbs.
+RBAC_ALLOWED = {
+    ("weft-identity", "authentication.k8s.io", "tokenreviews"): {"create"},
+    ("weft-destination", "", "services"): READ,
+    ("weft-destination", "", "pods"): READ,
+    ("weft-destination", "discovery.k8s.io", "endpointslices"): READ,
+    ("weft-destination", "split.smi-spec.io", "trafficsplits"): READ,
+    ("weft-destination", "linkerd.io", "serviceprofiles"): READ,
+    ("weft-injector", "", "namespaces"): READ,
+}
+ADMIN_PORTS = {"identity": 9990, "destination": 9996, "injector": 9995}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
+                  "CustomResourceDefinition", "Namespace"}
+
+
+def b64pem(s: str) -> str:
+    return base64.b64decode(s).decode()
+
+
+def openssl(args: list[str], stdin: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], input=stdin, capture_output=True, text=True)
+
+
+def check_render(label: str, docs: list, created: list[dict], values: dict, *, ha: bool,
+                 failure_policy: str, tmp: str) -> None:
+    ctx = f"[{label}]"
+    objs = []
+    for i, d in enumerate(docs):
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            fail(f"{ctx} rendered document {i} is not a mapping")
+            continue
+        name = (d.get("metadata") or {}).get("name")
+        if not d.get("apiVersion") or not d.get("kind") or not name:
+            fail(f"{ctx} rendered document {i} lacks apiVersion/kind/metadata.name: {str(d)[:120]}")
+            continue
+        if d["kind"] not in CLUSTER_SCOPED and d["metadata"].get("namespace") != NAMESPACE:
+            fail(f"{ctx} {d['kind']}/{name} is not in the release namespace {NAMESPACE}")
+        objs.append(d)
+    ok(f"{ctx} {len(objs)} rendered documents parse and have apiVersion, kind, metadata.name")
+    if len(created) != len(objs):
+        fail(f"{ctx} Helm sent {len(created)} objects to the API server, but the manifest has {len(objs)}")
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+
+    def get(kind: str, name: str) -> dict:
+        o = by.get((kind, name))
+        if o is None:
+            fail(f"{ctx} missing {kind}/{name}")
+            return {}
+        return o
+
+    # RBAC: only the minimal verbs, each ClusterRole exactly what its component needs.
+    rbac_ok = True
+    for o in objs:
+        if o["kind"] in ("Role", "ClusterRole"):
+            for rule in o.get("rules") or []:
+                if rule.get("nonResourceURLs") or rule.get("resourceNames"):
+                    fail(f"{ctx} {o['kind']}/{o['metadata']['name']} has nonResourceURLs/resourceNames")
+                    rbac_ok = False
+                for g in rule.get("apiGroups") or []:
+                    for r in rule.get("resources") or []:
+                        allowed = RBAC_ALLOWED.get((o["metadata"]["name"], g, r))
+                        verbs = set(rule.get("verbs") or [])
+                        if allowed is None or not verbs <= allowed:
+                            fail(f"{ctx} {o['kind']}/{o['metadata']['name']} grants {sorted(verbs)} on "
+                                 f"{g or 'core'}/{r}; allowed: {sorted(allowed) if allowed else 'nothing'}")
+                            rbac_ok = False
+    for (role, g, r), verbs in RBAC_ALLOWED.items():
+        cr = get("ClusterRole", role)
+        have = set()
+        for rule in cr.get("rules") or []:
+            if g in (rule.get("apiGroups") or []) and r in (rule.get("resources") or []):
+                have |= set(rule.get("verbs") or [])
+        if have != verbs:
+            fail(f"{ctx} ClusterRole/{role} should grant {sorted(verbs)} on {g or 'core'}/{r}, grants {sorted(have)}")
+            rbac_ok = False
+        crb = get("ClusterRoleBinding", role)
+        subj = crb.get("subjects") or [{}]
+        if crb and ((crb.get("roleRef") or {}).get("name") != role or len(subj) != 1
+                    or subj[0].get("kind") != "ServiceAccount" or subj[0].get("name") != role
+                    or subj[0].get("namespace") != NAMESPACE):
+            fail(f"{ctx} ClusterRoleBinding/{role} must bind ClusterRole {role} to ServiceAccount {NAMESPACE}/{role} only")
+            rbac_ok = False
+        get("ServiceAccount", role)
+    if rbac_ok:
+        ok(f"{ctx} RBAC: tokenreviews create (identity); get/list/watch only otherwise; nothing else")
+
+    # Deployments: images, replicas, probes, resources, security.
+    for comp, port in ADMIN_PORTS.items():
+        dep = get("Deployment", f"weft-{comp}")
+        if not dep:
+            continue
+        want_replicas = max(3, values.get(comp, {}).get("replicas", 1)) if ha else values.get(comp, {}).get("replicas", 1)
+        if dep["spec"].get("replicas") != want_replicas:
+            fail(f"{ctx} Deployment/weft-{comp} replicas {dep['spec'].get('replicas')}, want {want_replicas}")
+        pod = dep["spec"]["template"]["spec"]
+        if pod.get("serviceAccountName") != f"weft-{comp}":
+            fail(f"{ctx} Deployment/weft-{comp} runs as ServiceAccount {pod.get('serviceAccountName')}")
+        psc = pod.get("securityContext") or {}
+        if psc.get("runAsNonRoot") is not True:
+            fail(f"{ctx} Deployment/weft-{comp}: pod securityContext.runAsNonRoot is not true")
+        anti = ((pod.get("affinity") or {}).get("podAntiAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution")
+        if ha and not anti:
+            fail(f"{ctx} Deployment/weft-{comp}: no required pod anti-affinity in HA mode")
+        if not ha and anti:
+            fail(f"{ctx} Deployment/weft-{comp}: pod anti-affinity outside HA mode")
+        selector = dep["spec"]["selector"]["matchLabels"]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        if any(labels.get(k) != v for k, v in selector.items()):
+            fail(f"{ctx} Deployment/weft-{comp}: selector does not match the pod labels")
+        for c in pod.get("containers") or []:
+            where = f"{ctx} Deployment/weft-{comp} container {c.get('name')}"
+            repo = values.get(comp, {}).get("image", {}).get("repository", f"ghcr.io/weft-mesh/weft-{comp}")
+            if not c.get("image", "").startswith(repo + ":"):
+                fail(f"{where}: image {c.get('image')} is not from {repo}")
+            sc = c.get("securityContext") or {}
+            if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False \
+                    or "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []) \
+                    or (sc.get("capabilities") or {}).get("add"):
+                fail(f"{where}: securityContext must be read-only root fs, no privilege escalation, drop ALL")
+            ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+            if ports.get("admin") != port:
+                fail(f"{where}: admin port is {ports.get('admin')}, want {port}")
+            for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/live")):
+                hg = (c.get(probe) or {}).get("httpGet") or {}
+                if hg.get("path") != path or hg.get("port") not in ("admin", port):
+                    fail(f"{where}: {probe} should GET {path} on the admin port, is {hg}")
+            res = c.get("resources") or {}
+            if not (res.get("requests") or {}).get("cpu") or not (res.get("requests") or {}).get("memory") \
+                    or not (res.get("limits") or {}).get("memory"):
+                fail(f"{where}: needs cpu/memory requests and a memory limit")
+        # Every Service's targetPort names a port of its Deployment.
+        svc = get("Service", f"weft-{comp}")
+        names = {p.get("name") for c in pod.get("containers") or [] for p in c.get("ports") or []}
+        for sp in svc.get("spec", {}).get("ports") or []:
+            if sp.get("targetPort") not in names:
+                fail(f"{ctx} Service/weft-{comp} targetPort {sp.get('targetPort')} names no container port")
+        if svc and any(svc["spec"]["selector"].get(k) != v for k, v in selector.items()):
+            fail(f"{ctx} Service/weft-{comp} selector does not select the Deployment's pods")
+        pdb = by.get(("PodDisruptionBudget", f"weft-{comp}"))
+        if want_replicas > 1:
+            if not pdb:
+                fail(f"{ctx} no PodDisruptionBudget for weft-{comp} with {want_replicas} replicas")
+            elif pdb["spec"].get("minAvailable") != 1 or pdb["spec"]["selector"]["matchLabels"] != selector:
+                fail(f"{ctx} PodDisruptionBudget/weft-{comp} must have minAvailable 1 and the Deployment's selector")
+        elif pdb:
+            fail(f"{ctx} PodDisruptionBudget/weft-{comp} with one replica would block node drains")
+    ok(f"{ctx} Deployments: replicas, images, probes on admin ports, resources, non-root/read-only/drop-ALL, "
+       f"Services, {'anti-affinity and PDBs' if ha else 'no PDBs'}")
+
+    # Issuer and anchors come from values, unchanged.
+    issuer = get("Secret", "weft-identity-issuer")
+    if issuer and b64pem(issuer["data"]["tls.crt"]).strip() != values["identity"]["issuer"]["crtPEM"].strip():
+        fail(f"{ctx} Secret/weft-identity-issuer tls.crt is not identity.issuer.crtPEM")
+    roots = get("ConfigMap", "weft-identity-trust-roots")
+    if roots and roots["data"]["ca-bundle.crt"].strip() != values["identityTrustAnchorsPEM"].strip():
+        fail(f"{ctx} ConfigMap/weft-identity-trust-roots is not identityTrustAnchorsPEM")
+    inj = get("Deployment", "weft-injector")
+    args = inj["spec"]["template"]["spec"]["containers"][0].get("args", []) if inj else []
+    for flag in ("--proxy-image=ghcr.io/weft-mesh/weft-proxy:", "--proxy-init-image=ghcr.io/weft-mesh/weft-proxy-init:",
+                 "--trust-anchors=", f"--control-plane-namespace={NAMESPACE}"):
+        if not any(a.startswith(flag) for a in args):
+            fail(f"{ctx} weft-injector is not given {flag}...")
+
+    # The webhook.
+    mwc = get("MutatingWebhookConfiguration", "weft-proxy-injector")
+    hooks = mwc.get("webhooks") or []
+    if len(hooks) != 1:
+        fail(f"{ctx} MutatingWebhookConfiguration should hold one webhook, has {len(hooks)}")
+        return
+    h = hooks[0]
+    cc = h.get("clientConfig") or {}
+    svc = cc.get("service") or {}
+    if cc.get("url") or svc.get("name") != "weft-injector" or svc.get("namespace") != NAMESPACE \
+            or svc.get("path") != "/inject" or svc.get("port") != 443:
+        fail(f"{ctx} webhook clientConfig must be service weft-injector.{NAMESPACE}:443/inject, is {cc}")
+    if h.get("sideEffects") != "None" or h.get("admissionReviewVersions") != ["v1"]:
+        fail(f"{ctx} webhook needs sideEffects None and admissionReviewVersions [v1]")
+    if not 1 <= int(h.get("timeoutSeconds", 0)) <= 30:
+        fail(f"{ctx} webhook timeoutSeconds {h.get('timeoutSeconds')} outside 1..30")
+    if h.get("failurePolicy") != failure_policy:
+        fail(f"{ctx} webhook failurePolicy {h.get('failurePolicy')}, want {failure_policy}")
+    rules = h.get("rules") or []
+    if rules != [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                  "scope": "Namespaced"}]:
+        fail(f"{ctx} webhook rules should be CREATE pods only, are {rules}")
+    exprs = (h.get("namespaceSelector") or {}).get("matchExpressions") or []
+    if (h.get("namespaceSelector") or {}).get("matchLabels"):
+        fail(f"{ctx} webhook namespaceSelector.matchLabels would bypass the exclusions")
+    excluded = set()
+    for e in exprs:
+        if e.get("key") == "kubernetes.io/metadata.name" and e.get("operator") == "NotIn":
+            excluded |= set(e.get("values") or [])
+    if not {"kube-system", NAMESPACE} <= excluded:
+        fail(f"{ctx} webhook namespaceSelector must exclude kube-system and {NAMESPACE}, excludes {sorted(excluded)}")
+    if not any(e.get("key") == "weft.io/inject" for e in exprs):
+        fail(f"{ctx} webhook namespaceSelector ignores the weft.io/inject label")
+    # caBundle = the injector Secret's CA, which signed a certificate for the Service.
+    tls = get("Secret", "weft-injector-tls")
+    if tls and cc.get("caBundle"):
+        ca = b64pem(cc["caBundle"])
+        if ca.strip() != b64pem(tls["data"]["ca.crt"]).strip():
+            fail(f"{ctx} webhook caBundle differs from Secret/weft-injector-tls ca.crt")
+        ca_file = os.path.join(tmp, f"webhook-ca-{label}.pem")
+        with open(ca_file, "w") as f:
+            f.write(ca)
+        crt = b64pem(tls["data"]["tls.crt"])
+        v = openssl(["verify", "-CAfile", ca_file], crt)
+        if v.returncode != 0:
+            fail(f"{ctx} injector certificate does not verify against the caBundle: {v.stdout}{v.stderr}")
+        san = openssl(["x509", "-noout", "-ext", "subjectAltName"], crt).stdout
+        if f"DNS:weft-injector.{NAMESPACE}.svc" not in san:
+            fail(f"{ctx} injector certificate does not name weft-injector.{NAMESPACE}.svc: {san.strip()}")
+    else:
+        fail(f"{ctx} webhook has no caBundle")
+    ok(f"{ctx} webhook: service /inject, caBundle verifies the injector certificate, failurePolicy "
+       f"{failure_policy}, kube-system and {NAMESPACE} excluded")
+
+
+def check_crds() -> None:
+    fixtures = os.environ.get("WEFT_K8S_FIXTURES") or os.path.join(REPO, "..", "shared", "fixtures", "kubernetes")
+    want = {"trafficsplits.split.smi-spec.io": {"v1alpha2": True, "v1alpha4": False},
+            "serviceprofiles.linkerd.io": {"v1alpha2": True}}
+    for name, versions in want.items():
+        path = os.path.join(CHART, "crds", f"{name}.yaml")
+        try:
+            docs = [d for d in yaml.safe_load_all(open(path)) if d]
+        except (OSError, yaml.YAMLError) as e:
+            fail(f"CRD {path}: {e}")
+            continue
+        if len(docs) != 1 or docs[0].get("kind") != "CustomResourceDefinition" \
+                or docs[0].get("metadata", {}).get("name") != name:
+            fail(f"CRD {path}: should hold the one CustomResourceDefinition {name}")
+            continue
+        crd = docs[0]
+        have = {v["name"]: v.get("storage") for v in crd["spec"]["versions"] if v.get("served")}
+        if have != versions:
+            fail(f"CRD {name}: served versions (storage) {have}, want {versions}")
+        fx = os.path.join(fixtures, f"crd-{name}.json")
+        if os.path.exists(fx):
+            with open(fx) as f:
+                served = json.load(f)
+            if served["spec"] != crd["spec"]:
+                fail(f"CRD {name}: spec differs from the one the apiserver served ({fx})")
+            else:
+                ok(f"CRD {name}: spec equals the apiserver's ({os.path.basename(fx)}), versions {versions}")
+        else:
+            ok(f"CRD {name}: versions {versions} (fixtures not found at {fixtures}: spec not compared)")
+
+
+def main() -> int:
+    print(f"== helm lint / render charts/weft (helm-sdkpy {helm_sdkpy.__version__}, {helm_sdkpy.get_version()})")
+    defaults = load_yaml(os.path.join(CHART, "values.yaml"))
+    ha_values = load_yaml(os.path.join(CHART, "values-ha.yaml"))
+    with tempfile.TemporaryDirectory(prefix="weft-chart-") as tmp:
+        ca = make_test_ca(tmp)
+        required = {"identityTrustAnchorsPEM": ca["anchors"],
+                    "identity": {"issuer": {"crtPEM": ca["crt"], "keyPEM": ca["key"]}}}
+        default_set = merge(defaults, required)
+        ha_set = merge(merge(defaults, ha_values), required)
+
+        lint("defaults+required", default_set, tmp)
+        lint("values-ha+required", ha_set, tmp)
+
+        for label, vals, over, ha, policy in (
+            ("defaults", default_set, required, False, "Ignore"),
+            ("values-ha", ha_set, merge(ha_values, required), True, "Fail"),
+            ("highAvailability-flag-only", merge(default_set, {"highAvailability": True}),
+             merge(required, {"highAvailability": True}), True, "Fail"),
+        ):
+            created, manifest, err = render(label, over, tmp)
+            if err:
+                fail(f"[{label}] helm install (render) failed: {err}")
+                continue
+            try:
+                docs = list(yaml.safe_load_all(manifest))
+            except yaml.YAMLError as e:
+                fail(f"[{label}] rendered manifest does not parse: {e}")
+                continue
+            check_render(label, docs, created, vals, ha=ha, failure_policy=policy, tmp=tmp)
+
+        # Labelled-namespaces mode keeps the exclusions and requires the label.
+        created, manifest, err = render("labelled", merge(required, {"webhook": {"onlyLabelledNamespaces": True}}), tmp)
+        if err:
+            fail(f"[labelled] render failed: {err}")
+        else:
+            hook = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "MutatingWebhookConfiguration"][0]
+            exprs = hook["webhooks"][0]["namespaceSelector"]["matchExpressions"]
+            if {"key": "weft.io/inject", "operator": "In", "values": ["enabled"]} not in exprs \
+                    or not any(e["key"] == "kubernetes.io/metadata.name" and "kube-system" in e["values"] for e in exprs):
+                fail(f"[labelled] namespaceSelector should require weft.io/inject=enabled and exclude kube-system: {exprs}")
+            else:
+                ok("[labelled] webhook.onlyLabelledNamespaces requires weft.io/inject=enabled, still excludes kube-system")
+
+        # Missing or malformed required values fail with a message that says what to do.
+        for label, over, needle in (
+            ("no-values", None, "weft identity create-ca"),
+            ("no-issuer-key", merge(required, {"identity": {"issuer": {"keyPEM": ""}}}), "weft identity create-ca"),
+            ("sec1-key", merge(required, {"identity": {"issuer": {"keyPEM": "-----BEGIN EC PRIVATE KEY-----\nx\n"}}}),
+             "PKCS#8"),
+            ("partial-webhook-tls", merge(required, {"injector": {"tls": {"crtPEM": ca["crt"]}}}),
+             "injector.tls.caBundlePEM is required"),
+            ("bad-failure-policy", merge(required, {"webhook": {"failurePolicy": "Sometimes"}}),
+             "webhook.failurePolicy must be Ignore or Fail"),
+        ):
+            _, _, err = render(label, over, tmp)
+            if err is None:
+                fail(f"[{label}] rendering should have failed")
+            elif needle not in err:
+                fail(f"[{label}] failed without saying {needle!r}: {err}")
+            else:
+                ok(f"[{label}] refused: ...{needle}...")
+
+        check_crds()
+
+    if failures:
+        print(f"charts/lint.py: {len(failures)} failure(s):", file=sys.stderr)
+        for f in failures:
+            print(f"  - {f}", file=sys.stderr)
+        return 1
+    print("charts/lint.py: chart OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+{{/* Common labels of every object. */}}
+{{- define "weft.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/part-of: weft
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component: (dict "root" $ "component" "identity"). */}}
+{{- define "weft.componentLabels" -}}
+{{ include "weft.labels" .root }}
+{{ include "weft.selectorLabels" . }}
+{{- end -}}
+
+{{- define "weft.selectorLabels" -}}
+app.kubernetes.io/name: weft-{{ .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Image reference: (dict "root" $ "image" .Values.x.image). */}}
+{{- define "weft.image" -}}
+{{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%s" .image.repository (toString $tag) -}}
+{{- end -}}
+
+{{/* Effective replicas of a component: (dict "root" $ "c" .Values.identity). */}}
+{{- define "weft.replicas" -}}
+{{- if .root.Values.highAvailability -}}
+{{- max 3 (int .c.replicas) -}}
+{{- else -}}
+{{- int .c.replicas -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "weft.failurePolicy" -}}
+{{- $p := .Values.webhook.failurePolicy | default (ternary "Fail" "Ignore" .Values.highAvailability) -}}
+{{- if not (has $p (list "Ignore" "Fail")) -}}
+{{- fail (printf "webhook.failurePolicy must be Ignore or Fail, not %q" $p) -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
+
+{{/* Trust anchors, checked. */}}
+{{- define "weft.trustAnchors" -}}
+{{- $pem := required "identityTrustAnchorsPEM is required: run `weft identity create-ca --out ./ca` and pass --set-file identityTrustAnchorsPEM=ca/trust-anchors.pem (see charts/weft/README.md)" .Values.identityTrustAnchorsPEM -}}
+{{- if not (contains "-----BEGIN CERTIFICATE-----" $pem) -}}
+{{- fail "identityTrustAnchorsPEM holds no PEM certificate (expected the trust-anchors.pem written by `weft identity create-ca`)" -}}
+{{- end -}}
+{{- $pem -}}
+{{- end -}}
+
+{{/*
+Pod-level settings shared by the three Deployments:
+(dict "root" $ "component" "identity").
+*/}}
+{{- define "weft.podCommon" -}}
+{{- $root := .root -}}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+{{ toYaml . }}
+{{- end }}
+securityContext:
+{{ toYaml $root.Values.podSecurityContext | indent 2 }}
+{{- with $root.Values.nodeSelector }}
+nodeSelector:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with $root.Values.tolerations }}
+tolerations:
+{{ toYaml . }}
+{{- end }}
+{{- with $root.Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- if $root.Values.highAvailability }}
+affinity:
+  podAntiAffinity:
+    # One replica per node (Linkerd's HA rule): losing a node loses one replica.
+    requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+{{ include "weft.selectorLabels" . | indent 10 }}
+    # And spread over zones where the cluster has them.
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: topology.kubernetes.io/zone
+        labelSelector:
+          matchLabels:
+{{ include "weft.selectorLabels" . | indent 12 }}
+{{- end }}
+{{- end -}}
+
+{{/* A PodDisruptionBudget when a component runs more than one replica. */}}
+{{- define "weft.pdb" -}}
+{{- if gt (int (include "weft.replicas" (dict "root" .root "c" .c))) 1 }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: weft-{{ .component }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+{{ include "weft.componentLabels" . | indent 4 }}
+spec:
+  minAvailable: {{ .root.Values.podDisruptionBudget.minAvailable }}
+  selector:
+    matchLabels:
+{{ include "weft.selectorLabels" . | indent 6 }}
+{{- end }}
+{{- end -}}
