@@ -43,6 +43,8 @@ struct Inner {
     idle_timeout: Duration,
     http1: Mutex<HashMap<Key, Vec<Idle<http1::SendRequest<BoxBody>>>>>,
     http2: Mutex<HashMap<Key, Idle<http2::SendRequest<BoxBody>>>>,
+    /// One connection attempt at a time per HTTP/2 endpoint.
+    http2_connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Where a request goes: an address, and the identity its proxy must prove
@@ -89,6 +91,7 @@ impl Client {
                 idle_timeout,
                 http1: Mutex::default(),
                 http2: Mutex::default(),
+                http2_connecting: Mutex::default(),
             }),
         };
         client.spawn_sweeper();
@@ -175,20 +178,45 @@ impl Client {
     ) -> Result<Response<Incoming>, ClientError> {
         let key = target.key();
         let endpoint = target.addr;
-        let cached = lock(&self.inner.http2).get_mut(&key).filter(|c| !c.sender.is_closed()).map(|c| {
-            c.since = Instant::now();
-            c.sender.clone()
-        });
-        let mut sender = match cached {
+        let mut sender = match self.cached_http2(&key) {
             Some(sender) => sender,
-            None => {
-                let sender = self.connect_http2(target).await?;
-                let idle = Idle { since: Instant::now(), sender: sender.clone() };
-                lock(&self.inner.http2).insert(key, idle);
-                sender
-            }
+            None => self.connect_http2_once(target, key).await?,
         };
         sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))
+    }
+
+    fn cached_http2(&self, key: &Key) -> Option<http2::SendRequest<BoxBody>> {
+        lock(&self.inner.http2).get_mut(key).filter(|c| !c.sender.is_closed()).map(|c| {
+            c.since = Instant::now();
+            c.sender.clone()
+        })
+    }
+
+    /// Requests that arrive together before an endpoint's HTTP/2 connection
+    /// exists wait for one connection attempt instead of each making their
+    /// own: the point of HTTP/2 is one multiplexed connection.
+    async fn connect_http2_once(
+        &self,
+        target: &Target,
+        key: Key,
+    ) -> Result<http2::SendRequest<BoxBody>, ClientError> {
+        let gate = lock(&self.inner.http2_connecting).entry(key.clone()).or_default().clone();
+        let result = {
+            let _turn = gate.lock().await;
+            match self.cached_http2(&key) {
+                Some(sender) => Ok(sender),
+                None => self.connect_http2(target).await.inspect(|sender| {
+                    let idle = Idle { since: Instant::now(), sender: sender.clone() };
+                    lock(&self.inner.http2).insert(key.clone(), idle);
+                }),
+            }
+        };
+        let mut connecting = lock(&self.inner.http2_connecting);
+        // The map's reference and ours: nobody else is waiting on this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            connecting.remove(&key);
+        }
+        result
     }
 
     async fn connect_http2(&self, target: &Target) -> Result<http2::SendRequest<BoxBody>, ClientError> {
