@@ -49,7 +49,11 @@ impl ConnectError {
 pub fn is_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.is::<ConnectError>() {
+        // `ClientError::Connect` is `#[error(transparent)]`: its source()
+        // skips the ConnectError, so it must be matched itself.
+        if e.is::<ConnectError>()
+            || matches!(e.downcast_ref(), Some(crate::http::client::ClientError::Connect(_)))
+        {
             return true;
         }
         cause = e.source();

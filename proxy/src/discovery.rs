@@ -176,100 +176,79 @@ async fn idle<T>(tx: &watch::Sender<T>, timeout: Duration) {
 }
 
 async fn follow_profile(inner: Arc<Inner>, name: String, tx: watch::Sender<Resolution<Arc<Profile>>>) {
+    let open = |mut client: DestinationClient<Channel>, req| async move { client.get_profile(req).await };
+    // Every profile message is complete in itself.
+    let per_stream = || |pb: api::DestinationProfile| Some(Arc::new(Profile::from_api(pb)));
+    follow(&inner, &name, &tx, open, per_stream).await
+}
+
+async fn follow_endpoints(inner: Arc<Inner>, name: String, tx: watch::Sender<Resolution<Arc<EndpointSet>>>) {
+    let open = |mut client: DestinationClient<Channel>, req| async move { client.get(req).await };
+    // Endpoint updates are deltas, and each stream starts from nothing: the
+    // server sends the whole set again after a reconnect.
+    let per_stream = || {
+        let mut set = EndpointSet { exists: true, endpoints: HashMap::new() };
+        move |pb: api::Update| {
+            apply(&mut set, pb.update?);
+            debug!(endpoints = set.endpoints.len(), exists = set.exists, "endpoints updated");
+            Some(Arc::new(set.clone()))
+        }
+    };
+    follow(&inner, &name, &tx, open, per_stream).await
+}
+
+/// Follows one name's stream forever: opens it, publishes what each message
+/// makes of the state, and when the stream fails keeps the last state and
+/// reopens it after a jittered backoff.
+async fn follow<T, M, Open, Opened, PerStream, Apply>(
+    inner: &Inner,
+    name: &str,
+    tx: &watch::Sender<Resolution<T>>,
+    mut open: Open,
+    mut per_stream: PerStream,
+) where
+    Open: FnMut(DestinationClient<Channel>, api::GetDestination) -> Opened,
+    Opened: Future<Output = Result<tonic::Response<tonic::Streaming<M>>, tonic::Status>>,
+    PerStream: FnMut() -> Apply,
+    Apply: FnMut(M) -> Option<T>,
+{
     let mut backoff = Backoff::default();
     loop {
         let req = api::GetDestination {
             scheme: "k8s".into(),
-            path: name.clone(),
+            path: name.to_string(),
             context_token: inner.context_token.clone(),
         };
-        match inner.client.clone().get_profile(req).await {
+        match open(inner.client.clone(), req).await {
             Ok(rsp) => {
                 let mut stream = rsp.into_inner();
+                let mut apply = per_stream();
                 loop {
                     match stream.message().await {
-                        Ok(Some(pb)) => {
+                        Ok(Some(msg)) => {
                             backoff.reset();
-                            debug!("profile updated");
-                            let _ = tx.send(Resolution::Known(Arc::new(Profile::from_api(pb))));
+                            if let Some(state) = apply(msg) {
+                                let _ = tx.send(Resolution::Known(state));
+                            }
                         }
-                        Ok(None) => {
-                            debug!("profile stream ended");
-                            break;
-                        }
+                        Ok(None) => break debug!("stream ended"),
                         Err(status) => {
-                            info!(code = ?status.code(), message = status.message(), "profile stream failed; keeping last known profile");
-                            break;
+                            break info!(code = ?status.code(), message = status.message(), "stream failed; keeping the last known state")
                         }
                     }
                 }
             }
             Err(status) if is_unknown(&status) => {
-                debug!(code = ?status.code(), "no profile for this name");
+                debug!(code = ?status.code(), "the destination service does not serve this name");
                 let _ = tx.send(Resolution::Unknown);
                 // Names the control plane refuses stay refused for a while:
                 // ask again slowly, not in a tight loop.
                 backoff.max_out();
             }
             Err(status) => {
-                info!(code = ?status.code(), message = status.message(), "destination service unavailable; keeping last known profile");
+                info!(code = ?status.code(), message = status.message(), "destination service unavailable; keeping the last known state");
                 // A name with no answer yet goes to its original destination
                 // instead of waiting for a control plane that is down.
-                tx.send_if_modified(|r| {
-                    let pending = matches!(r, Resolution::Pending);
-                    if pending {
-                        *r = Resolution::Unknown;
-                    }
-                    pending
-                });
-            }
-        }
-        backoff.wait().await;
-    }
-}
-
-async fn follow_endpoints(inner: Arc<Inner>, name: String, tx: watch::Sender<Resolution<Arc<EndpointSet>>>) {
-    let mut backoff = Backoff::default();
-    loop {
-        let req = api::GetDestination {
-            scheme: "k8s".into(),
-            path: name.clone(),
-            context_token: inner.context_token.clone(),
-        };
-        match inner.client.clone().get(req).await {
-            Ok(rsp) => {
-                let mut stream = rsp.into_inner();
-                // Each stream starts from nothing: the server sends the full
-                // set again after a reconnect.
-                let mut set = EndpointSet { exists: true, endpoints: HashMap::new() };
-                let mut first = true;
-                loop {
-                    match stream.message().await {
-                        Ok(Some(pb)) => {
-                            backoff.reset();
-                            let Some(update) = pb.update else { continue };
-                            if first {
-                                set.endpoints.clear();
-                                first = false;
-                            }
-                            apply(&mut set, update);
-                            debug!(endpoints = set.endpoints.len(), exists = set.exists, "endpoints updated");
-                            let _ = tx.send(Resolution::Known(Arc::new(set.clone())));
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            info!(code = ?status.code(), message = status.message(), "endpoint stream failed; keeping last known endpoints");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(status) if is_unknown(&status) => {
-                let _ = tx.send(Resolution::Unknown);
-                backoff.max_out();
-            }
-            Err(status) => {
-                info!(code = ?status.code(), message = status.message(), "destination service unavailable; keeping last known endpoints");
                 tx.send_if_modified(|r| {
                     let pending = matches!(r, Resolution::Pending);
                     if pending {

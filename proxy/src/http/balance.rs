@@ -136,8 +136,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let backend = req.extensions().get::<Backend>().cloned();
         let balancers = self.balancers.clone();
         Box::pin(async move {

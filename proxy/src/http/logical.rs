@@ -164,8 +164,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let Some(profiles) = self.layer.profiles.clone() else {
             return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
         };

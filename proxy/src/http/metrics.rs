@@ -8,16 +8,18 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
 };
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
 use metrics::Label;
 use tokio::time::Instant;
 
-use super::{resolve::request_authority, BoxBody, BoxError};
+use super::{
+    body::{BodyEnd, ObservedBody, OnBodyEnd},
+    resolve::request_authority,
+    BoxBody,
+};
 use crate::metrics::{AuthorityLabels, Direction, Tls};
 
 #[derive(Clone)]
@@ -99,41 +101,23 @@ where
             latency_labels.push(Label::new("status_code", status.to_string()));
             metrics::histogram!("response_latency_ms", latency_labels.iter())
                 .record(start.elapsed().as_secs_f64() * 1000.0);
-            let grpc_status = grpc_status(rsp.headers());
-            Ok(rsp.map(|body| {
-                let counted = CountResponse { inner: body, labels, status, grpc_status, counted: false };
-                BoxBody::new(counted)
-            }))
+            let (parts, body) = rsp.into_parts();
+            let body = ObservedBody::new(body, &parts.headers, CountResponse { labels, status });
+            Ok(Response::from_parts(parts, BoxBody::new(body)))
         })
     }
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+/// Counts `response_total` once the body has ended, failed, or been
+/// dropped unfinished (the client went away: a failure).
+struct CountResponse {
+    labels: Arc<[Label]>,
+    status: u16,
 }
 
-pin_project_lite::pin_project! {
-    /// Counts `response_total` once, when the body ends, fails, or is dropped
-    /// unfinished (the client went away: a failure).
-    struct CountResponse {
-        #[pin]
-        inner: BoxBody,
-        labels: Arc<[Label]>,
-        status: u16,
-        grpc_status: Option<u32>,
-        counted: bool,
-    }
-
-    impl PinnedDrop for CountResponse {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !*this.counted {
-                // hyper may drop a body it knows is complete (an empty or
-                // fully-sized one) without polling it to its end.
-                let complete = this.inner.is_end_stream();
-                count(this.labels, *this.status, *this.grpc_status, complete);
-            }
-        }
+impl OnBodyEnd for CountResponse {
+    fn on_end(self, end: BodyEnd) {
+        count(&self.labels, self.status, end.grpc_status, end.complete);
     }
 }
 
@@ -146,43 +130,4 @@ fn count(labels: &[Label], status: u16, grpc_status: Option<u32>, ended_well: bo
     }
     all.push(Label::from_static_parts("classification", if success { "success" } else { "failure" }));
     metrics::counter!("response_total", all.iter()).increment(1);
-}
-
-impl Body for CountResponse {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(code) = grpc_status(trailers) {
-                        *this.grpc_status = Some(code);
-                    }
-                }
-            }
-            Some(Err(_)) => {
-                *this.counted = true;
-                count(this.labels, *this.status, *this.grpc_status, false);
-            }
-            None => {
-                *this.counted = true;
-                count(this.labels, *this.status, *this.grpc_status, true);
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

@@ -2,6 +2,7 @@
 //! every request passes through, and the pooled upstream client.
 
 pub mod balance;
+pub mod body;
 pub mod client;
 pub mod errors;
 pub mod forward;
@@ -87,4 +88,12 @@ pub struct Endpoint(pub SocketAddr);
 pub enum Version {
     Http1,
     Http2,
+}
+
+/// Takes the service `poll_ready` was called on, leaving a clone in its
+/// place: tower requires calling the very instance that said it was ready,
+/// and the call's future outlives `&mut self`.
+pub fn take_ready<S: Clone>(svc: &mut S) -> S {
+    let clone = svc.clone();
+    std::mem::replace(svc, clone)
 }

@@ -74,9 +74,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // The ready inner service is the one that must be called.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let layer = self.layer.clone();
         Box::pin(async move {
             // A layer above (discovery) may already have chosen.

@@ -2,7 +2,7 @@
 //! found, until the client closes, the connection idles out, or the proxy
 //! drains.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
 
 use http::{Request, Response};
 use hyper::{
@@ -55,41 +55,72 @@ where
                 .max_buf_size(settings.max_header_bytes)
                 .serve_connection(io, service)
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => return res,
-                () = drain.cancelled() => debug!("draining"),
-                () = activity.idle_for(settings.idle_timeout) => {
-                    // Nothing moved either way for the idle timeout: close,
-                    // even with a request in flight (a graceful shutdown
-                    // would wait for an upstream that may never answer).
-                    debug!("idle: closing");
-                    return Ok(());
-                }
-            }
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            drive(conn, settings, activity, drain).await
         }
         Version::Http2 => {
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
                 .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => return res,
-                () = drain.cancelled() => debug!("draining"),
-                () = activity.idle_for(settings.idle_timeout) => {
-                    // Nothing moved either way for the idle timeout: close,
-                    // even with a request in flight (a graceful shutdown
-                    // would wait for an upstream that may never answer).
-                    debug!("idle: closing");
-                    return Ok(());
-                }
-            }
-            // Sends GOAWAY; streams already open run to completion.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            drive(conn, settings, activity, drain).await
         }
     }
+}
+
+/// A hyper connection that can be asked to finish gracefully: HTTP/1 stops
+/// after the request in flight, HTTP/2 sends GOAWAY and lets open streams
+/// complete.
+trait Graceful: Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+/// Runs a connection until it ends, the proxy drains (finish gracefully), or
+/// nothing moves for the idle timeout.
+async fn drive<C: Graceful>(
+    conn: C,
+    settings: &ServerSettings,
+    activity: &Activity,
+    drain: &CancellationToken,
+) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        () = drain.cancelled() => debug!("draining"),
+        () = activity.idle_for(settings.idle_timeout) => {
+            // Nothing moved either way for the idle timeout: close, even with
+            // a request in flight (a graceful shutdown would wait for an
+            // upstream that may never answer).
+            debug!("idle: closing");
+            return Ok(());
+        }
+    }
+    conn.as_mut().shutdown();
+    conn.await
 }

@@ -11,12 +11,10 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock,
     },
-    task::{ready, Context, Poll},
+    task::{Context, Poll},
 };
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
 use linkerd2_proxy_api::tap::{
     eos, tap_event,
     tap_event::http::{Event as HttpEvent, RequestInit, ResponseEnd, ResponseInit, StreamId},
@@ -24,7 +22,11 @@ use linkerd2_proxy_api::tap::{
 };
 use tokio::time::Instant;
 
-use super::{split::EndpointInfo, BoxBody, BoxError, Endpoint};
+use super::{
+    body::{BodyEnd, ObservedBody, OnBodyEnd},
+    split::EndpointInfo,
+    BoxBody, BoxError, Endpoint,
+};
 use crate::{
     metrics::Direction,
     tap::{ActiveTap, Inspect, Taps},
@@ -122,7 +124,7 @@ where
             let rsp = match fut.await {
                 Ok(rsp) => rsp,
                 Err(error) => {
-                    common.emit(end(&common, None, 0, Some(reset())));
+                    common.emit(end_event(&common, None, 0, Some(reset())));
                     return Err(error);
                 }
             };
@@ -133,17 +135,10 @@ where
                 http_status: u32::from(rsp.status().as_u16()),
                 headers: None,
             }));
-            let grpc = grpc_status(rsp.headers());
-            Ok(rsp.map(|body| {
-                BoxBody::new(TapBody {
-                    inner: body,
-                    common,
-                    response_init: Instant::now(),
-                    bytes: 0,
-                    grpc,
-                    done: false,
-                })
-            }))
+            let (parts, body) = rsp.into_parts();
+            let body =
+                ObservedBody::new(body, &parts.headers, TapEnd { common, response_init: Instant::now() });
+            Ok(Response::from_parts(parts, BoxBody::new(body)))
         })
     }
 }
@@ -195,16 +190,12 @@ fn duration(d: std::time::Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
-}
-
 fn reset() -> Eos {
     // INTERNAL_ERROR, as an h2 reset would report it.
     Eos { end: Some(eos::End::ResetErrorCode(2)) }
 }
 
-fn end(common: &Common, response_init: Option<Instant>, bytes: u64, eos: Option<Eos>) -> HttpEvent {
+fn end_event(common: &Common, response_init: Option<Instant>, bytes: u64, eos: Option<Eos>) -> HttpEvent {
     HttpEvent::ResponseEnd(ResponseEnd {
         id: Some(common.id),
         since_request_init: duration(common.start.elapsed()),
@@ -215,67 +206,15 @@ fn end(common: &Common, response_init: Option<Instant>, bytes: u64, eos: Option<
     })
 }
 
-pin_project_lite::pin_project! {
-    struct TapBody {
-        #[pin]
-        inner: BoxBody,
-        common: Common,
-        response_init: Instant,
-        bytes: u64,
-        grpc: Option<u32>,
-        done: bool,
-    }
-
-    impl PinnedDrop for TapBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !*this.done {
-                // Dropped before its end: the client or upstream went away,
-                // unless hyper knew the body was complete and skipped the poll.
-                let eos = if this.inner.is_end_stream() { this.grpc.map(Eos::from_grpc_status) } else { Some(reset()) };
-                this.common.emit(end(this.common, Some(*this.response_init), *this.bytes, eos));
-            }
-        }
-    }
+/// Emits a response's end event once its body has ended.
+struct TapEnd {
+    common: Common,
+    response_init: Instant,
 }
 
-impl Body for TapBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    *this.bytes += data.len() as u64;
-                }
-                if let Some(code) = f.trailers_ref().and_then(grpc_status) {
-                    *this.grpc = Some(code);
-                }
-            }
-            Some(Err(_)) => {
-                *this.done = true;
-                this.common.emit(end(this.common, Some(*this.response_init), *this.bytes, Some(reset())));
-            }
-            None => {
-                *this.done = true;
-                let eos = this.grpc.map(Eos::from_grpc_status);
-                this.common.emit(end(this.common, Some(*this.response_init), *this.bytes, eos));
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl OnBodyEnd for TapEnd {
+    fn on_end(self, end: BodyEnd) {
+        let eos = if end.complete { end.grpc_status.map(Eos::from_grpc_status) } else { Some(reset()) };
+        self.common.emit(end_event(&self.common, Some(self.response_init), end.bytes, eos));
     }
 }
