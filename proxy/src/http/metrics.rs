@@ -31,6 +31,29 @@ pub struct HttpMetricsLayer {
     authorities: AuthorityLabels,
 }
 
+/// The service and route a response came from, as discovery named them;
+/// bounded because the control plane, not the client, chooses them.
+#[derive(Clone, Debug)]
+pub struct DstLabels {
+    service: Arc<str>,
+    namespace: Arc<str>,
+    route: Option<Arc<str>>,
+}
+
+impl DstLabels {
+    pub fn new(profile: &crate::profile::Profile, route: Option<&crate::profile::Route>) -> Self {
+        // `svc.ns.svc.cluster.local`: the first two labels.
+        let mut parts = profile.fully_qualified_name.split('.');
+        let service = parts.next().unwrap_or_default();
+        let namespace = parts.next().unwrap_or_default();
+        Self {
+            service: service.into(),
+            namespace: namespace.into(),
+            route: route.map(|r| r.name.as_str().into()),
+        }
+    }
+}
+
 /// Put on a response by the layer that sent its request over mTLS, so the
 /// outbound `tls` label says how the request actually travelled.
 #[derive(Copy, Clone, Debug)]
@@ -91,6 +114,13 @@ where
             labels.push(Label::from_static_parts("tls", tls.as_str()));
             if let Some(id) = &client_id {
                 labels.push(Label::new("client_id", id.to_string()));
+            }
+            if let Some(dst) = rsp.extensions().get::<DstLabels>().filter(|d| !d.service.is_empty()) {
+                labels.push(Label::new("dst_service", dst.service.to_string()));
+                labels.push(Label::new("dst_namespace", dst.namespace.to_string()));
+                if let Some(route) = &dst.route {
+                    labels.push(Label::new("route", route.to_string()));
+                }
             }
             let labels: Arc<[Label]> = labels.into();
             // Counted when the response starts, with the request's final

@@ -11,7 +11,7 @@ use std::{
 
 use http::Request;
 
-use super::{logical::LogicalProfile, BoxError};
+use super::{logical::LogicalProfile, metrics::DstLabels, BoxError};
 use crate::profile::Route;
 
 #[derive(Clone)]
@@ -36,9 +36,9 @@ pub struct RouteService<S> {
     inner: S,
 }
 
-impl<S, B> tower::Service<Request<B>> for RouteService<S>
+impl<S, B, RspB> tower::Service<Request<B>> for RouteService<S>
 where
-    S: tower::Service<Request<B>>,
+    S: tower::Service<Request<B>, Response = http::Response<RspB>>,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -53,18 +53,24 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let route = req.extensions().get::<LogicalProfile>().and_then(|l| l.profile.route_for(&req).cloned());
         let timeout = route.as_ref().and_then(|r| r.timeout);
+        let labels =
+            req.extensions().get::<LogicalProfile>().map(|l| DstLabels::new(&l.profile, route.as_deref()));
         if let Some(route) = route {
             req.extensions_mut().insert(RouteParams(route));
         }
         let fut = self.inner.call(req);
         Box::pin(async move {
-            match timeout {
-                None => fut.await.map_err(Into::into),
+            let mut rsp = match timeout {
+                None => fut.await.map_err(Into::into)?,
                 Some(t) => match tokio::time::timeout(t, fut).await {
-                    Ok(res) => res.map_err(Into::into),
-                    Err(_) => Err(RouteTimeout(t).into()),
+                    Ok(res) => res.map_err(Into::into)?,
+                    Err(_) => return Err(RouteTimeout(t).into()),
                 },
+            };
+            if let Some(labels) = labels {
+                rsp.extensions_mut().insert(labels);
             }
+            Ok(rsp)
         })
     }
 }
