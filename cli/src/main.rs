@@ -1,11 +1,20 @@
 //! `weft`: the mesh's command line. One module per subcommand.
 
+mod demo;
 mod identity;
+mod inject;
+mod tap;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about = "Command line for the weft service mesh")]
+#[command(
+    name = "weft",
+    version,
+    about = "Command line for the weft service mesh",
+    long_about = "Command line for the weft service mesh: watch live requests (tap), mesh Kubernetes \
+                  manifests (inject), run the whole mesh on this machine (demo) and manage identity material."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,6 +22,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch live requests through weft proxies, in Linkerd's tap format.
+    Tap(tap::Args),
+    /// Add the weft proxy to the workloads in Kubernetes manifests (offline,
+    /// as the admission webhook would), printing the result.
+    Inject(inject::Args),
+    /// Run the whole mesh on this machine: CA, identity, destination, demo
+    /// services behind their own proxies, a 90/10 traffic split, load, and a
+    /// live summary. Loopback only; no root, no Kubernetes.
+    Demo(demo::Args),
+    /// A demo workload (started by `weft demo`).
+    #[command(hide = true)]
+    DemoService(demo::service::Args),
     /// Mesh identity: create a trust anchor and issuer, inspect certificates.
     #[command(subcommand)]
     Identity(identity::Command),
@@ -20,6 +41,10 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Tap(args) => tap::run(args),
+        Command::Inject(args) => inject::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoService(args) => demo::service::run(args),
         Command::Identity(cmd) => identity::run(cmd),
     }
 }

@@ -1,0 +1,386 @@
+//! Kubernetes side of `weft tap`: which pods a resource means, and a gRPC
+//! channel to each one's tap port through the API server's port-forward
+//! (the tap port is loopback-only in the pod, so this is the only way in,
+//! and RBAC on `pods/portforward` decides who may use it).
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use tonic::transport::Endpoint;
+
+use super::Target;
+
+/// The container the injector adds; a pod without it has no tap port.
+const PROXY_CONTAINER: &str = weft_injector::config::PROXY_CONTAINER;
+
+/// What a resource resolved to: the pods to tap, and the pods it names
+/// that cannot be tapped, with why.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    pub pods: Vec<String>,
+    pub skipped: Vec<(String, String)>,
+}
+
+pub async fn targets(resource: &str, namespace: Option<&str>, tap_port: u16) -> Result<Vec<Target>> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        anyhow!("no kubeconfig found; pass --addr HOST:PORT to tap a proxy directly, or set KUBECONFIG ({e})")
+    })?;
+    let ns = namespace.map(str::to_string).unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("cannot build a Kubernetes client from the kubeconfig")?;
+    let resolved = resolve(client.clone(), resource, &ns).await?;
+    for (pod, why) in &resolved.skipped {
+        eprintln!("weft tap: skipping pod/{pod}: {why}");
+    }
+    let mut targets = Vec::new();
+    for pod in resolved.pods {
+        let channel = port_forward_channel(Api::namespaced(client.clone(), &ns), pod.clone(), tap_port)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot port-forward to pod/{pod} port {tap_port} in namespace {ns} \
+                     (RBAC: tapping needs `create` on pods/portforward)"
+                )
+            })?;
+        targets.push(Target { name: format!("pod/{pod}"), channel });
+    }
+    Ok(targets)
+}
+
+/// A channel whose every (re)connection opens a fresh port-forward.
+async fn port_forward_channel(pods: Api<Pod>, pod: String, port: u16) -> Result<tonic::transport::Channel> {
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (pods, pod) = (pods.clone(), pod.clone());
+        async move {
+            let mut forwarder = pods.portforward(&pod, &[port]).await?;
+            let stream = forwarder
+                .take_stream(port)
+                .ok_or_else(|| anyhow!("the API server gave no stream for port {port}"))?;
+            // The forwarder pumps bytes until the stream closes; keep it
+            // running beside the connection.
+            tokio::spawn(async move {
+                let _ = forwarder.join().await;
+            });
+            Ok::<_, anyhow::Error>(TokioIo::new(stream))
+        }
+    });
+    // The URI is only a placeholder: the connector decides where bytes go.
+    Ok(Endpoint::from_static("http://tap.pod").connect_with_connector(connector).await?)
+}
+
+/// `kind/name` → the pods to tap.
+pub async fn resolve(client: Client, resource: &str, ns: &str) -> Result<Resolved> {
+    let (kind, name) = resource.split_once('/').filter(|(k, n)| !k.is_empty() && !n.is_empty()).ok_or_else(|| {
+        anyhow!("{resource:?} is not KIND/NAME; use deploy/NAME, sts/NAME, ds/NAME, rs/NAME, job/NAME, svc/NAME, pod/NAME or ns/NAME")
+    })?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let what = format!("{kind}/{name} in namespace {ns}");
+    let candidates: Vec<Pod> = match kind.to_ascii_lowercase().as_str() {
+        "po" | "pod" | "pods" => vec![pods.get(name).await.map_err(|e| api_error(e, &what))?],
+        "ns" | "namespace" | "namespaces" => {
+            Api::<Pod>::namespaced(client, name)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| api_error(e, &what))?
+                .items
+        }
+        "svc" | "service" | "services" => {
+            let svc =
+                Api::<Service>::namespaced(client, ns).get(name).await.map_err(|e| api_error(e, &what))?;
+            let selector = svc.spec.and_then(|s| s.selector).filter(|s| !s.is_empty()).ok_or_else(|| {
+                anyhow!("{what} has no pod selector (a headless or external Service); tap its pods instead")
+            })?;
+            select(&pods, &LabelSelector { match_labels: Some(selector), match_expressions: None }, &what)
+                .await?
+        }
+        k => {
+            let selector = match k {
+                "deploy" | "deployment" | "deployments" => {
+                    Api::<Deployment>::namespaced(client, ns).get(name).await.map(|d| d.spec.map(|s| s.selector))
+                }
+                "sts" | "statefulset" | "statefulsets" => {
+                    Api::<StatefulSet>::namespaced(client, ns).get(name).await.map(|d| d.spec.map(|s| s.selector))
+                }
+                "ds" | "daemonset" | "daemonsets" => {
+                    Api::<DaemonSet>::namespaced(client, ns).get(name).await.map(|d| d.spec.map(|s| s.selector))
+                }
+                "rs" | "replicaset" | "replicasets" => {
+                    Api::<ReplicaSet>::namespaced(client, ns).get(name).await.map(|d| d.spec.map(|s| s.selector))
+                }
+                "job" | "jobs" => {
+                    Api::<Job>::namespaced(client, ns).get(name).await.map(|d| d.spec.and_then(|s| s.selector))
+                }
+                _ => bail!(
+                    "cannot tap a {kind:?}; use deploy/NAME, sts/NAME, ds/NAME, rs/NAME, job/NAME, svc/NAME, pod/NAME or ns/NAME"
+                ),
+            }
+            .map_err(|e| api_error(e, &what))?
+            .ok_or_else(|| anyhow!("{what} has no pod selector"))?;
+            select(&pods, &selector, &what).await?
+        }
+    };
+    let mut resolved = Resolved::default();
+    for pod in candidates {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match tappable(&pod) {
+            Ok(()) => resolved.pods.push(name),
+            Err(why) => resolved.skipped.push((name, why)),
+        }
+    }
+    resolved.pods.sort();
+    resolved.skipped.sort();
+    if resolved.pods.is_empty() {
+        if resolved.skipped.is_empty() {
+            bail!("{what} has no pods");
+        }
+        let why: Vec<String> = resolved.skipped.iter().map(|(p, w)| format!("pod/{p}: {w}")).collect();
+        bail!(
+            "{what} has no pod to tap ({}); mesh the workload with `weft inject` or the namespace annotation weft.io/inject=enabled",
+            why.join("; ")
+        );
+    }
+    Ok(resolved)
+}
+
+/// Lists the selector's pods: filtered by the API server, and again here so
+/// a server (or proxy) that ignores the selector cannot widen the tap.
+async fn select(pods: &Api<Pod>, selector: &LabelSelector, what: &str) -> Result<Vec<Pod>> {
+    let query = selector_query(selector);
+    if query.is_empty() {
+        bail!("{what} has an empty selector; it would match every pod, refusing to guess");
+    }
+    let list = pods.list(&ListParams::default().labels(&query)).await.map_err(|e| api_error(e, what))?;
+    Ok(list.items.into_iter().filter(|p| selects(selector, p.metadata.labels.as_ref())).collect())
+}
+
+/// A LabelSelector in the API's `labelSelector` query syntax.
+fn selector_query(s: &LabelSelector) -> String {
+    let mut parts: Vec<String> = s.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    for e in s.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+fn selects(s: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let labels_ok = s.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = s.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Why a pod cannot be tapped, if it cannot.
+fn tappable(pod: &Pod) -> Result<(), String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err("terminating".into());
+    }
+    let spec = pod.spec.as_ref().ok_or("no spec")?;
+    let meshed = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == PROXY_CONTAINER);
+    if !meshed {
+        return Err(format!("not meshed (no {PROXY_CONTAINER} container)"));
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
+    if phase != "Running" {
+        return Err(format!("not running (phase {phase})"));
+    }
+    Ok(())
+}
+
+fn api_error(e: kube::Error, what: &str) -> anyhow::Error {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => anyhow!("{what} not found"),
+        kube::Error::Api(s) if s.code == 403 => anyhow!(
+            "not allowed to read {what}: {} (tapping needs get/list on the workload and pods, and create on pods/portforward)",
+            s.message
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot read {what} from the Kubernetes API")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Resolution against a local HTTP server that replays the pod LIST a
+    //! real kube-apiserver answered (../shared/fixtures/kubernetes).
+
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::{Request, Response};
+    use serde_json::{json, Value};
+
+    fn fixture() -> Value {
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/kubernetes/pods-emojivoto.list.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The API paths the fake server answers. The Deployment is written
+    /// here (the fixtures hold none): only its selector matters.
+    fn answer(path: &str, pods: &Value, services: &Value) -> (u16, Value) {
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+        let ns_pods = "/api/v1/namespaces/emojivoto/pods";
+        match path {
+            p if p == ns_pods => (200, pods.clone()),
+            p if p.starts_with(&format!("{ns_pods}/")) => {
+                let name = &p[ns_pods.len() + 1..];
+                match pods["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == name) {
+                    Some(pod) => {
+                        let mut pod = pod.clone();
+                        pod["kind"] = json!("Pod");
+                        pod["apiVersion"] = json!("v1");
+                        (200, pod)
+                    }
+                    None => (404, not_found),
+                }
+            }
+            "/api/v1/namespaces/emojivoto/services/web-svc" => {
+                let mut svc = services["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["metadata"]["name"] == "web-svc")
+                    .unwrap()
+                    .clone();
+                svc["kind"] = json!("Service");
+                svc["apiVersion"] = json!("v1");
+                (200, svc)
+            }
+            "/apis/apps/v1/namespaces/emojivoto/deployments/web-v1" => (
+                200,
+                json!({
+                    "kind": "Deployment", "apiVersion": "apps/v1",
+                    "metadata": {"name": "web-v1", "namespace": "emojivoto"},
+                    "spec": {
+                        "selector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "version", "operator": "In", "values": ["v1"]}]},
+                        "template": {"metadata": {"labels": {"app": "web", "version": "v1"}}, "spec": {"containers": [{"name": "web", "image": "web"}]}}
+                    }
+                }),
+            ),
+            _ => (404, not_found),
+        }
+    }
+
+    async fn server(seen: Arc<Mutex<Vec<String>>>) -> String {
+        let pods = Arc::new(fixture());
+        let services: Arc<Value> = Arc::new(
+            serde_json::from_str(
+                &std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../shared/fixtures/kubernetes/services-emojivoto.list.json"
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (pods, services, seen) = (pods.clone(), services.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        seen.lock().unwrap().push(req.uri().to_string());
+                        let (code, body) = answer(req.uri().path(), &pods, &services);
+                        async move {
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(code)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn client(seen: Arc<Mutex<Vec<String>>>) -> Client {
+        let url = server(seen).await;
+        Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn resources_resolve_to_meshed_running_pods() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let c = client(seen.clone()).await;
+
+        // Service selector app=web: the v2 pods have no proxy, v1-2 is terminating.
+        let r = resolve(c.clone(), "svc/web-svc", "emojivoto").await.unwrap();
+        assert_eq!(r.pods, names(&["web-v1-0", "web-v1-1"]));
+        assert_eq!(
+            r.skipped,
+            vec![
+                ("web-v1-2".to_string(), "terminating".to_string()),
+                ("web-v2-0".to_string(), "not meshed (no weft-proxy container)".to_string()),
+                ("web-v2-1".to_string(), "not meshed (no weft-proxy container)".to_string()),
+            ]
+        );
+        assert!(seen.lock().unwrap().iter().any(|u| u.contains("labelSelector=app%3Dweb")), "{seen:?}");
+
+        // The replayed LIST ignores the selector; the client filters again.
+        let r = resolve(c.clone(), "deploy/web-v1", "emojivoto").await.unwrap();
+        assert_eq!(r.pods, names(&["web-v1-0", "web-v1-1"]));
+        assert_eq!(r.skipped.len(), 1);
+        assert!(seen.lock().unwrap().iter().any(|u| u.contains("version+in+%28v1%29")), "{seen:?}");
+
+        let r = resolve(c.clone(), "ns/emojivoto", "default").await.unwrap();
+        assert_eq!(r.pods, names(&["voting-0", "web-v1-0", "web-v1-1"]));
+
+        let r = resolve(c.clone(), "po/voting-0", "emojivoto").await.unwrap();
+        assert_eq!(r.pods, names(&["voting-0"]));
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_problem_and_the_fix() {
+        let c = client(Arc::new(Mutex::new(Vec::new()))).await;
+        let e = format!("{:#}", resolve(c.clone(), "pod/voting-1", "emojivoto").await.unwrap_err());
+        assert!(e.contains("not meshed") && e.contains("weft inject"), "{e}");
+        let e = format!("{:#}", resolve(c.clone(), "deploy/nope", "emojivoto").await.unwrap_err());
+        assert_eq!(e, "deploy/nope in namespace emojivoto not found");
+        let e = format!("{:#}", resolve(c.clone(), "cm/x", "emojivoto").await.unwrap_err());
+        assert!(e.contains("cannot tap a \"cm\""), "{e}");
+        let e = format!("{:#}", resolve(c, "web", "emojivoto").await.unwrap_err());
+        assert!(e.contains("not KIND/NAME"), "{e}");
+    }
+}
