@@ -161,12 +161,16 @@ fn pod_meta(pod: Option<&PodRec>, port: u16, zone: Option<&str>) -> EndpointMeta
     };
     labels.insert("pod".to_owned(), pod.key.name.clone());
     labels.insert("serviceaccount".to_owned(), pod.service_account.clone());
-    let hint = match (pod.meshed, pod.opaque_ports.contains(port)) {
+    // A skipped inbound port reaches the app directly, not its proxy: a
+    // client that started mTLS there would be talking TLS to the app.
+    let meshed = pod.meshed && !pod.skip_inbound_ports.contains(port);
+    let hint = match (meshed, pod.opaque_ports.contains(port)) {
         (false, _) => Hint::None,
         (true, false) => Hint::H2,
         (true, true) => Hint::Opaque,
     };
-    EndpointMeta { identity: pod.identity.clone(), hint, weight: DEFAULT_WEIGHT, labels }
+    let identity = if meshed { pod.identity.clone() } else { None };
+    EndpointMeta { identity, hint, weight: DEFAULT_WEIGHT, labels }
 }
 
 pub fn weighted_addr(addr: SocketAddr, meta: &EndpointMeta) -> pb::WeightedAddr {
@@ -252,7 +256,7 @@ pub fn diff(prev: Option<&View>, next: &View) -> Vec<pb::Update> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ServiceRec, SliceEndpoint, SliceRec};
+    use crate::model::{PodRec, ServiceRec, SliceEndpoint, SliceRec};
 
     fn ep(ip: &str, ready: bool, serving: bool, terminating: bool) -> SliceEndpoint {
         SliceEndpoint { ip: ip.parse().unwrap(), ready, serving, terminating, pod: None, zone: None }
@@ -320,5 +324,25 @@ mod tests {
             diff(None, &View::Unknown)[..],
             [pb::Update { update: Some(Up::NoEndpoints(pb::NoEndpoints { exists: false })) }]
         ));
+    }
+
+    #[test]
+    fn skipped_inbound_ports_are_served_unmeshed() {
+        let pod = PodRec {
+            key: ObjKey::new("ns", "web-0"),
+            ips: vec!["10.0.0.1".parse().unwrap()],
+            service_account: "web".into(),
+            identity: Some("web.ns.serviceaccount.identity.weft.cluster.local".into()),
+            meshed: true,
+            opaque_ports: Default::default(),
+            skip_inbound_ports: crate::model::PortSet::parse("7000-7001", &"test"),
+            terminal: false,
+        };
+        let proxied = pod_meta(Some(&pod), 8080, None);
+        assert_eq!(proxied.hint, Hint::H2);
+        assert!(proxied.identity.is_some());
+        let skipped = pod_meta(Some(&pod), 7001, None);
+        assert_eq!(skipped.hint, Hint::None, "the app, not its proxy, answers a skipped port");
+        assert_eq!(skipped.identity, None);
     }
 }

@@ -26,6 +26,10 @@ pub const PROXY_INBOUND_PORT_NAME: &str = "weft-proxy";
 /// manifests keep working.
 pub const OPAQUE_PORTS_ANNOTATIONS: [&str; 2] =
     ["config.weft.io/opaque-ports", "config.linkerd.io/opaque-ports"];
+/// Annotation (on a Pod) listing inbound ports that bypass the pod's proxy
+/// (proxy-init does not redirect them): a client must not expect mTLS there.
+pub const SKIP_INBOUND_PORTS_ANNOTATIONS: [&str; 2] =
+    ["config.weft.io/skip-inbound-ports", "config.linkerd.io/skip-inbound-ports"];
 /// The label that ties an EndpointSlice to its Service. Slices are renamed when
 /// the controller recreates them, so this label, not the name, is the key.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -135,8 +139,16 @@ impl PortSet {
         annotations: Option<&BTreeMap<String, String>>,
         owner: &dyn std::fmt::Display,
     ) -> Self {
+        Self::from_annotation(annotations, &OPAQUE_PORTS_ANNOTATIONS, owner)
+    }
+
+    fn from_annotation(
+        annotations: Option<&BTreeMap<String, String>>,
+        keys: &[&str],
+        owner: &dyn std::fmt::Display,
+    ) -> Self {
         annotations
-            .and_then(|a| OPAQUE_PORTS_ANNOTATIONS.iter().find_map(|k| a.get(*k)))
+            .and_then(|a| keys.iter().find_map(|k| a.get(*k)))
             .map(|v| Self::parse(v, owner))
             .unwrap_or_default()
     }
@@ -253,6 +265,8 @@ pub struct PodRec {
     pub identity: Option<String>,
     pub meshed: bool,
     pub opaque_ports: PortSet,
+    /// Ports the pod's proxy never sees: served as unmeshed endpoints.
+    pub skip_inbound_ports: PortSet,
     /// Succeeded/Failed pods keep their IP in the API but the IP may already
     /// belong to a new pod, so they are never found by IP.
     pub terminal: bool,
@@ -293,7 +307,9 @@ pub fn pod(pod: &core::Pod, cfg: &MeshConfig) -> Result<PodRec, ModelError> {
     };
     let terminal = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
     let opaque_ports = PortSet::from_annotations(pod.metadata.annotations.as_ref(), &key);
-    Ok(PodRec { key, ips, service_account, identity, meshed, opaque_ports, terminal })
+    let skip_inbound_ports =
+        PortSet::from_annotation(pod.metadata.annotations.as_ref(), &SKIP_INBOUND_PORTS_ANNOTATIONS, &key);
+    Ok(PodRec { key, ips, service_account, identity, meshed, opaque_ports, skip_inbound_ports, terminal })
 }
 
 // === TrafficSplit (split.smi-spec.io v1alpha1..v1alpha4) ===
