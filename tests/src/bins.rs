@@ -1,0 +1,107 @@
+//! Locating the workspace binaries the tests run.
+//!
+//! They live in the same target directory as the running test executable
+//! (`target/<profile>/deps/<test>` → `target/<profile>/<binary>`). Cargo does
+//! not rebuild another package's binaries for a test of this crate, so the
+//! first time a test process asks for a binary, the harness runs
+//! `$CARGO build -p <pkg> --bin <name> ...` once for every binary in
+//! [`BINARIES`] (one cargo invocation; a no-op when they are fresh).
+//! `WEFT_E2E_SKIP_BUILD=1` skips that step (binaries must then exist).
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+/// `(package, binary)` for every binary these tests start; they are built
+/// together the first time any binary is asked for.
+pub const BINARIES: &[(&str, &str)] = &[
+    ("weft-proxy", "weft-proxy"),
+    ("weft-identity", "weft-identity"),
+    ("weft-destination", "weft-destination"),
+    ("weft", "weft"),
+];
+
+/// How long a (re)build may take; generous for a cold build on CI.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The profile directory (`target/debug`) the test executable was built in.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("test executable has a parent directory");
+    let dir =
+        if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("deps parent") } else { dir };
+    dir.to_path_buf()
+}
+
+/// The path of workspace binary `name`, built fresh (once per process).
+/// Binaries not in [`BINARIES`] are assumed to share their package's name.
+pub fn bin(name: &str) -> PathBuf {
+    let package = BINARIES.iter().find(|(_, b)| *b == name).map_or(name, |(p, _)| p);
+    bin_of(package, name)
+}
+
+/// The path of binary `name` of package `package`, built fresh (once per
+/// process).
+pub fn bin_of(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let built = built.get_or_insert_with(HashSet::new);
+    if !built.contains(name) && std::env::var_os("WEFT_E2E_SKIP_BUILD").is_none() {
+        let mut wanted: Vec<(&str, &str)> = if built.is_empty() { BINARIES.to_vec() } else { Vec::new() };
+        if !wanted.iter().any(|(_, b)| *b == name) {
+            wanted.push((package, name));
+        }
+        cargo_build(&wanted);
+        built.extend(wanted.iter().map(|(_, b)| b.to_string()));
+    }
+    let path = profile_dir().join(name);
+    assert!(path.is_file(), "{} does not exist (build it with cargo build -p {package})", path.display());
+    path
+}
+
+fn cargo_build(bins: &[(&str, &str)]) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let profile = profile_dir();
+    let mut cmd = Command::new(&cargo);
+    cmd.arg("build").arg("--quiet");
+    for (package, name) in bins {
+        cmd.args(["-p", package, "--bin", name]);
+    }
+    match profile.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    // Build into the target directory this test runs from, whatever the
+    // environment says.
+    if let Some(target) = profile.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let log = std::env::temp_dir().join(format!("weft-e2e-{}-cargo-build.log", std::process::id()));
+    let file = std::fs::File::create(&log).expect("create build log");
+    cmd.stdin(Stdio::null()).stdout(file.try_clone().expect("clone log")).stderr(file);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {cargo:?} build: {e}"));
+    let deadline = Instant::now() + BUILD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait cargo") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cargo build of {bins:?} took longer than {BUILD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(status.success(), "cargo build of {bins:?} failed ({status}):\n{output}");
+}
