@@ -108,7 +108,6 @@ async fn a_peer_whose_certificate_expired_is_refused() {
 /// `session_storage = NoServerSessionStorage`, `send_tls13_tickets = 0`),
 /// as linkerd2-proxy does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: TLS session resumption between proxies skips certificate validation (expired peer accepted)"]
 async fn a_peer_whose_certificate_expired_is_refused_by_a_proxy_that_knew_it() {
     expired_peer(true).await;
 }

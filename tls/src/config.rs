@@ -118,6 +118,12 @@ impl MeshTls {
         };
         let mut config = builder.with_cert_resolver(self.cert.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // No resumption: a resumed session skips certificate verification,
+        // so a peer whose certificate has since expired (or been re-issued
+        // for another identity) would still be accepted. Mesh connections
+        // are pooled and long-lived; a full handshake each time costs little.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 
@@ -125,8 +131,8 @@ impl MeshTls {
     /// whose certificate names exactly `expected`, and presents the current
     /// certificate (if any) when the server asks for one.
     ///
-    /// Build it once per peer identity and reuse it: it also holds the TLS
-    /// session cache for that peer.
+    /// Build it once per peer identity and reuse it: building verifies and
+    /// copies the trust anchors.
     pub fn client_config(
         &self,
         expected: &IdentityName,
@@ -145,6 +151,8 @@ impl MeshTls {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(self.cert.clone());
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // See `server_config`: every connection verifies the peer afresh.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(MeshClientConfig { config: Arc::new(config), server_name })
     }
 }
