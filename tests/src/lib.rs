@@ -42,6 +42,7 @@ pub mod client;
 pub mod control;
 pub mod metrics;
 pub mod net;
+pub mod pod;
 pub mod process;
 pub mod proxy;
 pub mod temp;
