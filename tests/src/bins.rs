@@ -4,8 +4,9 @@
 //! (`target/<profile>/deps/<test>` → `target/<profile>/<binary>`). Cargo does
 //! not rebuild another package's binaries for a test of this crate, so the
 //! first time a test process asks for a binary, the harness runs
-//! `$CARGO build -p <pkg> --bin <name> ...` once for every binary in
-//! [`BINARIES`] (one cargo invocation; a no-op when they are fresh).
+//! `$CARGO test --no-run --workspace` once: the build a workspace test run
+//! has just done, so a no-op then, and otherwise what brings every binary
+//! up to date.
 //! `WEFT_E2E_SKIP_BUILD=1` skips that step (binaries must then exist).
 
 use std::{
@@ -67,10 +68,13 @@ fn cargo_build(bins: &[(&str, &str)]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let profile = profile_dir();
     let mut cmd = Command::new(&cargo);
-    cmd.arg("build").arg("--quiet");
-    for (package, name) in bins {
-        cmd.args(["-p", package, "--bin", name]);
-    }
+    // Exactly the build `cargo nextest run --workspace` (and `cargo test
+    // --workspace`) does: the same package selection resolves the same
+    // features, so after such a run this is a no-op, where `cargo build -p
+    // X` would rebuild every dependency with a different feature set. Run
+    // from a narrower selection (`-p weft-e2e`), it brings the binaries up
+    // to date with the source.
+    cmd.args(["test", "--no-run", "--workspace", "--quiet"]);
     match profile.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {

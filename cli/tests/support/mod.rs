@@ -7,37 +7,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// `target/<profile>`: where cargo put this test and the workspace binaries.
-pub fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap();
-    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap() } else { dir }.to_path_buf()
-}
-
-/// Builds (once per test process) and returns workspace binaries that are
-/// not this package's: cargo does not build them for `-p weft` tests.
+/// Workspace binaries that are not this package's (cargo does not build
+/// them for `-p weft` tests), built and found as the e2e harness does.
 pub fn sibling(package: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !built.iter().any(|b| b == package) && std::env::var_os("WEFT_E2E_SKIP_BUILD").is_none() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let profile = profile_dir();
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package, "--bin", package]);
-        if profile.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        cmd.env("CARGO_TARGET_DIR", profile.parent().unwrap());
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "building {package}: {}", String::from_utf8_lossy(&out.stderr));
-        built.push(package.to_string());
-    }
-    let path = profile_dir().join(package);
-    assert!(path.is_file(), "{} missing", path.display());
-    path
+    weft_e2e::bins::bin_of(package, package)
 }
 
 pub fn weft() -> PathBuf {
