@@ -20,7 +20,12 @@ pub type DnsResolver = hickory_resolver::TokioResolver;
 /// Builds the DNS resolver from the system configuration (resolv.conf,
 /// /etc/hosts).
 pub fn system_resolver() -> Result<DnsResolver, hickory_resolver::net::NetError> {
-    hickory_resolver::TokioResolver::builder_tokio()?.build()
+    let mut builder = hickory_resolver::TokioResolver::builder_tokio()?;
+    // Most apps listen on IPv4 (often only on 127.0.0.1, while `localhost`
+    // also resolves to ::1): try an IPv4 address first, IPv6 only if the
+    // name has none.
+    builder.options_mut().ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4thenIpv6;
+    builder.build()
 }
 
 #[derive(Clone, Debug)]

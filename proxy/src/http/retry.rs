@@ -22,9 +22,11 @@ use tower::{retry::budget::Budget, ServiceExt};
 use super::{boxed, logical::LogicalProfile, route::RouteParams, BoxBody, BoxError};
 use crate::{connect::is_connect_error, profile::MAX_REPLAY_BODY};
 
-/// Tries per request, the first included. The budget is the real bound;
-/// this only stops one request from looping through every endpoint.
-const MAX_ATTEMPTS: usize = 3;
+/// Tries per request, the first included. The budget is the real bound (as
+/// in Linkerd, which has no per-request cap); this only stops one request
+/// from looping for ever while the budget lasts. With a backend failing half
+/// of all requests, ten tries leave one request in a thousand failing.
+const MAX_ATTEMPTS: usize = 10;
 
 #[derive(Copy, Clone, Debug, Default)]
 pub struct RetryLayer;
