@@ -59,7 +59,7 @@ pub use control::{
 pub use metrics::Metrics;
 pub use net::{free_addr, free_port, http_get, loopback, RawResponse};
 pub use process::Process;
-pub use proxy::{Proxy, ProxyBuilder};
+pub use proxy::{Certified, MeshedPair, Proxy, ProxyBuilder};
 pub use temp::TempDir;
 
 /// The longest one step (a process becoming ready, a request, a metric

@@ -179,3 +179,40 @@ impl ProxyBuilder {
         }
     }
 }
+
+/// The mesh most identity tests need: an app behind server proxy `b`
+/// (certified as `server`), weft-destination naming `b`'s inbound listener as
+/// `web.<server's namespace>` port 80 with `server`'s identity, and client
+/// proxy `a` (certified as `client`) that discovers through it. Each side
+/// names its own CA and weft-identity, so tests can certify them apart.
+/// Bind every field: dropping one stops its process.
+pub struct MeshedPair {
+    pub app: crate::TestServer,
+    pub b: Proxy,
+    pub destination: crate::DestinationService,
+    pub a: Proxy,
+}
+
+/// Who certifies a proxy, and as whom.
+pub type Certified<'a> = (&'a Ca, SocketAddr, &'a Workload);
+
+impl MeshedPair {
+    pub async fn start(dir: &Path, client: Certified<'_>, server: Certified<'_>) -> MeshedPair {
+        let app = crate::TestServer::start("web").await;
+        let b = Proxy::builder("b", dir)
+            .identity(server.0, server.1, server.2)
+            .inbound_app(app.addr)
+            .start()
+            .await;
+        let endpoint = crate::StaticEndpoint::service_account(b.inbound, &server.2.service_account);
+        let manifest = crate::static_endpoints("web", &server.2.namespace, 80, &[endpoint]);
+        let destination =
+            crate::DestinationService::start(&dir.join("destination"), &[("web.yaml", manifest)]).await;
+        let a = Proxy::builder("a", dir)
+            .identity(client.0, client.1, client.2)
+            .destination(destination.addr)
+            .start()
+            .await;
+        MeshedPair { app, b, destination, a }
+    }
+}

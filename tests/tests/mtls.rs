@@ -14,19 +14,8 @@ async fn proxies_certified_by_weft_identity_talk_mtls() {
     let client = Workload::new("demo", "client");
     let identity = IdentityService::builder(&ca, dir.path()).workload(&web).workload(&client).start().await;
 
-    let app = TestServer::start("web").await;
-    let b = Proxy::builder("b", dir.path())
-        .identity(&ca, identity.addr, &web)
-        .inbound_app(app.addr)
-        .start()
-        .await;
-    let manifest = static_endpoints("web", "demo", 80, &[StaticEndpoint::service_account(b.inbound, "web")]);
-    let destination = DestinationService::start(&dir.join("destination"), &[("web.yaml", manifest)]).await;
-    let a = Proxy::builder("a", dir.path())
-        .identity(&ca, identity.addr, &client)
-        .destination(destination.addr)
-        .start()
-        .await;
+    let MeshedPair { app, b, a, destination: _destination } =
+        MeshedPair::start(dir.path(), (&ca, identity.addr, &client), (&ca, identity.addr, &web)).await;
 
     // HTTP/1.1 from the app to A; a forged client id is not believed.
     let mut http1 = Client::connect(a.outbound, HttpVersion::Http1).await.expect("connect to A");

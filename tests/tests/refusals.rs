@@ -75,19 +75,9 @@ async fn a_peer_certified_by_another_trust_anchor_is_refused() {
     let other_dir = dir.join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let other_identity = IdentityService::builder(&other_ca, &other_dir).workload(&web).start().await;
-    let app = TestServer::start("web").await;
-    let b = Proxy::builder("b", dir.path())
-        .identity(&other_ca, other_identity.addr, &web)
-        .inbound_app(app.addr)
-        .start()
-        .await;
-    let manifest = static_endpoints("web", "demo", 80, &[StaticEndpoint::service_account(b.inbound, "web")]);
-    let destination = DestinationService::start(&dir.join("dst"), &[("web.yaml", manifest)]).await;
-    let a = Proxy::builder("a", dir.path())
-        .identity(&ca, identity.addr, &client)
-        .destination(destination.addr)
-        .start()
-        .await;
+    let MeshedPair { app, b, a, destination: _destination } =
+        MeshedPair::start(dir.path(), (&ca, identity.addr, &client), (&other_ca, other_identity.addr, &web))
+            .await;
 
     assert_refused(&a, WEB, &app).await;
     let m = b.metrics().await;

@@ -35,19 +35,8 @@ async fn connections_keep_working_across_certificate_renewals() {
         .cert_lifetime("4s")
         .start()
         .await;
-    let app = TestServer::start("web").await;
-    let b = Proxy::builder("b", dir.path())
-        .identity(&ca, identity.addr, &web)
-        .inbound_app(app.addr)
-        .start()
-        .await;
-    let manifest = static_endpoints("web", "demo", 80, &[StaticEndpoint::service_account(b.inbound, "web")]);
-    let destination = DestinationService::start(&dir.join("dst"), &[("web.yaml", manifest)]).await;
-    let a = Proxy::builder("a", dir.path())
-        .identity(&ca, identity.addr, &client)
-        .destination(destination.addr)
-        .start()
-        .await;
+    let MeshedPair { app: _app, b, destination, a } =
+        MeshedPair::start(dir.path(), (&ca, identity.addr, &client), (&ca, identity.addr, &web)).await;
     let expiry_before = b.metrics().await.get("identity_cert_expiration_timestamp_seconds", &[]);
 
     let stop = Arc::new(AtomicBool::new(false));
