@@ -2,7 +2,13 @@
 //! environment variables. proxy/README.md documents every variable; keep the
 //! two in step.
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use weft_tls::{IdentityName, TrustAnchors};
 
@@ -10,8 +16,8 @@ use crate::identity::IdentityConfig;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub outbound_addr: SocketAddr,
-    pub inbound_addr: SocketAddr,
+    pub outbound_addrs: ListenAddrs,
+    pub inbound_addrs: ListenAddrs,
     pub admin_addr: SocketAddr,
     /// Always a loopback address: tap shows request metadata, so only the
     /// pod itself (or a Kubernetes port-forward, which RBAC guards) may use it.
@@ -50,6 +56,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// The addresses one listener (outbound or inbound) binds, written
+/// `127.0.0.1:4140,[::1]:4140`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddrs {
+    /// The variable they come from, named when one cannot be bound.
+    pub var: &'static str,
+    pub addrs: Vec<SocketAddr>,
+    /// True when the variable was unset: these are the dual-stack defaults,
+    /// whose IPv6 addresses give way to IPv4 on a host without IPv6. An
+    /// operator's own list is bound exactly as written.
+    pub defaulted: bool,
+}
+
+/// Both families by default, as ip6tables redirects IPv6 here just as
+/// iptables redirects IPv4 (weft-proxy-init programs both).
+const OUTBOUND_DEFAULT: [SocketAddr; 2] = [
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 4140),
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 4140),
+];
+/// One dual-stack socket: IPv4 connections arrive v4-mapped.
+const INBOUND_DEFAULT: [SocketAddr; 1] = [SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 4143)];
+
 /// A set of TCP ports, written `25,3306,5432-5439`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortSet(HashSet<u16>);
@@ -78,8 +106,8 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
         let config = Config {
-            outbound_addr: env.parse("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140", ADDR)?,
-            inbound_addr: env.parse("WEFT_PROXY_INBOUND_ADDR", "0.0.0.0:4143", ADDR)?,
+            outbound_addrs: env.listen("WEFT_PROXY_OUTBOUND_ADDR", &OUTBOUND_DEFAULT)?,
+            inbound_addrs: env.listen("WEFT_PROXY_INBOUND_ADDR", &INBOUND_DEFAULT)?,
             admin_addr: env.parse("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191", ADDR)?,
             tap_addr: env.parse("WEFT_PROXY_TAP_ADDR", "127.0.0.1:4190", ADDR)?,
             inbound_app_addr: env.parse_opt("WEFT_PROXY_INBOUND_APP_ADDR", ADDR)?,
@@ -143,6 +171,7 @@ impl Config {
 }
 
 const ADDR: &str = "an IP:PORT socket address such as 127.0.0.1:4140 or [::]:4143";
+const ADDRS: &str = "comma-separated, distinct IP:PORT socket addresses, such as 127.0.0.1:4140,[::1]:4140";
 const PORTS: &str = "comma-separated ports or ranges, such as 25,3306,5432-5439";
 const POSITIVE: &str = "a positive integer";
 const HEADER_BYTES: &str = "a byte count of at least 8192";
@@ -177,6 +206,14 @@ impl Env<'_> {
             None => Ok(None),
             Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError { var, value, expected }),
         }
+    }
+
+    fn listen(&self, var: &'static str, default: &[SocketAddr]) -> Result<ListenAddrs, ConfigError> {
+        let Some(value) = self.get(var) else {
+            return Ok(ListenAddrs { var, addrs: default.to_vec(), defaulted: true });
+        };
+        let addrs = parse_addr_list(&value).ok_or(ConfigError { var, value, expected: ADDRS })?;
+        Ok(ListenAddrs { var, addrs, defaulted: false })
     }
 
     fn duration(&self, var: &'static str, default: &str) -> Result<Duration, ConfigError> {
@@ -249,6 +286,20 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
+/// `127.0.0.1:4140,[::1]:4140`: at least one address, none twice (the
+/// second bind would only fail with a less helpful "address in use").
+fn parse_addr_list(s: &str) -> Option<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr: SocketAddr = part.parse().ok()?;
+        if addrs.contains(&addr) {
+            return None;
+        }
+        addrs.push(addr);
+    }
+    (!addrs.is_empty()).then_some(addrs)
+}
+
 impl FromStr for LogFormat {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -296,8 +347,12 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_ports() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
-        assert_eq!(c.inbound_addr, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(c.outbound_addrs.addrs, addrs("127.0.0.1:4140,[::1]:4140"));
+        assert!(c.outbound_addrs.defaulted);
+        assert_eq!(c.outbound_addrs.var, "WEFT_PROXY_OUTBOUND_ADDR");
+        assert_eq!(c.inbound_addrs.addrs, addrs("[::]:4143"));
+        assert!(c.inbound_addrs.defaulted);
+        assert_eq!(c.inbound_addrs.var, "WEFT_PROXY_INBOUND_ADDR");
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
         assert_eq!(c.worker_threads, 1);
         assert_eq!(c.detect_timeout, Duration::from_secs(10));
@@ -333,6 +388,42 @@ mod tests {
         assert_eq!(err.var, "WEFT_PROXY_TAP_ADDR", "tap must stay on loopback");
         let err = config(&[("WEFT_PROXY_DESTINATION_SVC_ADDR", "nohostport")]).unwrap_err();
         assert_eq!(err.var, "WEFT_PROXY_DESTINATION_SVC_ADDR");
+    }
+
+    fn addrs(list: &str) -> Vec<SocketAddr> {
+        list.split(',').map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn listen_addresses_set_explicitly_are_taken_as_written() {
+        let c = config(&[("WEFT_PROXY_OUTBOUND_ADDR", "127.0.0.1:4140")]).unwrap();
+        assert_eq!(c.outbound_addrs.addrs, addrs("127.0.0.1:4140"));
+        assert!(!c.outbound_addrs.defaulted, "an explicit address has no IPv4 fallback");
+
+        let c = config(&[
+            ("WEFT_PROXY_OUTBOUND_ADDR", " 127.0.0.1:5140 , [::1]:5140 "),
+            ("WEFT_PROXY_INBOUND_ADDR", "0.0.0.0:5143,[::]:5143"),
+        ])
+        .unwrap();
+        assert_eq!(c.outbound_addrs.addrs, addrs("127.0.0.1:5140,[::1]:5140"));
+        assert_eq!(c.inbound_addrs.addrs, addrs("0.0.0.0:5143,[::]:5143"));
+        assert!(!c.inbound_addrs.defaulted);
+
+        // Blank is unset: the defaults.
+        let c = config(&[("WEFT_PROXY_INBOUND_ADDR", "  ")]).unwrap();
+        assert!(c.inbound_addrs.defaulted);
+    }
+
+    #[test]
+    fn bad_listen_address_lists_name_the_variable() {
+        for bad in ["127.0.0.1:4140;[::1]:4140", "127.0.0.1:4140,::1:4140", ",", "127.0.0.1:1,127.0.0.1:1"] {
+            let err = config(&[("WEFT_PROXY_OUTBOUND_ADDR", bad)]).unwrap_err();
+            assert_eq!(err.var, "WEFT_PROXY_OUTBOUND_ADDR", "{bad}");
+            assert_eq!(err.value, bad);
+            assert!(err.to_string().contains("comma-separated"), "{err}");
+        }
+        let err = config(&[("WEFT_PROXY_INBOUND_ADDR", "[::]:4143,localhost:4143")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_INBOUND_ADDR");
     }
 
     #[test]

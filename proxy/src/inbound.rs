@@ -34,7 +34,7 @@ use crate::{
     },
     identity::LocalIdentity,
     io::Activity,
-    listen::Accepted,
+    listen::{Accepted, BoundAddrs},
     metrics::Direction,
     stack::{Detected, Stack},
 };
@@ -49,7 +49,7 @@ pub struct Inbound {
     stack: Stack,
     dns: Arc<DnsResolver>,
     app_addr: Option<SocketAddr>,
-    listen_addr: SocketAddr,
+    listen_addrs: BoundAddrs,
     mesh: Option<MeshServer>,
     require_identity: PortSet,
 }
@@ -67,11 +67,11 @@ impl Inbound {
         stack: Stack,
         dns: Arc<DnsResolver>,
         app_addr: Option<SocketAddr>,
-        listen_addr: SocketAddr,
+        listen_addrs: BoundAddrs,
         mesh: Option<MeshServer>,
         require_identity: PortSet,
     ) -> Self {
-        Self { stack, dns, app_addr, listen_addr, mesh, require_identity }
+        Self { stack, dns, app_addr, listen_addrs, mesh, require_identity }
     }
 
     pub async fn handle(self: Arc<Self>, conn: Accepted) {
@@ -182,7 +182,7 @@ impl Inbound {
                 }
                 req.map(boxed)
             })
-            .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addr))
+            .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addrs.clone()))
             .layer(TapLayer::new(self.stack.taps.clone(), Direction::Inbound, client, client_name.as_deref()))
             .service(Forward::new(self.stack.client.clone(), self.stack.connector.clone(), None));
         let settings = self.stack.server_settings();

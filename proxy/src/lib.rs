@@ -26,19 +26,26 @@ pub mod tls;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    admin::Admin, config::Config, drain::Drain, inbound::Inbound, metrics::Direction, outbound::Outbound,
+    admin::Admin,
+    config::Config,
+    drain::Drain,
+    inbound::Inbound,
+    listen::{bind_all, BindError, BoundAddrs},
+    metrics::Direction,
+    outbound::Outbound,
     stack::Stack,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {what} address {addr}: {source}")]
-    Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("reading the listeners' addresses: {0}")]
+    LocalAddr(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("DNS resolver configuration: {0}")]
@@ -53,8 +60,13 @@ pub enum Error {
     Signal(std::io::Error),
 }
 
-async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+/// Admin and tap: one address each, exactly as configured.
+fn bind_one(
+    what: &'static str,
+    var: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, Error> {
+    Ok(listen::bind(addr, false).map_err(|source| BindError { what, var, addr, source })?)
 }
 
 /// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains.
@@ -63,14 +75,14 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
     let dns = Arc::new(http::resolve::system_resolver()?);
     let drain = Drain::default();
 
-    let outbound_listener = bind("outbound", config.outbound_addr).await?;
-    let inbound_listener = bind("inbound", config.inbound_addr).await?;
-    let admin_listener = bind("admin", config.admin_addr).await?;
-    let tap_listener = bind("tap", config.tap_addr).await?;
+    let outbound_listeners = bind_all("outbound", &config.outbound_addrs)?;
+    let inbound_listeners = bind_all("inbound", &config.inbound_addrs)?;
+    let admin_listener = bind_one("admin", "WEFT_PROXY_ADMIN_ADDR", config.admin_addr)?;
+    let tap_listener = bind_one("tap", "WEFT_PROXY_TAP_ADDR", config.tap_addr)?;
     let taps = tap::Taps::default();
     tokio::spawn(tap::serve(tap_listener, taps.clone()));
-    let outbound_addr = outbound_listener.local_addr().map_err(Error::Signal)?;
-    let inbound_addr = inbound_listener.local_addr().map_err(Error::Signal)?;
+    let outbound_addrs = BoundAddrs::of(&outbound_listeners).map_err(Error::LocalAddr)?;
+    let inbound_addrs = BoundAddrs::of(&inbound_listeners).map_err(Error::LocalAddr)?;
 
     let identity = config.identity.clone().map(identity::start).transpose()?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -119,7 +131,7 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         dns.clone(),
         discovery,
         identity.clone().map(tls::MeshClients::new),
-        outbound_addr,
+        outbound_addrs.clone(),
     ));
     let mesh_server = match &identity {
         Some(local) => {
@@ -131,20 +143,20 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         Stack::new(Direction::Inbound, &config, drain.clone(), taps),
         dns,
         config.inbound_app_addr,
-        inbound_addr,
+        inbound_addrs.clone(),
         mesh_server,
         config.inbound_ports_require_identity.clone(),
     ));
     let max = config.max_connections;
-    tokio::spawn(listen::serve(outbound_listener, Direction::Outbound, max, drain.clone(), move |conn| {
+    tokio::spawn(listen::serve(outbound_listeners, Direction::Outbound, max, drain.clone(), move |conn| {
         outbound.clone().handle(conn)
     }));
-    tokio::spawn(listen::serve(inbound_listener, Direction::Inbound, max, drain.clone(), move |conn| {
+    tokio::spawn(listen::serve(inbound_listeners, Direction::Inbound, max, drain.clone(), move |conn| {
         inbound.clone().handle(conn)
     }));
 
     ready.store(true, std::sync::atomic::Ordering::Release);
-    info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %config.admin_addr, "proxy ready");
+    info!(outbound = %outbound_addrs, inbound = %inbound_addrs, admin = %config.admin_addr, "proxy ready");
 
     wait_for_shutdown(&shutdown).await?;
     ready.store(false, std::sync::atomic::Ordering::Release);

@@ -28,7 +28,7 @@ use crate::{
         tap::TapLayer,
     },
     io::Activity,
-    listen::Accepted,
+    listen::{Accepted, BoundAddrs},
     metrics::Direction,
     stack::{Detected, Stack},
     tls::{Carried, MeshClients},
@@ -40,9 +40,9 @@ pub struct Outbound {
     dns: Arc<DnsResolver>,
     discovery: Option<(Profiles, Balancers)>,
     mesh: Option<MeshClients>,
-    /// The outbound listener's own address, to refuse requests that would
-    /// loop back into it.
-    listen_addr: SocketAddr,
+    /// The outbound listeners' own addresses, to refuse requests that would
+    /// loop back into them.
+    listen_addrs: BoundAddrs,
 }
 
 impl Outbound {
@@ -51,9 +51,9 @@ impl Outbound {
         dns: Arc<DnsResolver>,
         discovery: Option<(Profiles, Balancers)>,
         mesh: Option<MeshClients>,
-        listen_addr: SocketAddr,
+        listen_addrs: BoundAddrs,
     ) -> Self {
-        Self { stack, dns, discovery, mesh, listen_addr }
+        Self { stack, dns, discovery, mesh, listen_addrs }
     }
 
     /// Where an opaque connection to `dst` goes: with discovery, to an
@@ -106,7 +106,7 @@ impl Outbound {
                     .layer(RetryLayer)
                     .layer(SplitLayer)
                     .layer(BalanceLayer::new(balancers))
-                    .layer(ResolveLayer::new(target, self.dns.clone(), self.listen_addr))
+                    .layer(ResolveLayer::new(target, self.dns.clone(), self.listen_addrs.clone()))
                     .layer(TapLayer::new(self.stack.taps.clone(), Direction::Outbound, client, None))
                     .service(Forward::new(
                         self.stack.client.clone(),

@@ -15,16 +15,6 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn skip() -> bool {
-    match unavailable() {
-        Some(reason) => {
-            println!("{reason}");
-            true
-        }
-        None => false,
-    }
-}
-
 #[test]
 fn outbound_redirect_http_and_opaque_over_ipv4_and_ipv6() {
     if skip() {

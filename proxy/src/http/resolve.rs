@@ -14,6 +14,7 @@ use http::{header, uri::Authority, Request};
 use tracing::debug;
 
 use super::{errors::RouteError, BoxError, Endpoint};
+use crate::listen::BoundAddrs;
 
 pub type DnsResolver = hickory_resolver::TokioResolver;
 
@@ -40,13 +41,13 @@ pub enum Target {
 pub struct ResolveLayer {
     target: Target,
     dns: Arc<DnsResolver>,
-    /// This proxy's own listener: an authority naming it would loop.
-    own_addr: SocketAddr,
+    /// This proxy's own listeners: an authority naming one would loop.
+    own_addrs: BoundAddrs,
 }
 
 impl ResolveLayer {
-    pub fn new(target: Target, dns: Arc<DnsResolver>, own_addr: SocketAddr) -> Self {
-        Self { target, dns, own_addr }
+    pub fn new(target: Target, dns: Arc<DnsResolver>, own_addrs: BoundAddrs) -> Self {
+        Self { target, dns, own_addrs }
     }
 }
 
@@ -91,7 +92,7 @@ where
                 Target::Authority => {
                     let authority = request_authority(&req).ok_or(RouteError::MissingAuthority)?;
                     let addr = resolve(&layer.dns, &authority, default_port(&req)).await?;
-                    if addr == layer.own_addr {
+                    if layer.own_addrs.contains(addr) {
                         return Err(RouteError::Loop(addr).into());
                     }
                     debug!(%authority, %addr, "resolved");

@@ -113,6 +113,9 @@ pub struct ProxyBuilder {
     /// Listen addresses fixed by the caller (inside a namespace) rather
     /// than picked free on loopback.
     fixed: Option<(SocketAddr, SocketAddr, SocketAddr)>,
+    /// Leave `WEFT_PROXY_OUTBOUND_ADDR` and `WEFT_PROXY_INBOUND_ADDR` unset:
+    /// the proxy's own defaults (fixed ports, so only inside a namespace).
+    default_listeners: bool,
 }
 
 impl Default for ProxyBuilder {
@@ -123,7 +126,7 @@ impl Default for ProxyBuilder {
 
 impl ProxyBuilder {
     pub fn new() -> Self {
-        Self { env: Vec::new(), wrapper: Vec::new(), fixed: None }
+        Self { env: Vec::new(), wrapper: Vec::new(), fixed: None, default_listeners: false }
     }
 
     pub fn env(mut self, k: &str, v: impl ToString) -> Self {
@@ -143,6 +146,13 @@ impl ProxyBuilder {
     pub fn fixed_addrs(mut self, outbound: SocketAddr, inbound: SocketAddr, admin: SocketAddr) -> Self {
         self.fixed = Some((outbound, inbound, admin));
         self
+    }
+
+    /// The proxy's default outbound and inbound listeners (4140 on both
+    /// loopbacks, `[::]:4143`) and `admin`: for a test's own namespace.
+    pub fn default_listeners(mut self, admin: SocketAddr) -> Self {
+        self.default_listeners = true;
+        self.fixed_addrs(loopback(4140), SocketAddr::from(([0u16; 8], 4143)), admin)
     }
 
     /// Starts the proxy and waits until `GET /ready` answers 200.
@@ -202,9 +212,11 @@ impl ProxyBuilder {
             // namespace the default is free.
             cmd.env("WEFT_PROXY_TAP_ADDR", loopback(free_port()).to_string());
         }
-        cmd.env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+        if !self.default_listeners {
+            cmd.env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
+                .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string());
+        }
+        cmd.env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
             .env("WEFT_PROXY_LOG", "warn,weft_proxy=info")
             .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s");
         for (k, v) in &self.env {

@@ -23,6 +23,17 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Prints why and returns true when transparent-mode tests cannot run here.
+pub fn skip() -> bool {
+    match unavailable() {
+        Some(reason) => {
+            println!("{reason}");
+            true
+        }
+        None => false,
+    }
+}
+
 /// A network namespace, deleted on drop.
 pub struct NetNs {
     pub name: String,
