@@ -3,6 +3,8 @@
 
 /// The proxy's ports and UID. They are the contract between the injector,
 /// weft-proxy-init and weft-proxy, so they are fixed rather than configurable.
+/// The inbound and outbound ports are weft-proxy's defaults, which the
+/// injector relies on rather than sets (see `inject::proxy_container`).
 pub const PROXY_UID: u32 = 2102;
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;

@@ -362,8 +362,10 @@ fn proxy_container(
         env_field("_pod_ns", "metadata.namespace"),
         env_field("_pod_sa", "spec.serviceAccountName"),
         env("WEFT_PROXY_LOG", o.log_level.clone()),
-        env("WEFT_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
-        env("WEFT_PROXY_OUTBOUND_ADDR", format!("127.0.0.1:{OUTBOUND_PORT}")),
+        // WEFT_PROXY_INBOUND_ADDR and _OUTBOUND_ADDR stay unset: the proxy's
+        // defaults (INBOUND_PORT, OUTBOUND_PORT) listen on IPv4 and IPv6,
+        // as weft-proxy-init redirects both, and fall back to IPv4 on a node
+        // without IPv6, where an explicit IPv6 address would stop the proxy.
         env("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
         env("WEFT_PROXY_INBOUND_PORTS", inbound_ports),
         env("WEFT_PROXY_OPAQUE_PORTS", port_list(&o.opaque_ports)),

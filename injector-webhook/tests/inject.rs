@@ -60,8 +60,10 @@ fn injects_every_captured_pod_and_is_idempotent() {
         assert_eq!(again.decision, Decision::Skipped(SkipReason::AlreadyInjected));
         assert!(again.patch.is_empty());
 
-        assert_eq!(env_value(&proxy, "WEFT_PROXY_INBOUND_ADDR").as_deref(), Some("0.0.0.0:4143"));
-        assert_eq!(env_value(&proxy, "WEFT_PROXY_OUTBOUND_ADDR").as_deref(), Some("127.0.0.1:4140"));
+        // Unset: the proxy's dual-stack defaults, IPv4 alone on a node
+        // without IPv6.
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_INBOUND_ADDR"), None);
+        assert_eq!(env_value(&proxy, "WEFT_PROXY_OUTBOUND_ADDR"), None);
         assert_eq!(env_value(&proxy, "WEFT_PROXY_ADMIN_ADDR").as_deref(), Some("0.0.0.0:4191"));
         assert_eq!(env_value(&proxy, "WEFT_PROXY_LOG").as_deref(), Some("warn,weft_proxy=info"));
         assert_eq!(env_value(&proxy, "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD").as_deref(), Some("30s"));

@@ -156,8 +156,6 @@ pub fn assert_injected(pod: &Value, native: bool) -> Value {
 
     let env: Vec<String> = env_of(&proxy).into_iter().map(|(n, _)| n).collect();
     for required in [
-        "WEFT_PROXY_INBOUND_ADDR",
-        "WEFT_PROXY_OUTBOUND_ADDR",
         "WEFT_PROXY_ADMIN_ADDR",
         "WEFT_PROXY_LOG",
         "WEFT_PROXY_OPAQUE_PORTS",
