@@ -120,6 +120,38 @@ async fn pod_ip_lookups_resolve_to_the_pod() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A dual-stack pod: either of its `podIPs` finds it, and a proxy asking
+/// for `[ip]:port` gets the endpoint back with the same IPv6 address.
+#[tokio::test]
+async fn both_ips_of_a_dual_stack_pod_resolve_to_the_pod() {
+    const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: emojivoto}
+spec:
+  serviceAccountName: web
+  containers: [{name: web}, {name: weft-proxy}]
+status:
+  phase: Running
+  podIP: 10.42.0.11
+  podIPs: [{ip: 10.42.0.11}, {ip: "fd00:42::11"}]
+"#;
+    let dir = temp_dir("dualstack");
+    write(&dir.join("web.yaml"), POD);
+    let server = start_files(&dir).await;
+    let mut c = client(server.addr).await;
+
+    for addr in ["[fd00:42::11]:8080", "10.42.0.11:8080"] {
+        let mut s = get(&mut c, addr).await;
+        assert_eq!(u(next(&mut s, SECOND, addr).await), U::Add(vec![meshed(addr, ID_WEB)]), "{addr}");
+        let mut p = get_profile(&mut c, addr).await;
+        let profile = next(&mut p, SECOND, addr).await;
+        let endpoint = profile.endpoint.as_ref().unwrap_or_else(|| panic!("{addr}: no endpoint"));
+        assert_eq!(ep(endpoint), meshed(addr, ID_WEB), "{addr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn unknown_names_get_no_endpoints_and_a_default_profile() {
     let dir = temp_dir("unknown");

@@ -3,14 +3,15 @@
 //! A [`Mesh`] is one test's cluster:
 //!
 //! - a **node**: a network namespace `weft-node-<pid>-<rand>` holding a bridge
-//!   (`weft0`, [`NODE_IP`]/24). The test's own thread enters it (and leaves it
+//!   (`weft0`, [`NODE_IP`]/24 and [`NODE_IP6`]/64: dual-stack). The test's own thread enters it (and leaves it
 //!   again on drop), so everything the test binds or dials lives there and
 //!   nothing touches the host's network;
 //! - the **control plane** on the node: a CA from `weft identity create-ca`,
 //!   weft-identity on `NODE_IP:8080` and weft-destination on `NODE_IP:8086`
 //!   (the Kubernetes Service ports), admin ports on the node's loopback;
 //! - **pods** ([`Mesh::pod`]): a namespace `weft-pod-<pid>-<rand>` with `lo`, an
-//!   `eth0` veth on the bridge and a pod IP from [`SUBNET`]; weft-proxy-init
+//!   `eth0` veth on the bridge and pod IPs from [`SUBNET`] and [`SUBNET6`]
+//!   (both in the manifest's `podIPs`, as in a dual-stack cluster); weft-proxy-init
 //!   run with the arguments weft-injector gives it; weft-proxy run as UID
 //!   2102 (`setpriv`) with the injector's environment (control plane DNS
 //!   names resolved through `/etc/netns/<pod>/hosts`, which `ip netns exec`
@@ -35,7 +36,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     future::Future,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
@@ -77,6 +78,14 @@ pub const TAP_PORT: u16 = 4190;
 /// has its own node namespace, so tests never see each other's addresses.
 pub const SUBNET: [u8; 3] = [10, 77, 0];
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1);
+/// And from this unique-local /64, the same host number: `::1` is the node.
+pub const SUBNET6: [u16; 4] = [0xfd00, 0x77, 0, 0];
+pub const NODE_IP6: Ipv6Addr = ipv6_host(1);
+
+/// `SUBNET6::<host>`.
+const fn ipv6_host(host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(SUBNET6[0], SUBNET6[1], SUBNET6[2], SUBNET6[3], 0, 0, 0, host as u16)
+}
 /// weft-identity's and weft-destination's Service ports (the injector's
 /// `weft-identity.weft.svc.cluster.local:8080`, `weft-destination...:8086`).
 pub const IDENTITY_PORT: u16 = 8080;
@@ -198,6 +207,7 @@ impl Node {
         sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
         sh(&["ip", "-n", n, "link", "add", "weft0", "type", "bridge"]);
         sh(&["ip", "-n", n, "addr", "add", &cidr, "dev", "weft0"]);
+        add_ipv6(n, "weft0", NODE_IP6);
         sh(&["ip", "-n", n, "link", "set", "weft0", "up"]);
         enter_netns(netns_file(n).as_raw_fd()).expect("enter the node namespace");
         node
@@ -214,6 +224,13 @@ impl Drop for Node {
         let _ = enter_netns(self.home.as_raw_fd());
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
     }
+}
+
+/// Adds `ip`/64 to `dev` in namespace `netns`, usable at once: `nodad`
+/// skips duplicate address detection, which would leave it tentative (and
+/// unbindable) for a second or two on a link only the test uses.
+fn add_ipv6(netns: &str, dev: &str, ip: Ipv6Addr) {
+    sh(&["ip", "-n", netns, "-6", "addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"]);
 }
 
 // === the mesh ===
@@ -282,6 +299,7 @@ impl Mesh {
         let host = self.next_host.fetch_add(1, Ordering::Relaxed);
         assert!(host < 255, "out of pod IPs");
         let ip = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], host);
+        let ip6 = ipv6_host(host);
         let netns = ns_name("pod");
         let workload = self.workload(&spec.namespace, &spec.service_account);
         let dir = self.dir.join(&netns);
@@ -291,6 +309,7 @@ impl Mesh {
             name: spec.name.clone(),
             netns: netns.clone(),
             ip,
+            ip6,
             workload,
             spec,
             proxy: None,
@@ -310,8 +329,10 @@ impl Mesh {
         sh(&["ip", "-n", node, "link", "set", &veth, "master", "weft0"]);
         sh(&["ip", "-n", node, "link", "set", &veth, "up"]);
         sh(&["ip", "-n", &netns, "addr", "add", &cidr, "dev", "eth0"]);
+        add_ipv6(&netns, "eth0", ip6);
         sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", &netns, "route", "add", "default", "via", &gateway]);
+        sh(&["ip", "-n", &netns, "-6", "route", "add", "default", "via", &NODE_IP6.to_string()]);
         // Cluster DNS, as far as the proxy needs it.
         let etc = PathBuf::from(format!("/etc/netns/{netns}"));
         std::fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("create {}: {e}", etc.display()));
@@ -493,6 +514,8 @@ pub struct Pod {
     /// The network namespace (`ip netns exec <netns> ...`).
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on the same `eth0`.
+    pub ip6: Ipv6Addr,
     pub workload: Workload,
     pub spec: PodSpec,
     /// weft-proxy (absent in an unmeshed pod).
@@ -514,6 +537,11 @@ impl Pod {
     /// `POD_IP:port`.
     pub fn addr(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.ip.into(), port)
+    }
+
+    /// `[POD_IPV6]:port`.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip6.into(), port)
     }
 
     /// The proxy's admin server (`POD_IP:4191`, never redirected).
@@ -639,8 +667,8 @@ impl Pod {
             ("_pod_ns", s.namespace.clone()),
             ("_pod_sa", s.service_account.clone()),
             ("WEFT_PROXY_LOG", s.log_level.clone()),
-            ("WEFT_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
-            ("WEFT_PROXY_OUTBOUND_ADDR", format!("127.0.0.1:{OUTBOUND_PORT}")),
+            // No WEFT_PROXY_INBOUND_ADDR / _OUTBOUND_ADDR: the injector
+            // leaves the proxy its dual-stack defaults.
             ("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
             ("WEFT_PROXY_INBOUND_PORTS", ports),
             ("WEFT_PROXY_OPAQUE_PORTS", s.opaque_ports.clone()),
@@ -703,8 +731,12 @@ impl Pod {
         if s.meshed {
             y.push_str("  - name: weft-proxy\n    image: weft-proxy\n");
         }
-        let _ =
-            write!(y, "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n", ip = self.ip);
+        let _ = write!(
+            y,
+            "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n  - ip: {ip6}\n",
+            ip = self.ip,
+            ip6 = self.ip6
+        );
         y
     }
 }

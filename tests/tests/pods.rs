@@ -299,6 +299,51 @@ async fn two_pods_talk_transparently_over_mtls() {
     .await;
 }
 
+/// A dual-stack cluster: the client app dials the server pod's IPv6 address
+/// and then its IPv4 one; ip6tables and iptables redirect each to the
+/// proxies' default listeners (`[::1]:4140`, `[::]:4143`), weft-destination
+/// knows the pod by both IPs, and both ways are mTLS between the proxies.
+#[tokio::test]
+async fn two_pods_talk_over_ipv6_and_ipv4_through_both_proxies() {
+    if skip() {
+        return;
+    }
+    within(STEP * 2, "two dual-stack pods over mTLS", async {
+        let mesh = Mesh::start("pods-dual", &[(NS, "client"), (NS, "server")]).await;
+        let server = mesh.pod(PodSpec::new("server")).await;
+        let client = mesh.pod(PodSpec::new("client")).await;
+        let web = server.run(async { TestServer::start("server").await }).await;
+        let echo = server.run(echo_server("127.0.0.1:0".parse().unwrap())).await;
+
+        let port = web.addr.port();
+        for dst in [server.addr6(port), server.addr(port)] {
+            // -g: the brackets of an IPv6 URL are not a curl glob.
+            let (code, body, status) = curl(&client, &["-g", &format!("http://{dst}/dual")]).await;
+            assert_eq!((code, status.as_str()), (0, "200"), "{dst}: {body}");
+            assert_eq!(
+                seen_header(&body, "l5d-client-id").as_deref(),
+                Some(client.identity().as_str()),
+                "{dst}: {body}"
+            );
+        }
+        assert_eq!(web.request_count(), 2);
+
+        // Opaque TCP over IPv6, mTLS too.
+        let data = payload(50_000);
+        let back = client.run(echo_roundtrip(server.addr6(echo.addr.port()), data.clone())).await;
+        assert!(back.expect("opaque echo over IPv6 through both proxies") == data, "echoed bytes differ");
+
+        let m = client.wait_metric("request_total", &tls_true("outbound"), |v| v >= 2.0).await;
+        assert_eq!(m.get("request_total", &[("direction", "outbound"), ("tls", "no_identity")]), 0.0, "{m}");
+        let dst_plain = [("direction", "outbound"), ("peer", "dst"), ("tls", "no_identity")];
+        assert_eq!(m.get("tcp_open_total", &dst_plain), 0.0, "every dial was mTLS:\n{m}");
+        let inbound = [("direction", "inbound"), ("tls", "true"), ("client_id", &client.identity())];
+        let m = server.wait_metric("request_total", &inbound, |v| v >= 2.0).await;
+        assert_eq!(m.get("request_total", &[("direction", "inbound"), ("tls", "no_identity")]), 0.0, "{m}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn skip_ports_bypass_the_proxy() {
     if skip() {
