@@ -46,7 +46,7 @@ impl Direction {
 }
 
 /// Whether a connection is mutually authenticated; Linkerd's `tls` label.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Tls {
     Established,
     NoIdentity,

@@ -2,12 +2,17 @@
 //!
 //! accept → original destination (iptables) or explicit → detect →
 //!   HTTP: metrics → errors → profile → route (timeout) → retry → split →
-//!         balance → fallback endpoint (orig dst | authority) → forward
+//!         balance → fallback endpoint (orig dst | authority) → tap → forward
+//!         (without discovery: metrics → errors → endpoint → tap → forward)
 //!   else: opaque TCP to the original destination
+//!
+//! Layers that have nothing to do for a request hand back their inner
+//! service's future (`http::LayerFuture`), so a request that needs no
+//! discovery work costs no allocation per layer.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
-use http::Request;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tracing::{debug, info};
@@ -26,11 +31,12 @@ use crate::{
         server,
         split::SplitLayer,
         tap::TapLayer,
+        BoxBody, Version,
     },
-    io::Activity,
+    io::{Activity, PrefixedIo},
     listen::{Accepted, BoundAddrs},
     metrics::Direction,
-    stack::{Detected, Stack},
+    stack::{ClientIo, Detected, Stack},
     tls::{Carried, MeshClients},
 };
 use weft_tls::MeshClientConfig;
@@ -96,16 +102,7 @@ impl Outbound {
             },
             Detected::Http(version, io) => {
                 let target = orig_dst.map_or(Target::Authority, Target::Fixed);
-                let (profiles, balancers) = self.discovery.clone().unzip();
-                let service = ServiceBuilder::new()
-                    .layer(self.stack.http_metrics.clone())
-                    .layer(RespondOnErrorLayer)
-                    .map_request(|req: Request<Incoming>| req.map(boxed))
-                    .layer(LogicalLayer::new(profiles, orig_dst))
-                    .layer(RouteLayer)
-                    .layer(RetryLayer)
-                    .layer(SplitLayer)
-                    .layer(BalanceLayer::new(balancers))
+                let endpoint = ServiceBuilder::new()
                     .layer(ResolveLayer::new(target, self.dns.clone(), self.listen_addrs.clone()))
                     .layer(TapLayer::new(self.stack.taps.clone(), Direction::Outbound, client, None))
                     .service(Forward::new(
@@ -113,13 +110,42 @@ impl Outbound {
                         self.stack.connector.clone(),
                         self.mesh.clone(),
                     ));
-                let settings = self.stack.server_settings();
-                if let Err(error) =
-                    server::serve(io, version, service, settings, &activity, self.stack.drain.signal()).await
-                {
-                    debug!(%error, "HTTP connection closed with an error");
+                let front = ServiceBuilder::new()
+                    .layer(self.stack.http_metrics.clone())
+                    .layer(RespondOnErrorLayer)
+                    .map_request(|req: Request<Incoming>| req.map(boxed));
+                match &self.discovery {
+                    // No profiles, routes, retries, splits or balancers to
+                    // consult: every request goes where it was sent.
+                    None => self.serve_http(io, version, front.service(endpoint), &activity).await,
+                    Some((profiles, balancers)) => {
+                        let service = front
+                            .layer(LogicalLayer::new(profiles.clone(), orig_dst))
+                            .layer(RouteLayer)
+                            .layer(RetryLayer)
+                            .layer(SplitLayer)
+                            .layer(BalanceLayer::new(balancers.clone()))
+                            .service(endpoint);
+                        self.serve_http(io, version, service, &activity).await
+                    }
                 }
             }
+        }
+    }
+
+    async fn serve_http<S>(&self, io: PrefixedIo<ClientIo>, version: Version, service: S, activity: &Activity)
+    where
+        S: tower::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let settings = self.stack.server_settings();
+        if let Err(error) =
+            server::serve(io, version, service, settings, activity, self.stack.drain.signal()).await
+        {
+            debug!(%error, "HTTP connection closed with an error");
         }
     }
 }

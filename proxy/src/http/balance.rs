@@ -4,8 +4,6 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -18,7 +16,7 @@ use tracing::debug;
 use super::{
     errors::RouteError,
     split::{Backend, EndpointInfo},
-    BoxError, Endpoint,
+    BoxError, Endpoint, LayerFuture,
 };
 use crate::{
     balance::{Balancer, Outcome, Pick},
@@ -95,13 +93,11 @@ impl Balancers {
 
 #[derive(Clone)]
 pub struct BalanceLayer {
-    balancers: Option<Balancers>,
+    balancers: Balancers,
 }
 
 impl BalanceLayer {
-    /// Without discovery (`None`) every request goes to its original
-    /// destination.
-    pub fn new(balancers: Option<Balancers>) -> Self {
+    pub fn new(balancers: Balancers) -> Self {
         Self { balancers }
     }
 }
@@ -116,7 +112,7 @@ impl<S> tower::Layer<S> for BalanceLayer {
 #[derive(Clone)]
 pub struct Balance<S> {
     inner: S,
-    balancers: Option<Balancers>,
+    balancers: Balancers,
 }
 
 impl<S, B, RspB> tower::Service<Request<B>> for Balance<S>
@@ -129,20 +125,21 @@ where
 {
     type Response = Response<RspB>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RspB>, BoxError>> + Send>>;
+    type Future = LayerFuture<S::Future, Response<RspB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Requests for a lone pod, or without a profile, already know where
+        // they go.
+        let Some(Backend(name)) = req.extensions().get::<Backend>().cloned() else {
+            return LayerFuture::inner(self.inner.call(req));
+        };
         let mut inner = super::take_ready(&mut self.inner);
-        let backend = req.extensions().get::<Backend>().cloned();
         let balancers = self.balancers.clone();
-        Box::pin(async move {
-            let (Some(Backend(name)), Some(balancers)) = (backend, balancers) else {
-                return inner.call(req).await.map_err(Into::into);
-            };
+        LayerFuture::own(async move {
             let endpoint = match balancers.pick(&name).await {
                 Pick::Endpoint(endpoint) => endpoint,
                 Pick::NoEndpoints { exists: true } => {

@@ -7,7 +7,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -56,7 +56,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>>;
+    type Future = RespondOnErrorFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The inner stack is always ready (it has no backpressure of its own
@@ -69,18 +69,36 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let grpc = is_grpc(&req);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match fut.await {
-                Ok(rsp) => Ok(rsp),
-                Err(error) => {
-                    let error: BoxError = error.into();
-                    let status = status_for(&*error);
-                    info!(%status, error = %ErrorChain(&*error), "request failed");
-                    Ok(error_response(status, &error, grpc))
-                }
+        RespondOnErrorFuture { inner: self.inner.call(req), grpc }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct RespondOnErrorFuture<F> {
+        #[pin]
+        inner: F,
+        grpc: bool,
+    }
+}
+
+impl<F, E> Future for RespondOnErrorFuture<F>
+where
+    F: Future<Output = Result<Response<BoxBody>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<BoxBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(rsp) => rsp,
+            Err(error) => {
+                let error: BoxError = error.into();
+                let status = status_for(&*error);
+                info!(%status, error = %ErrorChain(&*error), "request failed");
+                error_response(status, &error, *this.grpc)
             }
-        })
+        }))
     }
 }
 

@@ -10,9 +10,7 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -22,7 +20,7 @@ use http::Request;
 use tower::retry::budget::TpsBudget;
 use tracing::debug;
 
-use super::{resolve::request_authority, BoxError};
+use super::{resolve::request_authority, BoxError, LayerFuture};
 use crate::{
     discovery::{Discovery, ProfileRx, Resolution},
     profile::{Profile, RetryBudget},
@@ -121,14 +119,13 @@ fn new_budget(b: RetryBudget) -> Arc<TpsBudget> {
 
 #[derive(Clone)]
 pub struct LogicalLayer {
-    /// `None` without discovery: requests pass through untouched.
-    profiles: Option<Profiles>,
+    profiles: Profiles,
     /// The connection's original destination, in transparent mode.
     fixed: Option<SocketAddr>,
 }
 
 impl LogicalLayer {
-    pub fn new(profiles: Option<Profiles>, fixed: Option<SocketAddr>) -> Self {
+    pub fn new(profiles: Profiles, fixed: Option<SocketAddr>) -> Self {
         Self { profiles, fixed }
     }
 }
@@ -148,6 +145,24 @@ pub struct Logical<S> {
     cached: Option<ProfileRx>,
 }
 
+impl<S> Logical<S> {
+    fn watch(&mut self, name: &str) -> ProfileRx {
+        if let (Some(rx), Some(_)) = (&self.cached, self.layer.fixed) {
+            return rx.clone();
+        }
+        let rx = self.layer.profiles.discovery.profile(name);
+        if self.layer.fixed.is_some() {
+            self.cached = Some(rx.clone());
+        }
+        rx
+    }
+}
+
+fn attach<B>(profiles: &Profiles, req: &mut Request<B>, profile: Arc<Profile>, port: u16) {
+    let budget = profiles.budget(&profile);
+    req.extensions_mut().insert(LogicalProfile { profile, port, budget });
+}
+
 impl<S, B> tower::Service<Request<B>> for Logical<S>
 where
     S: tower::Service<Request<B>> + Clone + Send + 'static,
@@ -157,42 +172,40 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = LayerFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
-        let Some(profiles) = self.layer.profiles.clone() else {
-            return Box::pin(async move { inner.call(req).await.map_err(Into::into) });
+        let Some((name, port)) = self.layer.profiles.lookup_name(self.layer.fixed, &req) else {
+            return LayerFuture::inner(self.inner.call(req));
         };
-        let lookup = profiles.lookup_name(self.layer.fixed, &req);
-        let rx = match (&lookup, &self.cached, self.layer.fixed) {
-            (Some(_), Some(rx), Some(_)) => Some(rx.clone()),
-            (Some((name, _)), _, fixed) => {
-                let rx = profiles.discovery.profile(name);
-                if fixed.is_some() {
-                    self.cached = Some(rx.clone());
-                }
-                Some(rx)
+        let rx = self.watch(&name);
+        // Once discovery has answered (every request after a name's first),
+        // the profile is at hand: no waiting, nothing to allocate.
+        let resolved = rx.borrow().clone();
+        match resolved {
+            Resolution::Known(profile) => {
+                attach(&self.layer.profiles, &mut req, profile, port);
+                LayerFuture::inner(self.inner.call(req))
             }
-            (None, _, _) => None,
-        };
-        Box::pin(async move {
-            if let (Some(rx), Some((name, port))) = (rx, lookup) {
-                match profiles.wait(rx).await {
-                    Some(profile) => {
-                        let budget = profiles.budget(&profile);
-                        req.extensions_mut().insert(LogicalProfile { profile, port, budget });
+            Resolution::Unknown => LayerFuture::inner(self.inner.call(req)),
+            Resolution::Pending => {
+                let mut inner = super::take_ready(&mut self.inner);
+                let profiles = self.layer.profiles.clone();
+                LayerFuture::own(async move {
+                    match profiles.wait(rx).await {
+                        Some(profile) => attach(&profiles, &mut req, profile, port),
+                        None => debug!(
+                            %name,
+                            "no profile within the discovery timeout; using the original destination"
+                        ),
                     }
-                    None => {
-                        debug!(%name, "no profile within the discovery timeout; using the original destination")
-                    }
-                }
+                    inner.call(req).await.map_err(Into::into)
+                })
             }
-            inner.call(req).await.map_err(Into::into)
-        })
+        }
     }
 }

@@ -16,12 +16,55 @@ pub mod server;
 pub mod split;
 pub mod tap;
 
-use std::net::SocketAddr;
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// What a layer returns: the inner service's own future when the layer
+    /// has nothing to do for this request (no allocation, no extra state),
+    /// or the layer's boxed work when it does.
+    #[project = LayerFutureProj]
+    pub enum LayerFuture<F, T> {
+        Inner { #[pin] inner: F },
+        Own { fut: BoxFuture<T> },
+    }
+}
+
+impl<F, T> LayerFuture<F, T> {
+    pub fn inner(inner: F) -> Self {
+        LayerFuture::Inner { inner }
+    }
+
+    pub fn own(fut: impl Future<Output = Result<T, BoxError>> + Send + 'static) -> Self {
+        LayerFuture::Own { fut: Box::pin(fut) }
+    }
+}
+
+impl<F, T, E> Future for LayerFuture<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LayerFutureProj::Inner { inner } => inner.poll(cx).map_err(Into::into),
+            LayerFutureProj::Own { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
 
 /// The one body type every layer speaks. A newtype rather than an alias:
 /// with the error's `dyn` lifetime hidden, rustc can prove the layers'

@@ -3,9 +3,7 @@
 //! transparent mode, or the request's authority in explicit mode.
 
 use std::{
-    future::Future,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -13,7 +11,7 @@ use std::{
 use http::{header, uri::Authority, Request};
 use tracing::debug;
 
-use super::{errors::RouteError, BoxError, Endpoint};
+use super::{errors::RouteError, BoxError, Endpoint, LayerFuture};
 use crate::listen::BoundAddrs;
 
 pub type DnsResolver = hickory_resolver::TokioResolver;
@@ -73,38 +71,65 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = LayerFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            // A layer above (discovery) may already have chosen.
-            if req.extensions().get::<Endpoint>().is_some() {
-                return inner.call(req).await.map_err(Into::into);
+        // A layer above (discovery) may already have chosen.
+        if req.extensions().get::<Endpoint>().is_some() {
+            return LayerFuture::inner(self.inner.call(req));
+        }
+        let authority = match &self.layer.target {
+            Target::Fixed(addr) => {
+                req.extensions_mut().insert(Endpoint(*addr));
+                return LayerFuture::inner(self.inner.call(req));
             }
-            let endpoint = match layer.target {
-                Target::Fixed(addr) => addr,
-                Target::Authority => {
-                    let authority = request_authority(&req).ok_or(RouteError::MissingAuthority)?;
-                    let addr = resolve(&layer.dns, &authority, default_port(&req)).await?;
-                    if layer.own_addrs.contains(addr) {
-                        return Err(RouteError::Loop(addr).into());
-                    }
-                    debug!(%authority, %addr, "resolved");
-                    if req.method() == http::Method::CONNECT {
-                        req.extensions_mut().insert(super::forward::TunnelHere);
-                    }
-                    addr
-                }
-            };
-            req.extensions_mut().insert(Endpoint(endpoint));
-            inner.call(req).await.map_err(Into::into)
-        })
+            Target::Authority => match request_authority(&req) {
+                Some(authority) => authority,
+                None => return LayerFuture::own(async { Err(RouteError::MissingAuthority.into()) }),
+            },
+        };
+        let port = authority.port_u16().unwrap_or_else(|| default_port(&req));
+        match ip_literal(&authority) {
+            // An address needs no lookup: decide now, allocate nothing.
+            Some(ip) => match self.layer.checked(&mut req, &authority, SocketAddr::new(ip, port)) {
+                Ok(()) => LayerFuture::inner(self.inner.call(req)),
+                Err(e) => LayerFuture::own(async move { Err(e.into()) }),
+            },
+            None => {
+                let mut inner = super::take_ready(&mut self.inner);
+                let layer = self.layer.clone();
+                LayerFuture::own(async move {
+                    let ip = lookup(&layer.dns, &authority).await?;
+                    layer.checked(&mut req, &authority, SocketAddr::new(ip, port))?;
+                    inner.call(req).await.map_err(Into::into)
+                })
+            }
+        }
+    }
+}
+
+impl ResolveLayer {
+    /// Refuses an address that would loop back into this proxy, and marks
+    /// the request with where it goes.
+    fn checked<B>(
+        &self,
+        req: &mut Request<B>,
+        authority: &Authority,
+        addr: SocketAddr,
+    ) -> Result<(), RouteError> {
+        if self.own_addrs.contains(addr) {
+            return Err(RouteError::Loop(addr));
+        }
+        debug!(%authority, %addr, "resolved");
+        if req.method() == http::Method::CONNECT {
+            req.extensions_mut().insert(super::forward::TunnelHere);
+        }
+        req.extensions_mut().insert(Endpoint(addr));
+        Ok(())
     }
 }
 
@@ -125,22 +150,17 @@ fn default_port<B>(req: &Request<B>) -> u16 {
     }
 }
 
-async fn resolve(
-    dns: &DnsResolver,
-    authority: &Authority,
-    default_port: u16,
-) -> Result<SocketAddr, RouteError> {
-    let port = authority.port_u16().unwrap_or(default_port);
+fn ip_literal(authority: &Authority) -> Option<IpAddr> {
     let host = authority.host();
-    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if let Ok(ip) = literal.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()
+}
+
+async fn lookup(dns: &DnsResolver, authority: &Authority) -> Result<IpAddr, RouteError> {
+    let host = authority.host();
     if host.is_empty() {
         return Err(RouteError::InvalidAuthority(authority.to_string()));
     }
     let resolve_err = |reason: String| RouteError::Resolve { host: host.to_string(), reason };
     let ips = dns.lookup_ip(host).await.map_err(|e| resolve_err(e.to_string()))?;
-    let ip = ips.iter().next().ok_or_else(|| resolve_err("no addresses".into()))?;
-    Ok(SocketAddr::new(ip, port))
+    ips.iter().next().ok_or_else(|| resolve_err("no addresses".into()))
 }

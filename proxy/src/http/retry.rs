@@ -5,11 +5,7 @@
 //! A request is only retried if its body can be replayed: bodies are
 //! buffered up to `MAX_REPLAY_BODY`; a larger one goes out once, streaming.
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
@@ -19,7 +15,7 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use metrics::Label;
 use tower::{retry::budget::Budget, ServiceExt};
 
-use super::{boxed, logical::LogicalProfile, route::RouteParams, BoxBody, BoxError};
+use super::{boxed, logical::LogicalProfile, route::RouteParams, BoxBody, BoxError, LayerFuture};
 use crate::{connect::is_connect_error, profile::MAX_REPLAY_BODY};
 
 /// Tries per request, the first included. The budget is the real bound (as
@@ -51,26 +47,26 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>>;
+    type Future = LayerFuture<S::Future, Response<BoxBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let inner = self.inner.clone();
+        // Without a profile (no discovery) there is no other endpoint to try.
         let Some(logical) = req.extensions().get::<LogicalProfile>().cloned() else {
-            // Without discovery there is no other endpoint to try.
-            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+            return LayerFuture::inner(self.inner.call(req));
         };
         let route = req.extensions().get::<RouteParams>().cloned();
         let route_retries = route.as_ref().is_some_and(|r| r.0.may_retry(req.method()));
         let upgrade =
             req.headers().contains_key(http::header::UPGRADE) || req.method() == http::Method::CONNECT;
-        Box::pin(async move {
-            if upgrade || (!route_retries && !req.body().is_end_stream()) {
-                return inner.oneshot(req).await.map_err(Into::into);
-            }
+        if upgrade || (!route_retries && !req.body().is_end_stream()) {
+            return LayerFuture::inner(self.inner.call(req));
+        }
+        let inner = self.inner.clone();
+        LayerFuture::own(async move {
             let (parts, body) = req.into_parts();
             let replay = match buffer(body, MAX_REPLAY_BODY).await {
                 Ok(replay) => replay,

@@ -40,11 +40,10 @@ impl<S, B, RspB> tower::Service<Request<B>> for RouteService<S>
 where
     S: tower::Service<Request<B>, Response = http::Response<RspB>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = RouteFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -58,19 +57,48 @@ where
         if let Some(route) = route {
             req.extensions_mut().insert(RouteParams(route));
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut rsp = match timeout {
-                None => fut.await.map_err(Into::into)?,
-                Some(t) => match tokio::time::timeout(t, fut).await {
-                    Ok(res) => res.map_err(Into::into)?,
-                    Err(_) => return Err(RouteTimeout(t).into()),
-                },
-            };
-            if let Some(labels) = labels {
-                rsp.extensions_mut().insert(labels);
+        RouteFuture {
+            inner: self.inner.call(req),
+            deadline: timeout.map(|t| (Box::pin(tokio::time::sleep(t)), t)),
+            labels,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner response, labelled with its service and route, or a
+    /// timeout error once the route's deadline passes.
+    pub struct RouteFuture<F> {
+        #[pin]
+        inner: F,
+        deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+        labels: Option<DstLabels>,
+    }
+}
+
+impl<F, RspB, E> Future for RouteFuture<F>
+where
+    F: Future<Output = Result<http::Response<RspB>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<http::Response<RspB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut rsp = match this.inner.poll(cx) {
+            Poll::Ready(res) => res.map_err(Into::into)?,
+            Poll::Pending => {
+                if let Some((sleep, timeout)) = this.deadline {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(RouteTimeout(*timeout).into()));
+                    }
+                }
+                return Poll::Pending;
             }
-            Ok(rsp)
-        })
+        };
+        if let Some(labels) = this.labels.take() {
+            rsp.extensions_mut().insert(labels);
+        }
+        Poll::Ready(Ok(rsp))
     }
 }

@@ -4,9 +4,7 @@
 //! endpoint (and its identity) is known.
 
 use std::{
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock,
@@ -25,7 +23,7 @@ use tokio::time::Instant;
 use super::{
     body::{BodyEnd, ObservedBody, OnBodyEnd},
     split::EndpointInfo,
-    BoxBody, BoxError, Endpoint,
+    BoxBody, BoxError, Endpoint, LayerFuture,
 };
 use crate::{
     metrics::Direction,
@@ -98,7 +96,7 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>>;
+    type Future = LayerFuture<S::Future, Response<BoxBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -106,10 +104,10 @@ where
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         if !self.layer.taps.any() {
-            return Box::pin(self.inner.call(req));
+            return LayerFuture::inner(self.inner.call(req));
         }
         let Some(common) = self.inspect(&req) else {
-            return Box::pin(self.inner.call(req));
+            return LayerFuture::inner(self.inner.call(req));
         };
         common.emit(HttpEvent::RequestInit(RequestInit {
             id: Some(common.id),
@@ -120,7 +118,7 @@ where
             headers: None,
         }));
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        LayerFuture::own(async move {
             let rsp = match fut.await {
                 Ok(rsp) => rsp,
                 Err(error) => {
