@@ -85,21 +85,24 @@ impl Inbound {
             }
         };
         let activity = Activity::default();
-        let io = self.stack.meter(stream, &activity);
         let Some(mesh) = &self.mesh else {
+            let io = self.stack.meter(stream, &activity);
             return self.plaintext(io, app, client, &activity).await;
         };
-        let (sni, io) = match client_hello_sni(io, self.stack.detect_timeout).await {
+        let io = self.stack.meter_unlabelled(stream, &activity);
+        let (sni, mut io) = match client_hello_sni(io, self.stack.detect_timeout).await {
             Ok(sniffed) => sniffed,
             Err(error) => return info!(%error, "closing connection"),
         };
         if sni.as_deref() != Some(mesh.local.name.dns_name()) {
+            io.get_mut().label(&self.stack.src_metrics);
             return self.plaintext(io, app, client, &activity).await;
         }
-        let tls = match tokio_rustls::TlsAcceptor::from(mesh.config.clone()).accept(io).await {
+        let mut tls = match tokio_rustls::TlsAcceptor::from(mesh.config.clone()).accept(io).await {
             Ok(tls) => tls,
             Err(error) => return info!(%error, "mesh TLS handshake failed"),
         };
+        tls.get_mut().0.get_mut().label(&self.stack.src_metrics_mtls);
         let (_, session) = tls.get_ref();
         let peer = weft_tls::peer_identity(session);
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);

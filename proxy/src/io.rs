@@ -32,6 +32,10 @@ impl<T> PrefixedIo<T> {
     pub fn new(prefix: Bytes, io: T) -> Self {
         Self { prefix, io }
     }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {
@@ -76,24 +80,76 @@ pin_project_lite::pin_project! {
         #[pin]
         io: T,
         metrics: TcpMetrics,
+        // Until `label` says how the peer connected (inbound mTLS is only
+        // known after the handshake), bytes are held here so nothing is
+        // counted under a label that may turn out wrong.
+        unlabelled: Option<Unlabelled>,
         activity: Activity,
     }
 
     impl<T> PinnedDrop for MeteredIo<T> {
         fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Closed before anyone said otherwise: the default label.
+            if let Some(held) = this.unlabelled.take() {
+                held.count(this.metrics);
+            }
             this.metrics.closed();
         }
+    }
+}
+
+#[derive(Default)]
+struct Unlabelled {
+    read: usize,
+    written: usize,
+}
+
+impl Unlabelled {
+    fn count(self, metrics: &TcpMetrics) {
+        metrics.opened();
+        metrics.read(self.read);
+        metrics.wrote(self.written);
     }
 }
 
 impl<T> MeteredIo<T> {
     pub fn new(io: T, metrics: TcpMetrics, activity: Activity) -> Self {
         metrics.opened();
-        Self { io, metrics, activity }
+        Self { io, metrics, unlabelled: None, activity }
+    }
+
+    /// A socket whose label is decided later by [`MeteredIo::label`];
+    /// `default` applies if it closes first.
+    pub fn unlabelled(io: T, default: TcpMetrics, activity: Activity) -> Self {
+        Self { io, metrics: default, unlabelled: Some(Unlabelled::default()), activity }
+    }
+
+    /// Counts the connection, from its opening, under `metrics`. Only the
+    /// first call on an unlabelled socket has an effect.
+    pub fn label(&mut self, metrics: &TcpMetrics) {
+        if let Some(held) = self.unlabelled.take() {
+            self.metrics = metrics.clone();
+            held.count(&self.metrics);
+        }
     }
 
     pub fn get_ref(&self) -> &T {
         &self.io
+    }
+
+    fn counted_read(metrics: &TcpMetrics, unlabelled: &mut Option<Unlabelled>, n: usize) {
+        match unlabelled {
+            Some(held) => held.read += n,
+            None => metrics.read(n),
+        }
+    }
+
+    fn counted_write(metrics: &TcpMetrics, unlabelled: &mut Option<Unlabelled>, n: usize) {
+        match unlabelled {
+            Some(held) => held.written += n,
+            None => metrics.wrote(n),
+        }
     }
 }
 
@@ -104,7 +160,7 @@ impl<T: AsyncRead> AsyncRead for MeteredIo<T> {
         ready!(this.io.poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.metrics.read(n);
+            Self::counted_read(this.metrics, this.unlabelled, n);
             this.activity.touch();
         }
         Poll::Ready(Ok(()))
@@ -115,7 +171,7 @@ impl<T: AsyncWrite> AsyncWrite for MeteredIo<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.io.poll_write(cx, buf))?;
-        this.metrics.wrote(n);
+        Self::counted_write(this.metrics, this.unlabelled, n);
         this.activity.touch();
         Poll::Ready(Ok(n))
     }
@@ -126,7 +182,7 @@ impl<T: AsyncWrite> AsyncWrite for MeteredIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let n = ready!(this.io.poll_write_vectored(cx, bufs))?;
-        this.metrics.wrote(n);
+        Self::counted_write(this.metrics, this.unlabelled, n);
         this.activity.touch();
         Poll::Ready(Ok(n))
     }

@@ -32,6 +32,8 @@ pub struct Stack {
     pub connector: Connector,
     pub client: Client,
     pub src_metrics: TcpMetrics,
+    /// Accepted connections from a verified mesh peer (inbound).
+    pub src_metrics_mtls: TcpMetrics,
     pub http_metrics: HttpMetricsLayer,
     pub drain: Drain,
     pub taps: Taps,
@@ -65,6 +67,7 @@ impl Stack {
             client: Client::new(connector.clone(), config.pool_idle_timeout),
             connector,
             src_metrics: TcpMetrics::new(direction, "src", Tls::NoIdentity),
+            src_metrics_mtls: TcpMetrics::new(direction, "src", Tls::Established),
             http_metrics: HttpMetricsLayer::new(
                 direction,
                 Tls::NoIdentity,
@@ -77,6 +80,12 @@ impl Stack {
 
     pub fn meter(&self, stream: TcpStream, activity: &Activity) -> ClientIo {
         MeteredIo::new(stream, self.src_metrics.clone(), activity.clone())
+    }
+
+    /// A socket whose `tls` label waits for the TLS handshake (see
+    /// [`MeteredIo::label`]); plaintext if it never gets that far.
+    pub fn meter_unlabelled(&self, stream: TcpStream, activity: &Activity) -> ClientIo {
+        MeteredIo::unlabelled(stream, self.src_metrics.clone(), activity.clone())
     }
 
     /// Detects the protocol unless `dst_port` is configured opaque. `None`

@@ -292,6 +292,11 @@ async fn two_pods_talk_transparently_over_mtls() {
         let m = server.wait_metric("request_total", &inbound, |v| v >= 3.0).await;
         assert_eq!(m.get("request_total", &[("direction", "inbound"), ("tls", "no_identity")]), 0.0, "{m}");
         assert_eq!(m.get("response_total", &[("direction", "inbound"), ("grpc_status", "0")]), 1.0, "{m}");
+        let src_tls = [("direction", "inbound"), ("peer", "src"), ("tls", "true")];
+        assert!(m.get("tcp_open_total", &src_tls) >= 2.0, "accepted HTTP and opaque over mTLS:\n{m}");
+        assert!(m.get("tcp_read_bytes_total", &src_tls) >= 200_000.0, "{m}");
+        let src_plain = [("direction", "inbound"), ("peer", "src"), ("tls", "no_identity")];
+        assert_eq!(m.get("tcp_open_total", &src_plain), 0.0, "{m}");
 
         // Discovery did it: the client proxy asked weft-destination.
         assert!(mesh.destination.metrics().await.get("destination_streams", &[]) >= 1.0);
