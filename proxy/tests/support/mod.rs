@@ -104,6 +104,8 @@ pub struct Proxy {
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     stderr: Arc<Mutex<String>>,
+    /// Copies the child's stderr into `stderr` until the pipe closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 pub struct ProxyBuilder {
@@ -183,9 +185,7 @@ impl ProxyBuilder {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = proxy.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                proxy.child = None;
-                // Let the stderr reader catch up with the pipe's end.
-                std::thread::sleep(Duration::from_millis(100));
+                proxy.exited();
                 return (status, proxy.stderr());
             }
             assert!(Instant::now() < deadline, "proxy did not exit:\n{}", proxy.stderr());
@@ -227,7 +227,7 @@ impl ProxyBuilder {
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 let mut s = sink.lock().unwrap();
@@ -235,7 +235,7 @@ impl ProxyBuilder {
                 s.push('\n');
             }
         });
-        Proxy { child: Some(child), outbound, inbound, admin, stderr }
+        Proxy { child: Some(child), outbound, inbound, admin, stderr, stderr_reader: Some(reader) }
     }
 }
 
@@ -253,6 +253,15 @@ impl Proxy {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The child has exited: read its stderr to the end, so the last lines
+    /// it wrote are there for the test to check.
+    fn exited(&mut self) {
+        self.child = None;
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
@@ -261,8 +270,7 @@ impl Proxy {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                self.child = None;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.exited();
                 return Err(status.to_string());
             }
             if let Ok(rsp) = admin_request(self.admin, "GET", "/ready", "").await {
@@ -288,7 +296,7 @@ impl Proxy {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
-                self.child = None;
+                self.exited();
                 return status;
             }
             assert!(Instant::now() < deadline, "proxy still running after {limit:?}:\n{}", self.stderr());
