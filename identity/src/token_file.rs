@@ -39,10 +39,21 @@ struct Entry {
     expires: Option<SystemTime>,
 }
 
-/// The parsed file, swapped whole on reload.
+/// The parsed file, swapped whole on reload. Tokens are kept and looked up
+/// by their SHA-256: comparing digests leaks, through timing, at most how
+/// much of a digest an attacker's guess matched, which says nothing about
+/// the token; and the tokens themselves are not held in memory.
 pub struct TokenFile {
     path: PathBuf,
-    entries: ArcSwap<HashMap<Vec<u8>, Entry>>,
+    entries: ArcSwap<HashMap<TokenDigest, Entry>>,
+}
+
+type TokenDigest = [u8; 32];
+
+fn digest(token: &[u8]) -> TokenDigest {
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token).as_ref());
+    out
 }
 
 impl TokenFile {
@@ -93,8 +104,9 @@ impl TokenFile {
 impl TokenValidator for TokenFile {
     async fn validate(&self, token: &[u8]) -> Result<ServiceAccount, TokenError> {
         let entries = self.entries.load();
-        let entry =
-            entries.get(token).ok_or_else(|| TokenError::Rejected("token not in the token file".into()))?;
+        let entry = entries
+            .get(&digest(token))
+            .ok_or_else(|| TokenError::Rejected("token not in the token file".into()))?;
         if let Some(expires) = entry.expires {
             if SystemTime::now() >= expires {
                 return Err(TokenError::Rejected(format!("token for {} expired", entry.account)));
@@ -104,13 +116,13 @@ impl TokenValidator for TokenFile {
     }
 }
 
-fn parse_file(path: &Path) -> Result<HashMap<Vec<u8>, Entry>, TokenFileError> {
+fn parse_file(path: &Path) -> Result<HashMap<TokenDigest, Entry>, TokenFileError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| TokenFileError::Read { path: path.to_owned(), source })?;
     parse(&text).map_err(|(line, problem)| TokenFileError::Line { path: path.to_owned(), line, problem })
 }
 
-fn parse(text: &str) -> Result<HashMap<Vec<u8>, Entry>, (usize, String)> {
+fn parse(text: &str) -> Result<HashMap<TokenDigest, Entry>, (usize, String)> {
     let mut entries = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -140,7 +152,7 @@ fn parse(text: &str) -> Result<HashMap<Vec<u8>, Entry>, (usize, String)> {
             expires,
         };
         // Never echo the token itself: the error may end up in a log.
-        if entries.insert(token.as_bytes().to_vec(), entry).is_some() {
+        if entries.insert(digest(token.as_bytes()), entry).is_some() {
             return Err((n, "duplicate token (seen on an earlier line)".into()));
         }
     }
@@ -156,8 +168,8 @@ mod tests {
         let map = parse("# comment\n\n  tok-a   emojivoto/web\ntok-b emojivoto/voting expires=1700000000\n")
             .unwrap();
         assert_eq!(map.len(), 2);
-        assert_eq!(map[b"tok-a".as_slice()].account.to_string(), "emojivoto/web");
-        assert!(map[b"tok-b".as_slice()].expires.is_some());
+        assert_eq!(map[&digest(b"tok-a")].account.to_string(), "emojivoto/web");
+        assert!(map[&digest(b"tok-b")].expires.is_some());
     }
 
     #[test]
