@@ -18,12 +18,12 @@ use crate::identity::IdentityConfig;
 pub struct Config {
     pub outbound_addrs: ListenAddrs,
     pub inbound_addrs: ListenAddrs,
-    pub admin_addr: SocketAddr,
+    pub admin_addrs: ListenAddrs,
     /// Always a loopback address: tap shows request metadata, so only the
     /// pod itself (or a Kubernetes port-forward, which RBAC guards) may use it.
     pub tap_addr: SocketAddr,
     /// Explicit mode: every inbound connection goes here rather than to
-    /// `127.0.0.1:<original port>`.
+    /// `127.0.0.1:<original port>` (`[::1]:<original port>` for IPv6).
     pub inbound_app_addr: Option<SocketAddr>,
     pub opaque_ports: PortSet,
     pub log: String,
@@ -56,7 +56,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The addresses one listener (outbound or inbound) binds, written
+/// The addresses one listener (outbound, inbound or admin) binds, written
 /// `127.0.0.1:4140,[::1]:4140`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenAddrs {
@@ -77,6 +77,10 @@ const OUTBOUND_DEFAULT: [SocketAddr; 2] = [
 ];
 /// One dual-stack socket: IPv4 connections arrive v4-mapped.
 const INBOUND_DEFAULT: [SocketAddr; 1] = [SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 4143)];
+/// Dual-stack too: the kubelet probes `/ready` and `/live` on the pod's
+/// primary IP, IPv6 on an IPv6-primary cluster. weft-injector leaves the
+/// variable unset and probes this port (its `ADMIN_PORT`): keep them in step.
+const ADMIN_DEFAULT: [SocketAddr; 1] = [SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 4191)];
 
 /// A set of TCP ports, written `25,3306,5432-5439`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,7 +112,7 @@ impl Config {
         let config = Config {
             outbound_addrs: env.listen("WEFT_PROXY_OUTBOUND_ADDR", &OUTBOUND_DEFAULT)?,
             inbound_addrs: env.listen("WEFT_PROXY_INBOUND_ADDR", &INBOUND_DEFAULT)?,
-            admin_addr: env.parse("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191", ADDR)?,
+            admin_addrs: env.listen("WEFT_PROXY_ADMIN_ADDR", &ADMIN_DEFAULT)?,
             tap_addr: env.parse("WEFT_PROXY_TAP_ADDR", "127.0.0.1:4190", ADDR)?,
             inbound_app_addr: env.parse_opt("WEFT_PROXY_INBOUND_APP_ADDR", ADDR)?,
             opaque_ports: env.parse("WEFT_PROXY_OPAQUE_PORTS", "", PORTS)?,
@@ -353,7 +357,9 @@ mod tests {
         assert_eq!(c.inbound_addrs.addrs, addrs("[::]:4143"));
         assert!(c.inbound_addrs.defaulted);
         assert_eq!(c.inbound_addrs.var, "WEFT_PROXY_INBOUND_ADDR");
-        assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.admin_addrs.addrs, addrs("[::]:4191"));
+        assert!(c.admin_addrs.defaulted);
+        assert_eq!(c.admin_addrs.var, "WEFT_PROXY_ADMIN_ADDR");
         assert_eq!(c.worker_threads, 1);
         assert_eq!(c.detect_timeout, Duration::from_secs(10));
         assert!(c.inbound_app_addr.is_none());
@@ -412,6 +418,31 @@ mod tests {
         // Blank is unset: the defaults.
         let c = config(&[("WEFT_PROXY_INBOUND_ADDR", "  ")]).unwrap();
         assert!(c.inbound_addrs.defaulted);
+    }
+
+    #[test]
+    fn the_admin_address_is_a_list_like_inbound() {
+        let c = config(&[("WEFT_PROXY_ADMIN_ADDR", "0.0.0.0:4191")]).unwrap();
+        assert_eq!(c.admin_addrs.addrs, addrs("0.0.0.0:4191"));
+        assert!(!c.admin_addrs.defaulted, "an explicit address has no IPv4 fallback");
+
+        let c = config(&[("WEFT_PROXY_ADMIN_ADDR", " 0.0.0.0:5191 , [::]:5191 ")]).unwrap();
+        assert_eq!(c.admin_addrs.addrs, addrs("0.0.0.0:5191,[::]:5191"));
+        assert!(!c.admin_addrs.defaulted);
+
+        let c = config(&[("WEFT_PROXY_ADMIN_ADDR", "[::1]:4191")]).unwrap();
+        assert_eq!(c.admin_addrs.addrs, addrs("[::1]:4191"));
+
+        let c = config(&[("WEFT_PROXY_ADMIN_ADDR", " ")]).unwrap();
+        assert_eq!(c.admin_addrs.addrs, addrs("[::]:4191"));
+        assert!(c.admin_addrs.defaulted, "blank is unset");
+
+        for bad in ["4191", "0.0.0.0:4191;[::]:4191", "[::]:4191,[::]:4191", "localhost:4191"] {
+            let err = config(&[("WEFT_PROXY_ADMIN_ADDR", bad)]).unwrap_err();
+            assert_eq!(err.var, "WEFT_PROXY_ADMIN_ADDR", "{bad}");
+            assert_eq!(err.value, bad);
+            assert!(err.to_string().contains("comma-separated"), "{err}");
+        }
     }
 
     #[test]

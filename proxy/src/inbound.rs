@@ -7,10 +7,14 @@
 //!         l5d-client-id, restore HTTP/1 → app → forward
 //!   else: opaque TCP to the app
 //!
-//! The app is `127.0.0.1:<original port>` under iptables, or the configured
-//! app address in explicit mode.
+//! The app is on the loopback of the original destination's family under
+//! iptables (`127.0.0.1:<original port>`, `[::1]:<original port>` for
+//! IPv6), or the configured app address in explicit mode.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
@@ -78,7 +82,7 @@ impl Inbound {
         let Accepted { stream, orig_dst, client } = conn;
         let app = match (self.app_addr, orig_dst) {
             (Some(app), _) => app,
-            (None, Some(dst)) => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), dst.port()),
+            (None, Some(dst)) => app_on_loopback(dst),
             (None, None) => {
                 info!("closing connection: no original destination and WEFT_PROXY_INBOUND_APP_ADDR is unset");
                 return;
@@ -194,5 +198,30 @@ impl Inbound {
         {
             debug!(%error, "HTTP connection closed with an error");
         }
+    }
+}
+
+/// Where a redirected connection for `dst` reaches the app: its port on the
+/// loopback of `dst`'s family. An app bound to `[::]` with IPV6_V6ONLY, or
+/// to `[::1]`, takes the pod's IPv6 connections and no IPv4 ones (and one
+/// on `0.0.0.0` the reverse), just as without the proxy.
+fn app_on_loopback(dst: SocketAddr) -> SocketAddr {
+    let ip: IpAddr = match dst.ip().to_canonical() {
+        IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    };
+    SocketAddr::new(ip, dst.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_is_on_the_loopback_of_the_original_family() {
+        let app = |dst: &str| app_on_loopback(dst.parse().unwrap()).to_string();
+        assert_eq!(app("10.77.0.2:8080"), "127.0.0.1:8080");
+        assert_eq!(app("[fd00:77::2]:8080"), "[::1]:8080");
+        assert_eq!(app("[::ffff:10.77.0.2]:8080"), "127.0.0.1:8080", "v4-mapped is IPv4");
     }
 }

@@ -60,7 +60,7 @@ pub enum Error {
     Signal(std::io::Error),
 }
 
-/// Admin and tap: one address each, exactly as configured.
+/// Tap: one loopback address, exactly as configured.
 fn bind_one(
     what: &'static str,
     var: &'static str,
@@ -77,12 +77,13 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
 
     let outbound_listeners = bind_all("outbound", &config.outbound_addrs)?;
     let inbound_listeners = bind_all("inbound", &config.inbound_addrs)?;
-    let admin_listener = bind_one("admin", "WEFT_PROXY_ADMIN_ADDR", config.admin_addr)?;
+    let admin_listeners = bind_all("admin", &config.admin_addrs)?;
     let tap_listener = bind_one("tap", "WEFT_PROXY_TAP_ADDR", config.tap_addr)?;
     let taps = tap::Taps::default();
     tokio::spawn(tap::serve(tap_listener, taps.clone()));
     let outbound_addrs = BoundAddrs::of(&outbound_listeners).map_err(Error::LocalAddr)?;
     let inbound_addrs = BoundAddrs::of(&inbound_listeners).map_err(Error::LocalAddr)?;
+    let admin_addrs = BoundAddrs::of(&admin_listeners).map_err(Error::LocalAddr)?;
 
     let identity = config.identity.clone().map(identity::start).transpose()?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -94,7 +95,9 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         identity: identity.clone(),
         shutdown: shutdown.clone(),
     };
-    tokio::spawn(admin::serve(admin_listener, admin));
+    for listener in admin_listeners {
+        tokio::spawn(admin::serve(listener, admin.clone()));
+    }
     // Histograms need periodic upkeep to bound their memory.
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -156,7 +159,7 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
     }));
 
     ready.store(true, std::sync::atomic::Ordering::Release);
-    info!(outbound = %outbound_addrs, inbound = %inbound_addrs, admin = %config.admin_addr, "proxy ready");
+    info!(outbound = %outbound_addrs, inbound = %inbound_addrs, admin = %admin_addrs, "proxy ready");
 
     wait_for_shutdown(&shutdown).await?;
     ready.store(false, std::sync::atomic::Ordering::Release);

@@ -23,7 +23,7 @@ fn await_ready(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match weft_proxy::await_ready::await_ready(config.admin_addr, timeout) {
+    match weft_proxy::await_ready::await_ready(&config.admin_addrs.addrs, timeout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("weft-proxy await: {error}");

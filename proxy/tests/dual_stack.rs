@@ -61,14 +61,24 @@ fn an_unconfigured_proxy_listens_on_both_families() {
     let ns = NetNs::new("dual");
     ns.run(|| async {
         let server = HttpServer::start().await;
-        let proxy = ProxyBuilder::new()
-            .default_listeners(addr("127.0.0.1:4191"))
-            .inbound_app(server.addr)
-            .spawn()
-            .await;
+        let proxy = ProxyBuilder::new().default_listeners().inbound_app(server.addr).spawn().await;
         let stderr = proxy.stderr();
-        assert!(stderr.contains("outbound=127.0.0.1:4140,[::1]:4140 inbound=[::]:4143"), "{stderr}");
+        let ready = "outbound=127.0.0.1:4140,[::1]:4140 inbound=[::]:4143 admin=[::]:4191";
+        assert!(stderr.contains(ready), "{stderr}");
         assert!(!stderr.contains("no IPv6"), "{stderr}");
+
+        // The admin server answers on both families (the kubelet probes the
+        // pod's primary IP, IPv6 on an IPv6-primary cluster), and an IPv4
+        // loopback client, v4-mapped on the dual-stack socket, is still
+        // loopback for the endpoints only the pod may use.
+        for admin in [addr("127.0.0.1:4191"), addr("[::1]:4191")] {
+            let rsp = admin_request(admin, "GET", "/ready", "").await.expect("admin /ready");
+            assert_eq!(rsp.status, 200, "{admin}: {rsp:?}");
+            let rsp = admin_request(admin, "GET", "/proxy-log-level", "").await.expect("admin log level");
+            assert_eq!(rsp.status, 200, "{admin} is loopback: {rsp:?}");
+        }
+        let (status, out) = await_ready_in_this_namespace();
+        assert!(status.success(), "weft-proxy await: {out}");
 
         let url = format!("http://127.0.0.1:{}/out", server.addr.port());
         for listener in ["127.0.0.1:4140", "[::1]:4140"] {
@@ -102,10 +112,17 @@ fn without_ipv6_the_defaults_fall_back_to_ipv4() {
     disable_ipv6(&ns);
     ns.run(|| async {
         let server = HttpServer::start().await;
-        let proxy = ProxyBuilder::new().default_listeners(addr("127.0.0.1:4191")).spawn().await;
+        let proxy = ProxyBuilder::new().default_listeners().spawn().await;
         let stderr = proxy.stderr();
         assert!(stderr.contains("no IPv6 on this host; listening on IPv4 only"), "{stderr}");
         assert!(stderr.contains("outbound=127.0.0.1:4140 inbound="), "{stderr}");
+        // `[::]` still binds with IPv6 disabled (and then takes IPv4), so
+        // the admin server is reachable on IPv4 either way; the readiness
+        // wait above went through 127.0.0.1:4191.
+        assert!(stderr.contains(" admin=[::]:4191") || stderr.contains(" admin=0.0.0.0:4191"), "{stderr}");
+        // `weft-proxy await` finds it with the same (default) configuration.
+        let (status, out) = await_ready_in_this_namespace();
+        assert!(status.success(), "weft-proxy await: {out}");
         let url = format!("http://127.0.0.1:{}/v4", server.addr.port());
         let out = via_outbound("127.0.0.1:4140", &url).await;
         assert_eq!(out.stdout, "127.0.0.1:4140\n200", "{out:?}\n{}", proxy.stderr());
@@ -130,4 +147,18 @@ fn without_ipv6_an_explicit_ipv6_address_stops_start_up() {
         stderr.contains("cannot listen on outbound address [::1]:4140 (WEFT_PROXY_OUTBOUND_ADDR)"),
         "{stderr}"
     );
+}
+
+/// `weft-proxy await` with the default admin address, run from the calling
+/// thread's namespace: its exit status and output.
+fn await_ready_in_this_namespace() -> (std::process::ExitStatus, String) {
+    let mut cmd = std::process::Command::new(proxy_bin());
+    cmd.args(["await", "--timeout=10s"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEFT_PROXY_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("run weft-proxy await");
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
 }

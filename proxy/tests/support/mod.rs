@@ -115,8 +115,9 @@ pub struct ProxyBuilder {
     /// Listen addresses fixed by the caller (inside a namespace) rather
     /// than picked free on loopback.
     fixed: Option<(SocketAddr, SocketAddr, SocketAddr)>,
-    /// Leave `WEFT_PROXY_OUTBOUND_ADDR` and `WEFT_PROXY_INBOUND_ADDR` unset:
-    /// the proxy's own defaults (fixed ports, so only inside a namespace).
+    /// Leave `WEFT_PROXY_OUTBOUND_ADDR`, `WEFT_PROXY_INBOUND_ADDR` and
+    /// `WEFT_PROXY_ADMIN_ADDR` unset: the proxy's own defaults (fixed ports,
+    /// so only inside a namespace).
     default_listeners: bool,
 }
 
@@ -150,11 +151,12 @@ impl ProxyBuilder {
         self
     }
 
-    /// The proxy's default outbound and inbound listeners (4140 on both
-    /// loopbacks, `[::]:4143`) and `admin`: for a test's own namespace.
-    pub fn default_listeners(mut self, admin: SocketAddr) -> Self {
+    /// The proxy's default listeners (outbound 4140 on both loopbacks,
+    /// inbound `[::]:4143`, admin `[::]:4191`, IPv4 alone without IPv6),
+    /// spoken to on IPv4 loopback: for a test's own namespace.
+    pub fn default_listeners(mut self) -> Self {
         self.default_listeners = true;
-        self.fixed_addrs(loopback(4140), SocketAddr::from(([0u16; 8], 4143)), admin)
+        self.fixed_addrs(loopback(4140), SocketAddr::from(([0u16; 8], 4143)), loopback(4191))
     }
 
     /// Starts the proxy and waits until `GET /ready` answers 200.
@@ -214,11 +216,10 @@ impl ProxyBuilder {
         }
         if !self.default_listeners {
             cmd.env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-                .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string());
+                .env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
+                .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string());
         }
-        cmd.env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
-            .env("WEFT_PROXY_LOG", "warn,weft_proxy=info")
-            .env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s");
+        cmd.env("WEFT_PROXY_LOG", "warn,weft_proxy=info").env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "10s");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
