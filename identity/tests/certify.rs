@@ -173,6 +173,41 @@ async fn a_flood_is_shed_with_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn shutdown_lets_a_request_in_flight_finish_and_sends_clients_away() {
+    let pki = TestPki::new("drain");
+    let validator = Arc::new(Slow(AtomicUsize::new(0)));
+    let ca = weft_identity::start(pki.settings(), validator.clone(), None).await.unwrap();
+    let client = client(ca.addr, &pki.anchors(), &ca.server_identity).await;
+    let key = PrivateKey::generate().unwrap();
+    let in_flight = {
+        let mut client = client.clone();
+        let req = request(&name("web"), &key, "any");
+        tokio::spawn(async move { certify(&mut client, req).await })
+    };
+    while validator.0.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The validator holds the request for 500 ms: shutdown waits for it.
+    let started = std::time::Instant::now();
+    ca.shutdown().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "shutdown did not wait: {:?}",
+        started.elapsed()
+    );
+    let rsp = in_flight.await.unwrap().expect("the request in flight was answered");
+    assert!(!rsp.leaf_certificate.is_empty());
+    // The connection was closed with GOAWAY and nothing listens any more:
+    // the next call fails at once instead of hanging.
+    let mut client = client;
+    let next =
+        tokio::time::timeout(Duration::from_secs(8), client.certify(request(&name("web"), &key, "any")))
+            .await
+            .expect("a call after shutdown must fail, not hang");
+    assert_eq!(next.unwrap_err().code(), Code::Unavailable);
+}
+
+#[tokio::test]
 async fn reloads_the_issuer_when_its_files_change() {
     let pki = TestPki::new("reload");
     let ca = start_with_tokens(&pki).await;
