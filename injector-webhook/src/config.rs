@@ -3,8 +3,10 @@
 
 /// The proxy's ports and UID. They are the contract between the injector,
 /// weft-proxy-init and weft-proxy, so they are fixed rather than configurable.
-/// The inbound and outbound ports are weft-proxy's defaults, which the
-/// injector relies on rather than sets (see `inject::proxy_container`).
+/// The inbound, outbound and admin ports are weft-proxy's defaults, which
+/// the injector relies on rather than sets (see `inject::proxy_container`);
+/// the probes target `ADMIN_PORT`, so it must stay weft-proxy's default
+/// (`ADMIN_DEFAULT` in proxy/src/config.rs).
 pub const PROXY_UID: u32 = 2102;
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;

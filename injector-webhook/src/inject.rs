@@ -362,11 +362,12 @@ fn proxy_container(
         env_field("_pod_ns", "metadata.namespace"),
         env_field("_pod_sa", "spec.serviceAccountName"),
         env("WEFT_PROXY_LOG", o.log_level.clone()),
-        // WEFT_PROXY_INBOUND_ADDR and _OUTBOUND_ADDR stay unset: the proxy's
-        // defaults (INBOUND_PORT, OUTBOUND_PORT) listen on IPv4 and IPv6,
-        // as weft-proxy-init redirects both, and fall back to IPv4 on a node
-        // without IPv6, where an explicit IPv6 address would stop the proxy.
-        env("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+        // WEFT_PROXY_INBOUND_ADDR, _OUTBOUND_ADDR and _ADMIN_ADDR stay
+        // unset: the proxy's defaults (INBOUND_PORT, OUTBOUND_PORT,
+        // ADMIN_PORT) listen on IPv4 and IPv6, as weft-proxy-init redirects
+        // both and the kubelet probes the pod's primary IP (IPv6 on an
+        // IPv6-primary cluster), and fall back to IPv4 on a node without
+        // IPv6, where an explicit IPv6 address would stop the proxy.
         env("WEFT_PROXY_INBOUND_PORTS", inbound_ports),
         env("WEFT_PROXY_OPAQUE_PORTS", port_list(&o.opaque_ports)),
         env("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", format!("{grace_seconds}s")),

@@ -132,6 +132,7 @@ pub fn assert_injected(pod: &Value, native: bool) -> Value {
     assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 4191);
     assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/live");
+    assert_eq!(proxy["livenessProbe"]["httpGet"]["port"], 4191);
 
     let init = find(pod, "initContainers", "weft-proxy-init").expect("init");
     assert_eq!(init["securityContext"]["capabilities"]["add"], serde_json::json!(["NET_ADMIN", "NET_RAW"]));
@@ -156,7 +157,6 @@ pub fn assert_injected(pod: &Value, native: bool) -> Value {
 
     let env: Vec<String> = env_of(&proxy).into_iter().map(|(n, _)| n).collect();
     for required in [
-        "WEFT_PROXY_ADMIN_ADDR",
         "WEFT_PROXY_LOG",
         "WEFT_PROXY_OPAQUE_PORTS",
         "WEFT_PROXY_IDENTITY_SVC_ADDR",
