@@ -47,6 +47,12 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(name: &str) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind test server");
+        Self::on(name, listener)
+    }
+
+    /// The same server on a listener of the caller's (another address or
+    /// family, e.g. [`ipv6_only_listener`]).
+    pub fn on(name: &str, listener: TcpListener) -> TestServer {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
         let task = tokio::spawn(serve(listener, name.to_string(), state.clone()));
@@ -66,6 +72,19 @@ impl TestServer {
     pub fn connection_count(&self) -> usize {
         self.state.connections.load(Ordering::Relaxed)
     }
+}
+
+/// A listener on `[::]:port` (0: any free port) with `IPV6_V6ONLY` set:
+/// an app that takes IPv6 connections to any of the host's addresses and
+/// no IPv4 ones.
+pub fn ipv6_only_listener(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    socket.set_only_v6(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
 }
 
 impl Drop for TestServer {

@@ -549,6 +549,12 @@ impl Pod {
         self.addr(ADMIN_PORT)
     }
 
+    /// The same admin server on the pod's IPv6 address (`[POD_IPV6]:4191`),
+    /// where an IPv6-primary cluster's kubelet probes it.
+    pub fn admin6(&self) -> SocketAddr {
+        self.addr6(ADMIN_PORT)
+    }
+
     /// `ip netns exec <netns> <program>`, with no `WEFT_*` variables from the
     /// test's environment. Runs as root unless wrapped (as the proxy is).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -667,9 +673,8 @@ impl Pod {
             ("_pod_ns", s.namespace.clone()),
             ("_pod_sa", s.service_account.clone()),
             ("WEFT_PROXY_LOG", s.log_level.clone()),
-            // No WEFT_PROXY_INBOUND_ADDR / _OUTBOUND_ADDR: the injector
-            // leaves the proxy its dual-stack defaults.
-            ("WEFT_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+            // No WEFT_PROXY_INBOUND_ADDR / _OUTBOUND_ADDR / _ADMIN_ADDR:
+            // the injector leaves the proxy its dual-stack defaults.
             ("WEFT_PROXY_INBOUND_PORTS", ports),
             ("WEFT_PROXY_OPAQUE_PORTS", s.opaque_ports.clone()),
             ("WEFT_PROXY_SHUTDOWN_GRACE_PERIOD", "30s".into()),

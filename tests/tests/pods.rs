@@ -22,7 +22,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use weft_e2e::pod::*;
-use weft_e2e::{within, Metrics, TestServer, STEP};
+use weft_e2e::{app::ipv6_only_listener, http_get, within, Metrics, TestServer, STEP};
 
 const NS: &str = "demo";
 
@@ -237,8 +237,8 @@ async fn two_pods_talk_transparently_over_mtls() {
         let web = server.run(async { TestServer::start("server").await }).await;
         let grpc = server.run(grpc_server()).await;
         let echo = server.run(echo_server("127.0.0.1:0".parse().unwrap())).await;
-        // The apps listen on the pod's loopback: only the inbound proxy
-        // (delivering to 127.0.0.1:<original port>) can reach them.
+        // The apps listen on the pod's IPv4 loopback: only the inbound proxy
+        // (delivering IPv4 to 127.0.0.1:<original port>) can reach them.
         let web_url = format!("http://{}/hello", server.addr(web.addr.port()));
 
         // HTTP/1.1, the client app just dialling the server pod's IP.
@@ -305,9 +305,14 @@ async fn two_pods_talk_transparently_over_mtls() {
 }
 
 /// A dual-stack cluster: the client app dials the server pod's IPv6 address
-/// and then its IPv4 one; ip6tables and iptables redirect each to the
-/// proxies' default listeners (`[::1]:4140`, `[::]:4143`), weft-destination
-/// knows the pod by both IPs, and both ways are mTLS between the proxies.
+/// and its IPv4 one; ip6tables and iptables redirect each to the proxies'
+/// default listeners (`[::1]:4140`, `[::]:4143`), weft-destination knows
+/// the pod by both IPs, and both ways are mTLS between the proxies. The
+/// server's proxy delivers on the loopback of the family the connection came
+/// in (`[::1]` for IPv6, `127.0.0.1` for IPv4), so an app listening on IPv6
+/// alone is reached over IPv6, one on IPv4 alone over IPv4, and neither over
+/// the other family, just as without the mesh. The admin server, on its
+/// default `[::]:4191`, answers the kubelet on either of the pod's IPs.
 #[tokio::test]
 async fn two_pods_talk_over_ipv6_and_ipv4_through_both_proxies() {
     if skip() {
@@ -317,11 +322,26 @@ async fn two_pods_talk_over_ipv6_and_ipv4_through_both_proxies() {
         let mesh = Mesh::start("pods-dual", &[(NS, "client"), (NS, "server")]).await;
         let server = mesh.pod(PodSpec::new("server")).await;
         let client = mesh.pod(PodSpec::new("client")).await;
-        let web = server.run(async { TestServer::start("server").await }).await;
-        let echo = server.run(echo_server("127.0.0.1:0".parse().unwrap())).await;
 
-        let port = web.addr.port();
-        for dst in [server.addr6(port), server.addr(port)] {
+        // The kubelet's probes, from the node: both families.
+        for pod in [&server, &client] {
+            for admin in [pod.admin6(), pod.admin()] {
+                let rsp = http_get(admin, "/ready").await.unwrap_or_else(|e| panic!("{admin}/ready: {e}"));
+                assert_eq!((rsp.status, rsp.body.as_str()), (200, "ready\n"), "{} {admin}", pod.name);
+                let rsp = http_get(admin, "/live").await.unwrap_or_else(|e| panic!("{admin}/live: {e}"));
+                assert_eq!(rsp.status, 200, "{} {admin}", pod.name);
+            }
+        }
+
+        // `[::]` with IPV6_V6ONLY: IPv6 only. `127.0.0.1`: IPv4 only.
+        let web6 = server
+            .run(async { TestServer::on("server-v6", ipv6_only_listener(0).expect("bind [::]:0 v6only")) })
+            .await;
+        let web4 = server.run(async { TestServer::start("server-v4").await }).await;
+        let echo = server.run(echo_server("[::1]:0".parse().unwrap())).await;
+
+        let reached = [(&web6, server.addr6(web6.addr.port())), (&web4, server.addr(web4.addr.port()))];
+        for (web, dst) in reached {
             // -g: the brackets of an IPv6 URL are not a curl glob.
             let (code, body, status) = curl(&client, &["-g", &format!("http://{dst}/dual")]).await;
             assert_eq!((code, status.as_str()), (0, "200"), "{dst}: {body}");
@@ -330,20 +350,36 @@ async fn two_pods_talk_over_ipv6_and_ipv4_through_both_proxies() {
                 Some(client.identity().as_str()),
                 "{dst}: {body}"
             );
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()["backend"],
+                web.name.as_str()
+            );
+            assert_eq!(web.request_count(), 1, "{}", web.name);
         }
-        assert_eq!(web.request_count(), 2);
+        let inbound = [("direction", "inbound"), ("tls", "true"), ("client_id", &client.identity())];
+        let m = server.wait_metric("request_total", &inbound, |v| v >= 2.0).await;
+        assert_eq!(m.get("request_total", &inbound), 2.0, "{m}");
 
-        // Opaque TCP over IPv6, mTLS too.
+        // The other family reaches neither app (the server's proxy finds
+        // nothing on that loopback and answers for it), as without the mesh.
+        let missed = [(&web6, server.addr(web6.addr.port())), (&web4, server.addr6(web4.addr.port()))];
+        for (web, dst) in missed {
+            let (_, body, status) = curl(&client, &["-g", &format!("http://{dst}/other-family")]).await;
+            assert_ne!(status, "200", "{dst} reached {}: {body}", web.name);
+            assert_eq!(web.connection_count(), 1, "{} was reached over the other family", web.name);
+        }
+
+        // Opaque TCP over IPv6 to an app on `[::1]`, mTLS too.
         let data = payload(50_000);
         let back = client.run(echo_roundtrip(server.addr6(echo.addr.port()), data.clone())).await;
         assert!(back.expect("opaque echo over IPv6 through both proxies") == data, "echoed bytes differ");
+        assert!(echo.peers().iter().all(|p| p.ip().is_loopback()), "{:?}", echo.peers());
 
         let m = client.wait_metric("request_total", &tls_true("outbound"), |v| v >= 2.0).await;
         assert_eq!(m.get("request_total", &[("direction", "outbound"), ("tls", "no_identity")]), 0.0, "{m}");
         let dst_plain = [("direction", "outbound"), ("peer", "dst"), ("tls", "no_identity")];
         assert_eq!(m.get("tcp_open_total", &dst_plain), 0.0, "every dial was mTLS:\n{m}");
-        let inbound = [("direction", "inbound"), ("tls", "true"), ("client_id", &client.identity())];
-        let m = server.wait_metric("request_total", &inbound, |v| v >= 2.0).await;
+        let m = server.metrics().await;
         assert_eq!(m.get("request_total", &[("direction", "inbound"), ("tls", "no_identity")]), 0.0, "{m}");
     })
     .await;
