@@ -20,7 +20,10 @@ use http::Request;
 use tower::retry::budget::TpsBudget;
 use tracing::debug;
 
-use super::{resolve::request_authority, BoxError, LayerFuture};
+use super::{
+    resolve::{ip_literal, request_authority},
+    BoxError, LayerFuture,
+};
 use crate::{
     discovery::{Discovery, ProfileRx, Resolution},
     profile::{Profile, RetryBudget},
@@ -68,7 +71,7 @@ impl Profiles {
         let authority = request_authority(req)?;
         let port = authority.port_u16().unwrap_or(80);
         let host = authority.host().trim_end_matches('.');
-        let is_ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok();
+        let is_ip = ip_literal(&authority).is_some();
         let in_cluster = self.suffixes.iter().any(|s| host.ends_with(s.trim_end_matches('.')));
         (is_ip || in_cluster).then(|| (format!("{host}:{port}"), port))
     }

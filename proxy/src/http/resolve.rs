@@ -150,7 +150,8 @@ fn default_port<B>(req: &Request<B>) -> u16 {
     }
 }
 
-fn ip_literal(authority: &Authority) -> Option<IpAddr> {
+/// The address an authority names literally (`10.0.0.1:80`, `[fd00::1]:80`).
+pub fn ip_literal(authority: &Authority) -> Option<IpAddr> {
     let host = authority.host();
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()
 }
