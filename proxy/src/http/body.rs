@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 
 use super::{BoxBody, BoxError};
@@ -28,8 +28,10 @@ pub trait OnBodyEnd: Send + 'static {
     fn on_end(self, end: BodyEnd);
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 pin_project_lite::pin_project! {

@@ -36,7 +36,7 @@ pub struct TunnelHere;
 
 /// Marks an HTTP/1 request carried over HTTP/2 between two proxies, so the
 /// receiving proxy gives the app the HTTP/1 it was sent (Linkerd's header).
-pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
+pub const L5D_ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("l5d-orig-proto");
 
 #[derive(Clone)]
 pub struct Forward {

@@ -10,6 +10,11 @@ use http::{
 /// `Connection: upgrade` and `Upgrade` so it can pass through; `TE:
 /// trailers` is end-to-end in practice (gRPC needs it) and is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them (HTTP/2 forbids them outright): one
+    // pass over the names costs less than hashing each candidate to remove.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -23,7 +28,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
     let keep_te = headers
@@ -41,6 +46,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The fixed hop-by-hop names, and the two whose presence means more work
+/// (`Connection` names others; `TE` keeps only `trailers`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [header::CONNECTION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE, KEEP_ALIVE, PROXY_CONNECTION]
+        .contains(name)
 }
 
 /// An HTTP/1.1 protocol upgrade (WebSocket, h2c, ...) asked for by the client.
@@ -102,6 +117,16 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn each_fixed_hop_by_hop_header_alone_is_stripped() {
+        for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"] {
+            let mut h = headers(&[(name, "x"), ("x-end-to-end", "kept")]);
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["x-end-to-end"], "{name}");
+        }
     }
 
     #[test]
