@@ -292,6 +292,9 @@ pub async fn serve(listener: TcpListener, taps: Taps) {
                 continue;
             }
         };
+        // Tap events are small writes that should reach `weft tap` as they
+        // happen, not wait on the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let service = service.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
