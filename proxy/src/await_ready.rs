@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::listen::AddrList;
+
 /// Polls `GET /ready` on the admin listeners (`WEFT_PROXY_ADMIN_ADDR`'s
 /// addresses, wildcards asked on loopback) until one answers 200 or
 /// `timeout` passes.
@@ -28,7 +30,7 @@ pub fn await_ready(admin: &[SocketAddr], timeout: Duration) -> Result<(), String
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(format!("proxy admin ({}) not ready after {timeout:?} ({last})", list(&targets)))
+    Err(format!("proxy admin ({}) not ready after {timeout:?} ({last})", AddrList(&targets)))
 }
 
 /// Where to ask: `0.0.0.0` on `127.0.0.1`; `[::]` on `127.0.0.1` (a
@@ -53,10 +55,6 @@ fn probe_targets(admin: &[SocketAddr]) -> Vec<SocketAddr> {
         }
     }
     targets
-}
-
-fn list(addrs: &[SocketAddr]) -> String {
-    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn probe(addr: SocketAddr) -> std::io::Result<bool> {

@@ -109,6 +109,15 @@ impl BoundAddrs {
 /// `127.0.0.1:4140,[::1]:4140`, as the variables are written.
 impl fmt::Display for BoundAddrs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        AddrList(&self.0).fmt(f)
+    }
+}
+
+/// Addresses as the listen variables write them: `127.0.0.1:4140,[::1]:4140`.
+pub struct AddrList<'a>(pub &'a [SocketAddr]);
+
+impl fmt::Display for AddrList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, addr) in self.0.iter().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
