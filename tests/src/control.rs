@@ -276,19 +276,33 @@ impl DestinationService {
         loop {
             attempt += 1;
             let (addr, admin) = (free_addr(), free_addr());
-            let mut cmd = Process::command("weft-destination");
-            cmd.arg("--dir")
-                .arg(dir)
-                .args(["--addr", &addr.to_string(), "--admin-addr", &admin.to_string()])
-                .args(["--trust-domain", TRUST_DOMAIN, "--control-plane-namespace", CONTROL_PLANE_NS])
-                .args(["--poll-ms", &DESTINATION_POLL.as_millis().to_string()]);
-            let mut process = Process::spawn("weft-destination", cmd);
+            let mut process = Self::spawn(dir, addr, admin);
             match process.wait_ready(admin, STEP).await {
                 Ok(()) => return DestinationService { addr, admin, dir: dir.to_path_buf(), process },
                 Err(e) if attempt < 3 && process.lost_port_race() => eprintln!("retrying: {e}"),
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    /// Stops weft-destination (if it still runs) and starts it again on the
+    /// same addresses, which the proxies know, and waits for `/ready`.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        self.process = Self::spawn(&self.dir, self.addr, self.admin);
+        if let Err(e) = self.process.wait_ready(self.admin, STEP).await {
+            panic!("{e}");
+        }
+    }
+
+    fn spawn(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> Process {
+        let mut cmd = Process::command("weft-destination");
+        cmd.arg("--dir")
+            .arg(dir)
+            .args(["--addr", &addr.to_string(), "--admin-addr", &admin.to_string()])
+            .args(["--trust-domain", TRUST_DOMAIN, "--control-plane-namespace", CONTROL_PLANE_NS])
+            .args(["--poll-ms", &DESTINATION_POLL.as_millis().to_string()]);
+        Process::spawn("weft-destination", cmd)
     }
 
     /// Writes (or replaces) a manifest; weft-destination picks it up within

@@ -152,22 +152,6 @@ async fn start_proxy(label: &str, dir: &Path, destination: SocketAddr, env: &[(&
     builder.start().await
 }
 
-/// Starts weft-destination on `dir` listening on the given addresses (so a
-/// restart can reuse them), waiting for `/ready`.
-async fn destination_at(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> DestinationService {
-    let mut cmd = Process::command("weft-destination");
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["--addr", &addr.to_string(), "--admin-addr", &admin.to_string()])
-        .args(["--trust-domain", TRUST_DOMAIN, "--control-plane-namespace", CONTROL_PLANE_NS])
-        .args(["--poll-ms", "100"]);
-    let mut process = Process::spawn("weft-destination", cmd);
-    if let Err(e) = process.wait_ready(admin, STEP).await {
-        panic!("{e}");
-    }
-    DestinationService { addr, admin, dir: dir.to_path_buf(), process }
-}
-
 fn traffic_split(name: &str, ns: &str, backends: &[(&str, u32)]) -> String {
     let mut y = format!(
         "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: {{name: {name}-split, namespace: {ns}}}\nspec:\n  service: {name}\n  backends:\n"
@@ -654,13 +638,9 @@ async fn control_plane_loss_costs_nothing_and_its_restart_resumes_updates() {
     let dir = TempDir::new("kill-destination");
     let (a, b, c) =
         (TestServer::start("a").await, TestServer::start("b").await, TestServer::start("c").await);
-    let manifests = dir.join("dst");
-    std::fs::create_dir_all(&manifests).unwrap();
     let ab =
         static_endpoints("web", "cp", 80, &[StaticEndpoint::plain(a.addr), StaticEndpoint::plain(b.addr)]);
-    std::fs::write(manifests.join("web.yaml"), &ab).unwrap();
-    let (addr, admin) = (free_addr(), free_addr());
-    let mut destination = destination_at(&manifests, addr, admin).await;
+    let mut destination = DestinationService::start(&dir.join("dst"), &[("web.yaml", ab)]).await;
     let proxy = start_proxy("kill-destination", dir.path(), destination.addr, &[]).await;
 
     let mut load = Load::new(4, 2_000).pace(Duration::from_millis(10));
@@ -696,10 +676,10 @@ async fn control_plane_loss_costs_nothing_and_its_restart_resumes_updates() {
     eprintln!("while weft-destination was down 1.5 s: a +{} b +{}", a1 - a0, b1 - b0);
 
     // Back on the same port; then the endpoints change to c alone.
-    let mut restarted = destination_at(&manifests, addr, admin).await;
+    destination.restart().await;
     let down_for = killed.elapsed();
     let c_only = static_endpoints("web", "cp", 80, &[StaticEndpoint::plain(c.addr)]);
-    restarted.write_manifest("web.yaml", &c_only);
+    destination.write_manifest("web.yaml", &c_only);
     let changed = Instant::now();
     let moved = poll_until(Duration::from_secs(20), Duration::from_millis(20), || async {
         (c.request_count() >= 50).then_some(())
@@ -731,7 +711,7 @@ async fn control_plane_loss_costs_nothing_and_its_restart_resumes_updates() {
         c.request_count()
     );
     assert!(a3 == a2 && b3 == b2, "a and b still get traffic after being removed: a {a2}->{a3} b {b2}->{b3}");
-    restarted.process.kill();
+    destination.process.kill();
 }
 
 /// Names discovery does not know go to their original destination: at once
