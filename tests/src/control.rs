@@ -295,7 +295,8 @@ impl DestinationService {
         }
     }
 
-    fn spawn(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> Process {
+    /// weft-destination serving `dir` on `addr`, its admin on `admin`.
+    pub(crate) fn spawn(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> Process {
         let mut cmd = Process::command("weft-destination");
         cmd.arg("--dir")
             .arg(dir)

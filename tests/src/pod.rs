@@ -53,7 +53,7 @@ use crate::{
     bins::bin,
     control::{
         identity_name, write_token_file, Ca, DestinationService, IdentityService, Workload, CONTROL_PLANE_NS,
-        DESTINATION_POLL, TRUST_DOMAIN,
+        DESTINATION_POLL,
     },
     metrics::Metrics,
     net::{free_addr, http_get},
@@ -403,13 +403,7 @@ impl Mesh {
 async fn start_destination(dir: &Path, addr: SocketAddr) -> DestinationService {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let admin = free_addr();
-    let mut cmd = Process::command("weft-destination");
-    cmd.arg("--dir")
-        .arg(dir)
-        .args(["--addr", &addr.to_string(), "--admin-addr", &admin.to_string()])
-        .args(["--trust-domain", TRUST_DOMAIN, "--control-plane-namespace", CONTROL_PLANE_NS])
-        .args(["--poll-ms", &DESTINATION_POLL.as_millis().to_string()]);
-    let mut process = Process::spawn("weft-destination", cmd);
+    let mut process = DestinationService::spawn(dir, addr, admin);
     if let Err(e) = process.wait_ready(admin, STEP).await {
         panic!("{e}");
     }
