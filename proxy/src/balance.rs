@@ -362,7 +362,7 @@ mod tests {
         assert!(matches!(b.pick(), Pick::Pending));
         tx.send(Resolution::Unknown).unwrap();
         assert!(matches!(b.pick(), Pick::Unknown));
-        tx.send(Resolution::Known(Arc::new(EndpointSet { exists: true, endpoints: HashMap::new() })))
+        tx.send(Resolution::Known(Arc::new(EndpointSet { exists: true, endpoints: HashMap::default() })))
             .unwrap();
         assert!(matches!(b.pick(), Pick::NoEndpoints { exists: true }));
     }

@@ -9,13 +9,13 @@
 //! timeout.
 
 use std::{
-    collections::HashMap,
     future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use foldhash::HashMap;
 use linkerd2_proxy_api::destination::{
     self as api, destination_client::DestinationClient, protocol_hint, tls_identity, update,
 };
@@ -187,7 +187,7 @@ async fn follow_endpoints(inner: Arc<Inner>, name: String, tx: watch::Sender<Res
     // Endpoint updates are deltas, and each stream starts from nothing: the
     // server sends the whole set again after a reconnect.
     let per_stream = || {
-        let mut set = EndpointSet { exists: true, endpoints: HashMap::new() };
+        let mut set = EndpointSet { exists: true, endpoints: HashMap::default() };
         move |pb: api::Update| {
             apply(&mut set, pb.update?);
             debug!(endpoints = set.endpoints.len(), exists = set.exists, "endpoints updated");

@@ -4,11 +4,9 @@
 //! Handles for the fixed label sets are registered once when a stack is
 //! built, so the per-connection cost is a few atomic adds.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
+use foldhash::HashSet;
 use metrics::{Counter, Gauge, Label};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -120,7 +118,7 @@ pub const OTHER_AUTHORITY: &str = "other";
 
 impl AuthorityLabels {
     pub fn new(capacity: usize) -> Self {
-        Self { seen: Arc::new(Mutex::new(HashSet::new())), capacity }
+        Self { seen: Arc::default(), capacity }
     }
 
     pub fn label(&self, authority: Option<&str>) -> Arc<str> {

@@ -3,12 +3,12 @@
 //! failing endpoints get less traffic.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
 
+use foldhash::HashMap;
 use http::{Request, Response};
 use tokio::time::Instant;
 use tracing::debug;

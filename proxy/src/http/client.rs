@@ -6,13 +6,17 @@
 //! authority and Host the client sent reach the upstream unchanged.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::Bytes;
+use foldhash::HashMap;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
@@ -103,10 +107,10 @@ impl Client {
         target: &Target,
         version: Version,
         req: Request<BoxBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<BoxBody>, ClientError> {
         match version {
             Version::Http1 => self.send_http1(target, req).await,
-            Version::Http2 => self.send_http2(target, req).await,
+            Version::Http2 => Ok(self.send_http2(target, req).await?.map(BoxBody::new)),
         }
     }
 
@@ -114,7 +118,7 @@ impl Client {
         &self,
         target: &Target,
         req: Request<BoxBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<BoxBody>, ClientError> {
         let key = target.key();
         let endpoint = target.addr;
         let mut sender = match self.checkout_http1(&key) {
@@ -122,15 +126,10 @@ impl Client {
             None => self.connect_http1(target).await?,
         };
         let rsp = sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))?;
-        // The connection is ready again once this response's body has been
-        // read to the end; only then may it serve another request.
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.checkin_http1(key, sender);
-            }
-        });
-        Ok(rsp)
+        // The connection may serve another request once this response's
+        // body has been read to the end.
+        let checkin = Checkin { pool: self.clone(), key, sender };
+        Ok(rsp.map(|body| BoxBody::new(CheckinOnEnd { body, checkin: Some(checkin) })))
     }
 
     fn checkout_http1(&self, key: &Key) -> Option<http1::SendRequest<BoxBody>> {
@@ -265,6 +264,77 @@ impl Client {
                     .retain(|_, c| now.duration_since(c.since) < inner.idle_timeout && !c.sender.is_closed());
             }
         });
+    }
+}
+
+/// An HTTP/1 connection lent to one request, and where to return it.
+struct Checkin {
+    pool: Client,
+    key: Key,
+    sender: http1::SendRequest<BoxBody>,
+}
+
+impl Checkin {
+    /// Returns the connection to the pool. By the time the response body
+    /// has ended, the connection's task has nearly always read it to the
+    /// end and is waiting for the next request; if not (or the body was
+    /// dropped unread), a task waits for it, and for a connection hyper
+    /// closes instead, waits in vain and drops it.
+    fn finish(self) {
+        let Checkin { pool, key, mut sender } = self;
+        if sender.is_ready() {
+            return pool.checkin_http1(key, sender);
+        }
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.checkin_http1(key, sender);
+            }
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/1 response body that hands its connection back to the pool
+    /// when it ends.
+    struct CheckinOnEnd {
+        #[pin]
+        body: Incoming,
+        checkin: Option<Checkin>,
+    }
+
+    impl PinnedDrop for CheckinOnEnd {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(checkin) = this.project().checkin.take() {
+                checkin.finish();
+            }
+        }
+    }
+}
+
+impl Body for CheckinOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = this.body.as_mut().poll_frame(cx);
+        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.body.is_end_stream() {
+            if let Some(checkin) = this.checkin.take() {
+                checkin.finish();
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

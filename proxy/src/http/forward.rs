@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 use tracing::{debug, Instrument};
 
 use super::{
-    boxed,
     client::Client,
     errors::RouteError,
     full,
@@ -103,8 +102,9 @@ impl tower::Service<Request<BoxBody>> for Forward {
             *rsp.version_mut() = downstream_version;
             if meshed {
                 rsp.extensions_mut().insert(SentOverMtls);
+                // Between proxies only; never for the app.
+                rsp.headers_mut().remove(L5D_ORIG_PROTO);
             }
-            rsp.headers_mut().remove(L5D_ORIG_PROTO);
             // A CONNECT's 2xx opens a tunnel; an Upgrade request needs a 101.
             let switched = downstream.is_some()
                 && if connect {
@@ -117,7 +117,7 @@ impl tower::Service<Request<BoxBody>> for Forward {
                 let upstream = hyper::upgrade::on(&mut rsp);
                 splice(downstream, upstream);
             }
-            Ok(rsp.map(boxed))
+            Ok(rsp)
         })
     }
 }

@@ -10,53 +10,78 @@ use http::{
 /// `Connection: upgrade` and `Upgrade` so it can pass through; `TE:
 /// trailers` is end-to-end in practice (gRPC needs it) and is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them (HTTP/2 forbids them outright): one
-    // pass over the names costs less than hashing each candidate to remove.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds which fixed ones are present, so only
+    // those are hashed and removed: most messages carry none (HTTP/2 forbids
+    // them), and a typical HTTP/1 response only `Connection: keep-alive`.
+    let mut present = [false; FIXED_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = FIXED.iter().position(|f| f == name) {
+            present[i] = true;
+        }
+    }
+    let has = |name: &HeaderName| FIXED.iter().position(|f| f == name).is_some_and(|i| present[i]);
+    if !keep_upgrade && !present.contains(&true) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-        .collect();
-    for name in named {
-        if name != header::TE {
+    if has(&header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // The fixed names are dealt with below, by their own rules.
+            .filter(|token| !FIXED.iter().any(|f| f.as_str().eq_ignore_ascii_case(token)))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+            .collect();
+        for name in named {
             headers.remove(name);
         }
     }
     for name in [KEEP_ALIVE, PROXY_CONNECTION, header::TRANSFER_ENCODING] {
-        headers.remove(name);
+        if has(&name) {
+            headers.remove(name);
+        }
     }
-    let keep_te = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    if keep_te {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    } else {
-        headers.remove(header::TE);
+    if has(&header::TE) {
+        let keep_te = headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        if keep_te {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        for name in [header::CONNECTION, header::UPGRADE] {
+            if has(&name) {
+                headers.remove(name);
+            }
+        }
     }
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+const FIXED_COUNT: usize = 6;
+
 /// The fixed hop-by-hop names, and the two whose presence means more work
 /// (`Connection` names others; `TE` keeps only `trailers`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [header::CONNECTION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE, KEEP_ALIVE, PROXY_CONNECTION]
-        .contains(name)
-}
+const FIXED: [HeaderName; FIXED_COUNT] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
 
 /// An HTTP/1.1 protocol upgrade (WebSocket, h2c, ...) asked for by the client.
 pub fn wants_upgrade<B>(req: &Request<B>) -> bool {

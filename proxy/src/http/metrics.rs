@@ -5,20 +5,20 @@
 //! (`grpc-status`) is only known from its trailers.
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{ready, Context, Poll},
 };
 
+use foldhash::HashMap;
 use http::{Request, Response};
 use metrics::{Counter, Histogram, Label};
 use tokio::time::Instant;
 
 use super::{
     body::{BodyEnd, ObservedBody, OnBodyEnd},
-    resolve::request_authority,
+    resolve::request_authority_str,
     BoxBody,
 };
 use crate::metrics::{AuthorityLabels, Direction, Tls};
@@ -98,8 +98,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let authority = request_authority(&req);
-        let authority = self.layer.authorities.label(authority.as_ref().map(|a| a.as_str()));
+        let authority = self.layer.authorities.label(request_authority_str(&req));
         HttpMetricsFuture {
             inner: self.inner.call(req),
             layer: self.layer.clone(),

@@ -136,11 +136,19 @@ impl ResolveLayer {
 /// The authority a request is for: the URI's (absolute-form, CONNECT,
 /// HTTP/2 `:authority`), else the Host header.
 pub fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.clone());
+    match req.uri().authority() {
+        Some(a) => Some(a.clone()),
+        None => request_authority_str(req)?.parse().ok(),
     }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    host.parse().ok()
+}
+
+/// The same authority as the request spells it, unparsed: enough for a
+/// metric label, and cheaper than parsing on every request.
+pub fn request_authority_str<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
 }
 
 fn default_port<B>(req: &Request<B>) -> u16 {
