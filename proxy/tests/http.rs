@@ -258,6 +258,24 @@ async fn h2_streaming_request_body_and_trailers() {
     streaming_request(true).await;
 }
 
+/// Bodies larger than every HTTP/2 flow-control window on the way (the
+/// upstream's 64 KiB per stream, the proxy's 2 MiB) cross only if the proxy
+/// waits for window to send and hands window back as it reads.
+#[tokio::test]
+async fn h2_bodies_larger_than_the_flow_control_windows_pass_whole() {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::builder().spawn().await;
+    let sent: Bytes = b"0123456789abcdef".repeat(3 * 1024 * 1024 / 16).into();
+    let mut c = h2_conn(proxy.outbound).await;
+    let req = Request::post(format!("http://{}/", server.addr)).body(full(sent.clone())).unwrap();
+    let rsp = within("response", c.send_request(req)).await.expect("response");
+    let got = within("echoed body", collect(rsp)).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.len(), sent.len());
+    assert!(got.body == sent, "the echoed body differs from the one sent");
+    assert_eq!(server.last().body.len(), sent.len());
+}
+
 #[tokio::test]
 async fn h2_concurrent_streams_share_one_connection() {
     let server = HttpServer::start().await;

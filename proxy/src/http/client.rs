@@ -17,17 +17,14 @@ use bytes::Bytes;
 use foldhash::HashMap;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 
 use weft_tls::{rustls::pki_types::ServerName, MeshClientConfig};
 
-use super::{BoxBody, Version};
+use super::{http2, BoxBody, Version};
 use crate::{
     connect::{ConnectError, Connector},
     io::Activity,
@@ -46,7 +43,7 @@ struct Inner {
     connector: Connector,
     idle_timeout: Duration,
     http1: Mutex<HashMap<Key, Vec<Idle<http1::SendRequest<BoxBody>>>>>,
-    http2: Mutex<HashMap<Key, Idle<http2::SendRequest<BoxBody>>>>,
+    http2: Mutex<HashMap<Key, Idle<http2::Connection>>>,
     /// One connection attempt at a time per HTTP/2 endpoint.
     http2_connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -85,6 +82,10 @@ pub enum ClientError {
     Handshake(SocketAddr, #[source] hyper::Error),
     #[error("upstream {0}: {1}")]
     Upstream(SocketAddr, #[source] hyper::Error),
+    #[error("HTTP/2 handshake with {0}: {1}")]
+    Http2Handshake(SocketAddr, #[source] h2::Error),
+    #[error("upstream {0}: {1}")]
+    Http2(SocketAddr, #[source] h2::Error),
 }
 
 impl Client {
@@ -110,7 +111,7 @@ impl Client {
     ) -> Result<Response<BoxBody>, ClientError> {
         match version {
             Version::Http1 => self.send_http1(target, req).await,
-            Version::Http2 => Ok(self.send_http2(target, req).await?.map(BoxBody::new)),
+            Version::Http2 => self.send_http2(target, req).await,
         }
     }
 
@@ -174,17 +175,17 @@ impl Client {
         &self,
         target: &Target,
         req: Request<BoxBody>,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<BoxBody>, ClientError> {
         let key = target.key();
         let endpoint = target.addr;
-        let mut sender = match self.cached_http2(&key) {
-            Some(sender) => sender,
+        let conn = match self.cached_http2(&key) {
+            Some(conn) => conn,
             None => self.connect_http2_once(target, key).await?,
         };
-        sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))
+        conn.send(req).await.map_err(|e| ClientError::Http2(endpoint, e))
     }
 
-    fn cached_http2(&self, key: &Key) -> Option<http2::SendRequest<BoxBody>> {
+    fn cached_http2(&self, key: &Key) -> Option<http2::Connection> {
         lock(&self.inner.http2).get_mut(key).filter(|c| !c.sender.is_closed()).map(|c| {
             c.since = Instant::now();
             c.sender.clone()
@@ -194,11 +195,7 @@ impl Client {
     /// Requests that arrive together before an endpoint's HTTP/2 connection
     /// exists wait for one connection attempt instead of each making their
     /// own: the point of HTTP/2 is one multiplexed connection.
-    async fn connect_http2_once(
-        &self,
-        target: &Target,
-        key: Key,
-    ) -> Result<http2::SendRequest<BoxBody>, ClientError> {
+    async fn connect_http2_once(&self, target: &Target, key: Key) -> Result<http2::Connection, ClientError> {
         let gate = lock(&self.inner.http2_connecting).entry(key.clone()).or_default().clone();
         let result = {
             let _turn = gate.lock().await;
@@ -218,26 +215,10 @@ impl Client {
         result
     }
 
-    async fn connect_http2(&self, target: &Target) -> Result<http2::SendRequest<BoxBody>, ClientError> {
+    async fn connect_http2(&self, target: &Target) -> Result<http2::Connection, ClientError> {
         let endpoint = target.addr;
         let io = self.inner.connector.connect(endpoint, target.tls.as_ref(), Activity::default()).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // Notice a dead peer on an otherwise quiet multiplexed connection.
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ClientError::Handshake(endpoint, e))?;
-        tokio::spawn(
-            async move {
-                if let Err(error) = conn.await {
-                    debug!(%error, "upstream HTTP/2 connection ended");
-                }
-            }
-            .instrument(tracing::debug_span!("upstream", %endpoint, version = "h2")),
-        );
-        Ok(sender)
+        http2::handshake(io, endpoint).await.map_err(|e| ClientError::Http2Handshake(endpoint, e))
     }
 
     /// Closes idle connections past the idle timeout and forgets endpoints
