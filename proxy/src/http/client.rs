@@ -7,24 +7,17 @@
 
 use std::{
     net::SocketAddr,
-    pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::Bytes;
 use foldhash::HashMap;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::{body::Incoming, client::conn::http1};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
-use tracing::{debug, Instrument};
 
 use weft_tls::{rustls::pki_types::ServerName, MeshClientConfig};
 
-use super::{http2, BoxBody, Version};
+use super::{http1, http2, BoxBody, Version};
 use crate::{
     connect::{ConnectError, Connector},
     io::Activity,
@@ -42,7 +35,7 @@ pub struct Client {
 struct Inner {
     connector: Connector,
     idle_timeout: Duration,
-    http1: Mutex<HashMap<Key, Vec<Idle<http1::SendRequest<BoxBody>>>>>,
+    http1: Mutex<HashMap<Key, Vec<Idle<http1::Connection>>>>,
     http2: Mutex<HashMap<Key, Idle<http2::Connection>>>,
     /// One connection attempt at a time per HTTP/2 endpoint.
     http2_connecting: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
@@ -69,19 +62,17 @@ impl Target {
 
 /// A connection and when it last finished (HTTP/1) or started (HTTP/2) a
 /// request.
-struct Idle<S> {
+struct Idle<C> {
     since: Instant,
-    sender: S,
+    conn: C,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("HTTP handshake with {0}: {1}")]
-    Handshake(SocketAddr, #[source] hyper::Error),
     #[error("upstream {0}: {1}")]
-    Upstream(SocketAddr, #[source] hyper::Error),
+    Http1(SocketAddr, #[source] http1::Error),
     #[error("HTTP/2 handshake with {0}: {1}")]
     Http2Handshake(SocketAddr, #[source] h2::Error),
     #[error("upstream {0}: {1}")]
@@ -122,53 +113,39 @@ impl Client {
     ) -> Result<Response<BoxBody>, ClientError> {
         let key = target.key();
         let endpoint = target.addr;
-        let mut sender = match self.checkout_http1(&key) {
-            Some(sender) => sender,
+        let conn = match self.checkout_http1(&key) {
+            Some(conn) => conn,
             None => self.connect_http1(target).await?,
         };
-        let rsp = sender.send_request(req).await.map_err(|e| ClientError::Upstream(endpoint, e))?;
-        // The connection may serve another request once this response's
-        // body has been read to the end.
-        let checkin = Checkin { pool: self.clone(), key, sender };
-        Ok(rsp.map(|body| BoxBody::new(CheckinOnEnd { body, checkin: Some(checkin) })))
+        // The connection comes back once the response body has been read
+        // to its end.
+        let checkin = Checkin { pool: self.clone(), key };
+        conn.send(req, checkin).await.map_err(|e| ClientError::Http1(endpoint, e))
     }
 
-    fn checkout_http1(&self, key: &Key) -> Option<http1::SendRequest<BoxBody>> {
+    fn checkout_http1(&self, key: &Key) -> Option<http1::Connection> {
         let mut pools = lock(&self.inner.http1);
         let idle = pools.get_mut(key)?;
         let now = Instant::now();
-        while let Some(conn) = idle.pop() {
-            if conn.sender.is_ready() && now.duration_since(conn.since) < self.inner.idle_timeout {
-                return Some(conn.sender);
+        while let Some(mut idle) = idle.pop() {
+            if now.duration_since(idle.since) < self.inner.idle_timeout && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
         None
     }
 
-    fn checkin_http1(&self, key: Key, sender: http1::SendRequest<BoxBody>) {
+    fn checkin_http1(&self, key: Key, conn: http1::Connection) {
         let mut pools = lock(&self.inner.http1);
         let idle = pools.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(Idle { since: Instant::now(), sender });
+            idle.push(Idle { since: Instant::now(), conn });
         }
     }
 
-    async fn connect_http1(&self, target: &Target) -> Result<http1::SendRequest<BoxBody>, ClientError> {
-        let endpoint = target.addr;
-        let io = self.inner.connector.connect(endpoint, target.tls.as_ref(), Activity::default()).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| ClientError::Handshake(endpoint, e))?;
-        tokio::spawn(
-            async move {
-                if let Err(error) = conn.with_upgrades().await {
-                    debug!(%error, "upstream HTTP/1 connection ended");
-                }
-            }
-            .instrument(tracing::debug_span!("upstream", %endpoint, version = "h1")),
-        );
-        Ok(sender)
+    async fn connect_http1(&self, target: &Target) -> Result<http1::Connection, ClientError> {
+        let io = self.inner.connector.connect(target.addr, target.tls.as_ref(), Activity::default()).await?;
+        Ok(http1::Connection::new(io))
     }
 
     async fn send_http2(
@@ -186,9 +163,9 @@ impl Client {
     }
 
     fn cached_http2(&self, key: &Key) -> Option<http2::Connection> {
-        lock(&self.inner.http2).get_mut(key).filter(|c| !c.sender.is_closed()).map(|c| {
+        lock(&self.inner.http2).get_mut(key).filter(|c| !c.conn.is_closed()).map(|c| {
             c.since = Instant::now();
-            c.sender.clone()
+            c.conn.clone()
         })
     }
 
@@ -201,8 +178,8 @@ impl Client {
             let _turn = gate.lock().await;
             match self.cached_http2(&key) {
                 Some(sender) => Ok(sender),
-                None => self.connect_http2(target).await.inspect(|sender| {
-                    let idle = Idle { since: Instant::now(), sender: sender.clone() };
+                None => self.connect_http2(target).await.inspect(|conn| {
+                    let idle = Idle { since: Instant::now(), conn: conn.clone() };
                     lock(&self.inner.http2).insert(key.clone(), idle);
                 }),
             }
@@ -234,88 +211,29 @@ impl Client {
                 let Some(inner) = weak.upgrade() else { return };
                 let now = Instant::now();
                 lock(&inner.http1).retain(|_, idle| {
-                    idle.retain(|c| {
-                        now.duration_since(c.since) < inner.idle_timeout && !c.sender.is_closed()
+                    idle.retain_mut(|c| {
+                        now.duration_since(c.since) < inner.idle_timeout && c.conn.is_usable()
                     });
                     !idle.is_empty()
                 });
                 // An HTTP/2 connection with streams still open stays open when
                 // dropped from the pool; it closes once they finish.
                 lock(&inner.http2)
-                    .retain(|_, c| now.duration_since(c.since) < inner.idle_timeout && !c.sender.is_closed());
+                    .retain(|_, c| now.duration_since(c.since) < inner.idle_timeout && !c.conn.is_closed());
             }
         });
     }
 }
 
-/// An HTTP/1 connection lent to one request, and where to return it.
+/// Where an HTTP/1 connection lent to one request goes back to.
 struct Checkin {
     pool: Client,
     key: Key,
-    sender: http1::SendRequest<BoxBody>,
 }
 
-impl Checkin {
-    /// Returns the connection to the pool. By the time the response body
-    /// has ended, the connection's task has nearly always read it to the
-    /// end and is waiting for the next request; if not (or the body was
-    /// dropped unread), a task waits for it, and for a connection hyper
-    /// closes instead, waits in vain and drops it.
-    fn finish(self) {
-        let Checkin { pool, key, mut sender } = self;
-        if sender.is_ready() {
-            return pool.checkin_http1(key, sender);
-        }
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.checkin_http1(key, sender);
-            }
-        });
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An HTTP/1 response body that hands its connection back to the pool
-    /// when it ends.
-    struct CheckinOnEnd {
-        #[pin]
-        body: Incoming,
-        checkin: Option<Checkin>,
-    }
-
-    impl PinnedDrop for CheckinOnEnd {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(checkin) = this.project().checkin.take() {
-                checkin.finish();
-            }
-        }
-    }
-}
-
-impl Body for CheckinOnEnd {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let frame = this.body.as_mut().poll_frame(cx);
-        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || this.body.is_end_stream() {
-            if let Some(checkin) = this.checkin.take() {
-                checkin.finish();
-            }
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+impl http1::GiveBack for Checkin {
+    fn give_back(self, conn: http1::Connection) {
+        self.pool.checkin_http1(self.key, conn);
     }
 }
 

@@ -117,12 +117,10 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
         if let Some(ConnectError::Timeout(..)) = e.downcast_ref::<ConnectError>() {
             return StatusCode::GATEWAY_TIMEOUT;
         }
-        match e.downcast_ref::<ClientError>() {
-            // `Connect` is `#[error(transparent)]`: its source() skips the
-            // ConnectError, so it must be matched here.
-            Some(ClientError::Connect(ConnectError::Timeout(..))) => return StatusCode::GATEWAY_TIMEOUT,
-            Some(ClientError::Upstream(_, e)) if e.is_timeout() => return StatusCode::GATEWAY_TIMEOUT,
-            _ => {}
+        // `Connect` is `#[error(transparent)]`: its source() skips the
+        // ConnectError, so it must be matched here.
+        if let Some(ClientError::Connect(ConnectError::Timeout(..))) = e.downcast_ref::<ClientError>() {
+            return StatusCode::GATEWAY_TIMEOUT;
         }
         if e.is::<tokio::time::error::Elapsed>() || e.is::<super::route::RouteTimeout>() {
             return StatusCode::GATEWAY_TIMEOUT;

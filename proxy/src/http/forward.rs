@@ -17,14 +17,15 @@ use super::{
     errors::RouteError,
     full,
     headers::{is_connect, strip_hop_by_hop, wants_upgrade},
+    http1,
     metrics::SentOverMtls,
     split::EndpointInfo,
     BoxBody, BoxError, Endpoint, Version,
 };
 use crate::{
-    connect::Connector,
+    connect::{Connector, Upstream},
     http::client::Target,
-    io::Activity,
+    io::{Activity, PrefixedIo},
     tls::{Carried, MeshClients},
 };
 
@@ -113,9 +114,9 @@ impl tower::Service<Request<BoxBody>> for Forward {
                     rsp.status() == StatusCode::SWITCHING_PROTOCOLS
                 };
             strip_hop_by_hop(rsp.headers_mut(), switched && !connect);
-            if let (true, Some(downstream)) = (switched, downstream) {
-                let upstream = hyper::upgrade::on(&mut rsp);
-                splice(downstream, upstream);
+            let upstream = rsp.extensions_mut().remove::<http1::Upgraded>().and_then(|u| u.take());
+            if let (true, Some(downstream), Some((upstream, leftover))) = (switched, downstream, upstream) {
+                splice(downstream, PrefixedIo::new(leftover, upstream));
             }
             Ok(rsp)
         })
@@ -151,14 +152,16 @@ impl Forward {
     }
 }
 
-fn splice(downstream: OnUpgrade, upstream: OnUpgrade) {
+/// Carries bytes both ways between the client and the upstream once hyper
+/// has handed over the client's side of the upgraded connection.
+fn splice(downstream: OnUpgrade, mut server: PrefixedIo<Upstream>) {
     tokio::spawn(
         async move {
-            let (client, server) = match tokio::try_join!(downstream, upstream) {
-                Ok(pair) => pair,
+            let client = match downstream.await {
+                Ok(client) => client,
                 Err(error) => return debug!(%error, "upgrade failed"),
             };
-            let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+            let mut client = TokioIo::new(client);
             match tokio::io::copy_bidirectional(&mut client, &mut server).await {
                 Ok((up, down)) => debug!(up, down, "upgraded connection closed"),
                 Err(error) => debug!(%error, "upgraded connection failed"),

@@ -121,7 +121,7 @@ impl Connection {
 
 /// As hyper decides when to add a length: methods whose body means
 /// something get one even when it is empty.
-fn has_payload_semantics(method: &Method) -> bool {
+pub(super) fn has_payload_semantics(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
 }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod errors;
 pub mod forward;
 pub mod headers;
+pub mod http1;
 pub mod http2;
 pub mod logical;
 pub mod metrics;
