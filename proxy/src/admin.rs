@@ -51,6 +51,9 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         // On the dual-stack default an IPv4 client is `::ffff:a.b.c.d`:
         // `127.0.0.1` must still count as loopback.
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+        // Probes and scrapes are small request/response exchanges: with
+        // Nagle on, a response split across writes waits for an ACK.
+        let _ = stream.set_nodelay(true);
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
