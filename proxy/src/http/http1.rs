@@ -37,13 +37,18 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Request bytes encoded ahead of the socket before the body is asked for
 /// more: bounds memory per request when the upstream reads slowly.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
+/// Reads start at this size and double, up to the max, while they come
+/// back full: small responses stay in small buffers, and a large body
+/// moves in few large reads.
 const READ_CHUNK: usize = 8 * 1024;
+const MAX_READ_CHUNK: usize = 256 * 1024;
 
 /// One HTTP/1.1 connection to an upstream, idle or lent to a request.
 pub struct Connection {
     io: Upstream,
     /// Bytes read from the socket and not yet consumed.
     read: BytesMut,
+    read_size: usize,
 }
 
 /// Where a connection goes when a response is done with it.
@@ -91,7 +96,7 @@ impl Upgraded {
 
 impl Connection {
     pub fn new(io: Upstream) -> Self {
-        Connection { io, read: BytesMut::new() }
+        Connection { io, read: BytesMut::new(), read_size: READ_CHUNK }
     }
 
     /// Whether an idle connection can take another request: the peer has
@@ -186,8 +191,12 @@ impl Connection {
 
     /// Reads what the socket has into the buffer; 0 means end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.read.reserve(READ_CHUNK);
-        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        self.read.reserve(self.read_size);
+        let n = ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read))?;
+        if n >= self.read_size {
+            self.read_size = (self.read_size * 2).min(MAX_READ_CHUNK);
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -508,6 +517,7 @@ impl<G: GiveBack> ResponseBody<G> {
         let clean = self.reusable && self.writer.is_none() && conn.read.is_empty();
         if let (true, Some(give_back)) = (clean, self.give_back.take()) {
             conn.read = BytesMut::new();
+            conn.read_size = READ_CHUNK;
             give_back.give_back(conn);
         }
     }
