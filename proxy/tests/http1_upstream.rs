@@ -37,6 +37,7 @@ fn script(method: &str, path: &str) -> (&'static [u8], bool) {
         (_, "/not-http") => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", true),
         (_, "/two-lengths") => (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd", true),
         (_, "/short") => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+        (_, "/drop-if-reused") => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh", false),
         _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
     }
 }
@@ -71,7 +72,7 @@ impl ScriptedUpstream {
 
 async fn serve(mut conn: TcpStream, idle_close: Duration) {
     let mut buf = Vec::new();
-    loop {
+    for served in 0.. {
         let end = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
@@ -86,6 +87,11 @@ async fn serve(mut conn: TcpStream, idle_close: Duration) {
         buf.drain(..end);
         let mut words = head.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        if path == "/drop-if-reused" && served > 0 {
+            // As a server closing an idle connection just as a request
+            // arrives on it: the request gets no answer at all.
+            return;
+        }
         let (answer, close) = script(method, path);
         if conn.write_all(answer).await.is_err() || close {
             return;
@@ -171,4 +177,22 @@ async fn responses_that_break_http_get_502_or_a_cut_off_body() {
     // And the proxy goes on serving.
     let out = get(&proxy, &upstream, "/length", &[]).await;
     assert_eq!(out.http_code(), 200, "{out:?}");
+}
+
+#[tokio::test]
+async fn a_request_that_meets_a_closing_pooled_connection_is_sent_again_only_if_safe() {
+    let upstream = ScriptedUpstream::start(TIMEOUT).await;
+    let proxy = Proxy::builder().spawn().await;
+    let out = get(&proxy, &upstream, "/length", &[]).await;
+    assert_eq!(out.http_code(), 200, "{out:?}");
+    // The pooled connection closes under this GET: it goes again, once, on
+    // a new connection, and the client never knows.
+    let out = get(&proxy, &upstream, "/drop-if-reused", &[]).await;
+    assert!(out.stdout.ends_with("\r\n\r\nfresh\n200"), "{out:?}");
+    assert_eq!(upstream.connections(), 2);
+    // A request with a body is not sent twice (the upstream may have acted
+    // on it): the client gets the failure.
+    let out = get(&proxy, &upstream, "/drop-if-reused", &["--data-binary", "once"]).await;
+    assert_eq!(out.http_code(), 502, "{out:?}");
+    assert_eq!(upstream.connections(), 2);
 }

@@ -14,6 +14,7 @@ use std::{
 use foldhash::HashMap;
 use http::{Request, Response};
 use tokio::time::Instant;
+use tracing::debug;
 
 use weft_tls::{rustls::pki_types::ServerName, MeshClientConfig};
 
@@ -113,14 +114,24 @@ impl Client {
     ) -> Result<Response<BoxBody>, ClientError> {
         let key = target.key();
         let endpoint = target.addr;
-        let conn = match self.checkout_http1(&key) {
-            Some(conn) => conn,
-            None => self.connect_http1(target).await?,
-        };
         // The connection comes back once the response body has been read
         // to its end.
-        let checkin = Checkin { pool: self.clone(), key };
-        conn.send(req, checkin).await.map_err(|e| ClientError::Http1(endpoint, e))
+        let checkin = || Checkin { pool: self.clone(), key: key.clone() };
+        let Some(pooled) = self.checkout_http1(&key) else {
+            let conn = self.connect_http1(target).await?;
+            return conn.send(req, checkin()).await.map_err(|e| ClientError::Http1(endpoint, e.error));
+        };
+        match pooled.send(req, checkin()).await {
+            Ok(rsp) => Ok(rsp),
+            // The upstream closed the idle connection as the request went
+            // out (its keep-alive timeout): once, on a new connection.
+            Err(http1::SendError { retry: Some(req), error }) => {
+                debug!(%endpoint, %error, "pooled connection was closed; sending on a new one");
+                let conn = self.connect_http1(target).await?;
+                conn.send(req, checkin()).await.map_err(|e| ClientError::Http1(endpoint, e.error))
+            }
+            Err(e) => Err(ClientError::Http1(endpoint, e.error)),
+        }
     }
 
     fn checkout_http1(&self, key: &Key) -> Option<http1::Connection> {

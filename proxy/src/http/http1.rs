@@ -82,6 +82,42 @@ pub enum Error {
     UnaskedUpgrade,
 }
 
+impl Error {
+    /// The upstream closed or reset the connection: what a connection it
+    /// timed out while idle looks like when a request races its close.
+    fn is_connection_gone(&self) -> bool {
+        match self {
+            Error::ClosedBeforeResponse => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A request that failed, and the request itself when sending it again on
+/// another connection is safe: it has no body, an idempotent method (RFC
+/// 9110 §9.2.2), and the connection was gone before any of a response came.
+pub struct SendError {
+    pub error: Error,
+    pub retry: Option<Request<BoxBody>>,
+}
+
+impl From<Error> for SendError {
+    fn from(error: Error) -> Self {
+        SendError { error, retry: None }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// The upstream side of a connection that switched protocols (101, or a
 /// CONNECT's 2xx), in the response's extensions: the socket, and whatever
 /// the upstream sent after the response head.
@@ -117,10 +153,11 @@ impl Connection {
         mut self,
         req: Request<BoxBody>,
         give_back: G,
-    ) -> Result<Response<BoxBody>, Error> {
+    ) -> Result<Response<BoxBody>, SendError> {
         let (mut parts, body) = req.into_parts();
+        let replayable = body.is_end_stream() && is_idempotent(&parts.method);
         let upgrade = parts.method == Method::CONNECT || parts.headers.contains_key(header::UPGRADE);
-        let framing = request_framing(&mut parts, &body)?;
+        let framing = request_framing(&mut parts, &body).map_err(SendError::from)?;
         let mut head = BytesMut::with_capacity(256);
         encode_request_head(&parts, &mut head);
         let mut writer = Some(RequestWriter::new(head, body, framing));
@@ -141,8 +178,17 @@ impl Connection {
             }
             self.poll_read_head(cx, &parts.method)
         })
-        .await
-        .map_err(|error| write_error.take().unwrap_or(error))?;
+        .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(error) => {
+                let error = write_error.take().unwrap_or(error);
+                let unanswered = self.read.is_empty() && error.is_connection_gone();
+                let retry = (replayable && unanswered)
+                    .then(|| Request::from_parts(parts, BoxBody::new(http_body_util::Empty::new())));
+                return Err(SendError { error, retry });
+            }
+        };
 
         let ResponseHead { mut rsp, framing, mut reusable } = head;
         if write_error.is_some() {
@@ -150,7 +196,7 @@ impl Connection {
         }
         if framing == BodyFraming::Upgrade {
             if !upgrade {
-                return Err(Error::UnaskedUpgrade);
+                return Err(Error::UnaskedUpgrade.into());
             }
             let leftover = self.read.split().freeze();
             let io = Upgraded(Arc::new(Mutex::new(Some((self.io, leftover)))));
