@@ -21,21 +21,42 @@ struct Proxy {
 }
 
 fn proxy(app: SocketAddr) -> Proxy {
-    let (inbound, outbound, admin, tap) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let mut cmd = Command::new(sibling("weft-proxy"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(|k| k.starts_with("WEFT_")) {
-            cmd.env_remove(k);
+    // The ports are found free, then bound by the proxy: a test running
+    // alongside can take one in between, so a proxy that could not listen
+    // is started again on new ones.
+    for attempt in 1..=3 {
+        let (inbound, outbound, admin, tap) = (free_addr(), free_addr(), free_addr(), free_addr());
+        let mut cmd = Command::new(sibling("weft-proxy"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("WEFT_")) {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
+            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
+            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
+            .env("WEFT_PROXY_TAP_ADDR", tap.to_string())
+            .env("WEFT_PROXY_INBOUND_APP_ADDR", app.to_string());
+        let mut proc = Proc::spawn("proxy", cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if http_ok(admin, "/ready") {
+                return Proxy { proc, inbound, outbound, admin, tap };
+            }
+            if proc.child.try_wait().unwrap().is_some() {
+                let output = proc.output();
+                assert!(
+                    attempt < 3 && output.contains("cannot listen"),
+                    "proxy exited before ready:\n{output}"
+                );
+                eprintln!("proxy could not bind, starting it again:\n{output}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "proxy not ready in 20s:\n{}", proc.output());
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
-    cmd.env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
-        .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-        .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
-        .env("WEFT_PROXY_TAP_ADDR", tap.to_string())
-        .env("WEFT_PROXY_INBOUND_APP_ADDR", app.to_string());
-    let proc = Proc::spawn("proxy", cmd);
-    wait_http_ok(admin, "/ready", Duration::from_secs(20));
-    Proxy { proc, inbound, outbound, admin, tap }
+    unreachable!("the last attempt returns or panics")
 }
 
 fn tap(args: &[&str]) -> Proc {

@@ -169,10 +169,13 @@ impl Connection {
                     // The upstream may have answered early and stopped
                     // reading (a 413, say): its response says more than
                     // the broken pipe does.
-                    Poll::Ready(Err(error)) => {
+                    Poll::Ready(Err(error @ Error::Io(_))) => {
                         writer = None;
                         write_error = Some(error);
                     }
+                    // The request itself broke (its body failed or ran past
+                    // its length): the upstream would wait for the rest.
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                     Poll::Pending => {}
                 }
             }
@@ -572,11 +575,12 @@ impl<G: GiveBack> ResponseBody<G> {
         if let (Some(writer), Some(conn)) = (self.writer.as_mut(), self.conn.as_mut()) {
             match writer.poll_write(cx, &mut conn.io) {
                 Poll::Ready(Ok(())) => self.writer = None,
-                Poll::Ready(Err(error)) => {
+                Poll::Ready(Err(error @ Error::Io(_))) => {
                     tracing::debug!(%error, "request body not sent whole");
                     self.writer = None;
                     self.reusable = false;
                 }
+                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
                 Poll::Pending => {}
             }
         }
