@@ -11,52 +11,22 @@ use std::time::{Duration, Instant};
 use linkerd2_proxy_api::tap::{tap_client::TapClient, ObserveRequest};
 use serde_json::Value;
 use support::*;
+use weft_e2e::proxy::Proxy;
 
-struct Proxy {
-    proc: Proc,
-    inbound: SocketAddr,
-    outbound: SocketAddr,
-    admin: SocketAddr,
-    tap: SocketAddr,
+/// A weft-proxy in explicit mode sending inbound requests to `app`, ready
+/// (the e2e harness's, which restarts it if another test took a port).
+fn proxy(app: SocketAddr) -> Proxy {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(Proxy::builder("proxy", &std::env::temp_dir()).inbound_app(app).start())
 }
 
-fn proxy(app: SocketAddr) -> Proxy {
-    // The ports are found free, then bound by the proxy: a test running
-    // alongside can take one in between, so a proxy that could not listen
-    // is started again on new ones.
-    for attempt in 1..=3 {
-        let (inbound, outbound, admin, tap) = (free_addr(), free_addr(), free_addr(), free_addr());
-        let mut cmd = Command::new(sibling("weft-proxy"));
-        for (k, _) in std::env::vars_os() {
-            if k.to_str().is_some_and(|k| k.starts_with("WEFT_")) {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("WEFT_PROXY_INBOUND_ADDR", inbound.to_string())
-            .env("WEFT_PROXY_OUTBOUND_ADDR", outbound.to_string())
-            .env("WEFT_PROXY_ADMIN_ADDR", admin.to_string())
-            .env("WEFT_PROXY_TAP_ADDR", tap.to_string())
-            .env("WEFT_PROXY_INBOUND_APP_ADDR", app.to_string());
-        let mut proc = Proc::spawn("proxy", cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if http_ok(admin, "/ready") {
-                return Proxy { proc, inbound, outbound, admin, tap };
-            }
-            if proc.child.try_wait().unwrap().is_some() {
-                let output = proc.output();
-                assert!(
-                    attempt < 3 && output.contains("cannot listen"),
-                    "proxy exited before ready:\n{output}"
-                );
-                eprintln!("proxy could not bind, starting it again:\n{output}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "proxy not ready in 20s:\n{}", proc.output());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+/// Waits until the proxy has logged `n` taps starting.
+fn wait_taps(p: &Proxy, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.process.output().matches("tap started").count() < n {
+        assert!(Instant::now() < deadline, "no {n} taps started:\n{}", p.process.output());
+        std::thread::sleep(Duration::from_millis(20));
     }
-    unreachable!("the last attempt returns or panics")
 }
 
 fn tap(args: &[&str]) -> Proc {
@@ -95,10 +65,10 @@ fn filters_see_exactly_the_matching_requests() {
         "-o",
         "json",
     ]);
-    p.proc.wait_output("tap started", 1, Duration::from_secs(10));
+    wait_taps(&p, 1);
     let to = app.to_string();
     let mut text = tap(&["--addr", &tap_addr, "--to", &to, "--authority", "shop:80", "--limit", "2"]);
-    p.proc.wait_output("tap started", 2, Duration::from_secs(10));
+    wait_taps(&p, 2);
 
     // 10 GETs under /api/ and 6 requests that must not show.
     let mut want = Vec::new();
@@ -221,7 +191,7 @@ fn taps_that_never_read_do_not_slow_the_proxy() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut unread = cmd.spawn().unwrap();
-    p.proc.wait_output("tap started", 2, Duration::from_secs(10));
+    wait_taps(&p, 2);
 
     let tapped = burst(p.inbound, N);
     let _ = unread.kill();

@@ -93,19 +93,18 @@ pub fn request(addr: SocketAddr, method: &str, target: &str, host: &str) -> (u16
 /// GET `path` on `addr` until it answers 200, within `limit`.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while !http_ok(addr, path) {
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut line = String::new();
+            if BufReader::new(s).read_line(&mut line).is_ok() && line.contains(" 200 ") {
+                return;
+            }
+        }
         assert!(Instant::now() < deadline, "{addr}{path} not ready in {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Whether GET `path` on `addr` answers 200 now.
-pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.contains(" 200 ")
 }
 
 /// An upstream app: `/…/slow` answers after 60 ms, `/…/fail` with 503,

@@ -114,24 +114,28 @@ impl Client {
     ) -> Result<Response<BoxBody>, ClientError> {
         let key = target.key();
         let endpoint = target.addr;
+        let (conn, pooled) = match self.checkout_http1(&key) {
+            Some(conn) => (conn, true),
+            None => (self.connect_http1(target).await?, false),
+        };
         // The connection comes back once the response body has been read
         // to its end.
         let checkin = || Checkin { pool: self.clone(), key: key.clone() };
-        let Some(pooled) = self.checkout_http1(&key) else {
-            let conn = self.connect_http1(target).await?;
-            return conn.send(req, checkin()).await.map_err(|e| ClientError::Http1(endpoint, e.error));
-        };
-        match pooled.send(req, checkin()).await {
-            Ok(rsp) => Ok(rsp),
+        let error = match conn.send(req, checkin()).await {
+            Ok(rsp) => return Ok(rsp),
             // The upstream closed the idle connection as the request went
-            // out (its keep-alive timeout): once, on a new connection.
-            Err(http1::SendError { retry: Some(req), error }) => {
+            // out (its keep-alive timeout): once more, on a new connection.
+            Err(http1::SendError { retry: Some(req), error }) if pooled => {
                 debug!(%endpoint, %error, "pooled connection was closed; sending on a new one");
                 let conn = self.connect_http1(target).await?;
-                conn.send(req, checkin()).await.map_err(|e| ClientError::Http1(endpoint, e.error))
+                match conn.send(req, checkin()).await {
+                    Ok(rsp) => return Ok(rsp),
+                    Err(e) => e.error,
+                }
             }
-            Err(e) => Err(ClientError::Http1(endpoint, e.error)),
-        }
+            Err(e) => e.error,
+        };
+        Err(ClientError::Http1(endpoint, error))
     }
 
     fn checkout_http1(&self, key: &Key) -> Option<http1::Connection> {

@@ -163,21 +163,10 @@ impl Connection {
         let mut writer = Some(RequestWriter::new(head, body, framing));
         let mut write_error = None;
         let head = poll_fn(|cx| {
-            if let Some(w) = writer.as_mut() {
-                match w.poll_write(cx, &mut self.io) {
-                    Poll::Ready(Ok(())) => writer = None,
-                    // The upstream may have answered early and stopped
-                    // reading (a 413, say): its response says more than
-                    // the broken pipe does.
-                    Poll::Ready(Err(error @ Error::Io(_))) => {
-                        writer = None;
-                        write_error = Some(error);
-                    }
-                    // The request itself broke (its body failed or ran past
-                    // its length): the upstream would wait for the rest.
-                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                    Poll::Pending => {}
-                }
+            // The upstream may have answered early and stopped reading (a
+            // 413, say): its response says more than the broken pipe does.
+            if let Some(error) = poll_request(&mut writer, cx, &mut self.io)? {
+                write_error = Some(error);
             }
             self.poll_read_head(cx, &parts.method)
         })
@@ -317,6 +306,31 @@ fn content_length(value: &HeaderValue) -> Option<u64> {
         length = Some(n);
     }
     length
+}
+
+/// Moves the rest of the request along, if any is left; `writer` becomes
+/// `None` once it is all written. A socket that broke stops the writing and
+/// is returned, for the response may still be readable; a request that
+/// itself broke (its body failed or ran past its length) is an error, for
+/// the upstream would wait for the rest of it.
+fn poll_request(
+    writer: &mut Option<RequestWriter>,
+    cx: &mut Context<'_>,
+    io: &mut Upstream,
+) -> Result<Option<Error>, Error> {
+    let Some(w) = writer.as_mut() else { return Ok(None) };
+    match w.poll_write(cx, io) {
+        Poll::Pending => Ok(None),
+        Poll::Ready(Ok(())) => {
+            *writer = None;
+            Ok(None)
+        }
+        Poll::Ready(Err(error @ Error::Io(_))) => {
+            *writer = None;
+            Ok(Some(error))
+        }
+        Poll::Ready(Err(error)) => Err(error),
+    }
 }
 
 /// Writes the request head and body as the body yields it, encoded as
@@ -572,16 +586,10 @@ impl<G: GiveBack> ResponseBody<G> {
     }
 
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        if let (Some(writer), Some(conn)) = (self.writer.as_mut(), self.conn.as_mut()) {
-            match writer.poll_write(cx, &mut conn.io) {
-                Poll::Ready(Ok(())) => self.writer = None,
-                Poll::Ready(Err(error @ Error::Io(_))) => {
-                    tracing::debug!(%error, "request body not sent whole");
-                    self.writer = None;
-                    self.reusable = false;
-                }
-                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
-                Poll::Pending => {}
+        if let Some(conn) = self.conn.as_mut() {
+            if let Some(error) = poll_request(&mut self.writer, cx, &mut conn.io)? {
+                tracing::debug!(%error, "request body not sent whole");
+                self.reusable = false;
             }
         }
         loop {
