@@ -17,7 +17,6 @@ use std::{
 };
 
 use http::{HeaderValue, Request};
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceBuilder;
 use tracing::{debug, info};
@@ -27,14 +26,13 @@ use crate::{
     config::PortSet,
     detect::client_hello_sni,
     http::{
-        boxed,
         errors::RespondOnErrorLayer,
         forward::{Forward, L5D_ORIG_PROTO},
         headers::strip_l5d,
         resolve::{DnsResolver, ResolveLayer, Target},
         server,
         tap::TapLayer,
-        Version,
+        BoxBody, Version,
     },
     identity::LocalIdentity,
     io::Activity,
@@ -175,7 +173,7 @@ impl Inbound {
         let service = ServiceBuilder::new()
             .layer(metrics)
             .layer(RespondOnErrorLayer)
-            .map_request(move |mut req: Request<Incoming>| {
+            .map_request(move |mut req: Request<BoxBody>| {
                 // Only a peer proxy may ask for its request to be restored
                 // to HTTP/1; from anyone else the header is just stripped.
                 let restore_http1 = meshed
@@ -187,7 +185,7 @@ impl Inbound {
                 if let Some(id) = &client_id {
                     req.headers_mut().insert("l5d-client-id", id.clone());
                 }
-                req.map(boxed)
+                req
             })
             .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addrs.clone()))
             .layer(TapLayer::new(self.stack.taps.clone(), Direction::Inbound, client, client_name.as_deref()))

@@ -13,7 +13,6 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tracing::{debug, info};
 
@@ -21,7 +20,6 @@ use crate::{
     balance::Pick,
     http::{
         balance::{BalanceLayer, Balancers},
-        boxed,
         errors::RespondOnErrorLayer,
         forward::Forward,
         logical::{LogicalLayer, Profiles},
@@ -110,10 +108,8 @@ impl Outbound {
                         self.stack.connector.clone(),
                         self.mesh.clone(),
                     ));
-                let front = ServiceBuilder::new()
-                    .layer(self.stack.http_metrics.clone())
-                    .layer(RespondOnErrorLayer)
-                    .map_request(|req: Request<Incoming>| req.map(boxed));
+                let front =
+                    ServiceBuilder::new().layer(self.stack.http_metrics.clone()).layer(RespondOnErrorLayer);
                 match &self.discovery {
                     // No profiles, routes, retries, splits or balancers to
                     // consult: every request goes where it was sent.
@@ -135,7 +131,7 @@ impl Outbound {
 
     async fn serve_http<S>(&self, io: PrefixedIo<ClientIo>, version: Version, service: S, activity: &Activity)
     where
-        S: tower::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+        S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>
             + Clone
             + Send
             + 'static,

@@ -63,6 +63,7 @@ impl Stack {
                 header_read_timeout: config.detect_timeout,
                 max_header_bytes: config.max_header_bytes,
                 idle_timeout: config.idle_timeout,
+                spawn_streams: config.worker_threads > 1,
             },
             client: Client::new(connector.clone(), config.pool_idle_timeout),
             connector,

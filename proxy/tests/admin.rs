@@ -123,6 +123,37 @@ async fn sigterm_drains_then_exits_zero() {
     drains_in_flight_then_exits(async |proxy: &Proxy| proxy.signal(libc::SIGTERM)).await;
 }
 
+/// Draining an HTTP/2 connection sends GOAWAY: the stream in flight still
+/// gets its whole response, new streams on the connection are refused.
+#[tokio::test]
+async fn draining_finishes_open_http2_streams_and_refuses_new_ones() {
+    let server = HttpServer::start().await;
+    let mut proxy = Proxy::builder().spawn().await;
+    let client = h2_conn(proxy.outbound).await;
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    let mut c = client.clone();
+    let req = http::Request::get(url("/slow?ms=1500")).body(empty()).unwrap();
+    let slow = tokio::spawn(async move { c.send_request(req).await });
+    server.wait_started(1).await;
+    let rsp = proxy.admin("POST", "/shutdown", "").await;
+    assert_eq!(rsp.status, 200, "{rsp:?}");
+    within("new streams to be refused", async {
+        loop {
+            let req = http::Request::get(url("/")).body(empty()).unwrap();
+            if client.clone().send_request(req).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let rsp = within("slow response", slow).await.unwrap().expect("the open stream's response");
+    let got = collect(rsp).await;
+    assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"slow done\n"[..]));
+    let status = proxy.wait_exit(TIMEOUT).await;
+    assert_eq!(status.code(), Some(0), "{status}:\n{}", proxy.stderr());
+}
+
 #[tokio::test]
 async fn max_connections_is_enforced_per_listener() {
     let server = HttpServer::start().await;

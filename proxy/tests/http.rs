@@ -10,6 +10,10 @@ use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use support::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 #[tokio::test]
 async fn h1_outbound_explicit_keeps_alive_preserves_host_and_passes_trailers() {
@@ -276,10 +280,11 @@ async fn h2_bodies_larger_than_the_flow_control_windows_pass_whole() {
     assert_eq!(server.last().body.len(), sent.len());
 }
 
-#[tokio::test]
-async fn h2_concurrent_streams_share_one_connection() {
+/// Streams of one connection run side by side whether they are answered
+/// from the connection's task (one worker) or from tasks of their own.
+async fn h2_concurrent_streams_share_one_connection(worker_threads: usize) {
     let server = HttpServer::start().await;
-    let proxy = Proxy::builder().spawn().await;
+    let proxy = Proxy::builder().env("WEFT_PROXY_WORKER_THREADS", worker_threads).spawn().await;
     let client = h2_conn(proxy.outbound).await;
     // One request first, so the proxy has its upstream connection.
     let mut c = client.clone();
@@ -303,8 +308,84 @@ async fn h2_concurrent_streams_share_one_connection() {
     assert_eq!(server.seen().len(), 6);
 }
 
+#[tokio::test]
+async fn h2_concurrent_streams_share_one_connection_with_one_worker() {
+    h2_concurrent_streams_share_one_connection(1).await;
+}
+
+#[tokio::test]
+async fn h2_concurrent_streams_share_one_connection_with_two_workers() {
+    h2_concurrent_streams_share_one_connection(2).await;
+}
+
 fn tempfile(tag: &str) -> String {
     let dir = std::env::temp_dir().join(format!("weft-proxy-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(tag).to_string_lossy().into_owned()
+}
+
+/// A client that gives up on a response (HTTP/2 resets its stream, HTTP/1
+/// closes its connection) makes the proxy give up on the upstream's too,
+/// both before the response starts and while its body streams: a cancelled
+/// call must not keep running on the server.
+async fn giving_up_cancels_the_upstream_response(h2: bool) {
+    let server = HttpServer::start().await;
+    let proxy = Proxy::builder().spawn().await;
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    if h2 {
+        let client = h2_conn(proxy.outbound).await;
+        let mut c = client.clone();
+        let req = Request::get(url("/slow?ms=30000")).body(empty()).unwrap();
+        let waiting = tokio::spawn(async move { c.send_request(req).await });
+        server.wait_started(1).await;
+        waiting.abort();
+        server.wait_cancelled(1).await;
+
+        let req = Request::get(url("/stream?n=300&ms=100")).body(empty()).unwrap();
+        let rsp = within("response head", client.clone().send_request(req)).await.expect("response");
+        let mut body = rsp.into_body();
+        let first = within("first chunk", body.frame()).await.expect("a frame").expect("a data frame");
+        assert_eq!(first.into_data().expect("data"), "chunk 0\n");
+        drop(body);
+        server.wait_cancelled(2).await;
+
+        // The connection itself carries on.
+        let req = Request::get(url("/")).body(empty()).unwrap();
+        let got =
+            collect(within("response", client.clone().send_request(req)).await.expect("response")).await;
+        assert_eq!(got.status, 200);
+    } else {
+        let head = |path: &str| format!("GET {} HTTP/1.1\r\nhost: {}\r\n\r\n", url(path), server.addr);
+        let mut waiting = TcpStream::connect(proxy.outbound).await.expect("connect");
+        waiting.write_all(head("/slow?ms=30000").as_bytes()).await.unwrap();
+        server.wait_started(1).await;
+        drop(waiting);
+        server.wait_cancelled(1).await;
+
+        let mut streaming = TcpStream::connect(proxy.outbound).await.expect("connect");
+        streaming.write_all(head("/stream?n=300&ms=100").as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        within("first chunk", async {
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&got).contains("chunk 0") {
+                let n = streaming.read(&mut buf).await.expect("read");
+                assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        drop(streaming);
+        server.wait_cancelled(2).await;
+        assert_eq!(curl_via(&proxy, &url("/")).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn h1_client_giving_up_cancels_the_upstream_response() {
+    giving_up_cancels_the_upstream_response(false).await;
+}
+
+#[tokio::test]
+async fn h2_client_giving_up_cancels_the_upstream_response() {
+    giving_up_cancels_the_upstream_response(true).await;
 }

@@ -1,14 +1,17 @@
-//! Upstream HTTP/2 connections, driven with the h2 crate directly.
+//! HTTP/2 driven with the h2 crate directly: the upstream connections the
+//! pool keeps, and the accepted connections the proxy serves.
 //!
 //! hyper's HTTP/2 client hands every request to its connection task over a
 //! channel, spawns a task per request to wait for the response and answers
-//! through a oneshot. A proxy already has a task per request (the stream's,
-//! on the server side), so here the request is opened on the shared
-//! connection from that task and its response awaited there: no hop, no
-//! spawn unless the request has a body to stream.
+//! through a oneshot; its server spawns a task per stream. A proxy needs
+//! neither: each stream's request is answered by a future polled from the
+//! accepted connection's own task, and that future opens the upstream
+//! request on the shared upstream connection and awaits its response
+//! itself. No hop, no spawn unless a body has to stream on its own.
 
 use std::{
-    future::poll_fn,
+    convert::Infallible,
+    future::{poll_fn, Future},
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -20,13 +23,16 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
+use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::{debug, Instrument};
 
-use super::BoxBody;
+use super::{server::ServerSettings, BoxBody};
+use crate::io::Activity;
 
 // hyper's client defaults, which these connections used before.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -112,10 +118,12 @@ impl Connection {
         let end_of_stream = body.is_end_stream();
         let (response, stream) = send.send_request(head, end_of_stream)?;
         if !end_of_stream {
-            tokio::spawn(send_body(body, stream).in_current_span());
+            tokio::spawn(stream_body(body, stream).in_current_span());
         }
         let rsp = response.await?;
-        Ok(rsp.map(|recv| BoxBody::new(RecvBody { recv, data_done: false })))
+        let (parts, recv) = rsp.into_parts();
+        let body = RecvBody::new(recv, &parts.headers);
+        Ok(Response::from_parts(parts, BoxBody::new(body)))
     }
 }
 
@@ -125,21 +133,29 @@ pub(super) fn has_payload_semantics(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
 }
 
-/// Streams a request body to the upstream as the peer's flow control
-/// allows, ending with its trailers or an empty end-of-stream frame.
-async fn send_body(mut body: BoxBody, mut stream: h2::SendStream<Bytes>) {
+/// Streams a body onto an h2 stream (a request's to the upstream, a
+/// response's to the client) as the peer's flow control allows, ending with
+/// its trailers or an empty end-of-stream frame. Stops when the peer resets
+/// the stream, even while the body has nothing to send: a cancelled gRPC
+/// stream must not keep its other side open.
+async fn stream_body(mut body: BoxBody, mut stream: h2::SendStream<Bytes>) {
     loop {
-        let frame = match body.frame().await {
-            None => {
+        let frame = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Ok(frame)),
+            Poll::Pending => stream.poll_reset(cx).map(|reset| Err(reset.unwrap_or(h2::Reason::CANCEL))),
+        });
+        let frame = match frame.await {
+            Err(reason) => return debug!(?reason, "stream reset by peer"),
+            Ok(None) => {
                 let _ = stream.send_data(Bytes::new(), true);
                 return;
             }
-            Some(Err(error)) => {
-                debug!(%error, "request body failed");
+            Ok(Some(Err(error))) => {
+                debug!(%error, "body failed");
                 stream.send_reset(h2::Reason::INTERNAL_ERROR);
                 return;
             }
-            Some(Ok(frame)) => frame,
+            Ok(Some(Ok(frame))) => frame,
         };
         let mut data = match frame.into_data() {
             Ok(data) => data,
@@ -164,7 +180,7 @@ async fn send_body(mut body: BoxBody, mut stream: h2::SendStream<Bytes>) {
             let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
                 Some(Ok(n)) => n,
                 // The stream was reset or the connection closed: the
-                // response (or its error) tells the client.
+                // other side has its answer already.
                 Some(Err(_)) | None => return,
             };
             let chunk = data.split_to(granted.min(data.len()));
@@ -178,11 +194,25 @@ async fn send_body(mut body: BoxBody, mut stream: h2::SendStream<Bytes>) {
     }
 }
 
-/// A response body read from an h2 stream, handing its bytes' window back
-/// to the peer as they are taken.
+/// A body read from an h2 stream (a response from the upstream, a request
+/// from the client), handing its bytes' window back to the peer as they are
+/// taken.
 struct RecvBody {
     recv: h2::RecvStream,
     data_done: bool,
+    /// From Content-Length, which h2 holds the peer to: what is left of it.
+    remaining: Option<u64>,
+}
+
+impl RecvBody {
+    fn new(recv: h2::RecvStream, headers: &http::HeaderMap) -> Self {
+        let remaining = if recv.is_end_stream() {
+            Some(0)
+        } else {
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+        };
+        Self { recv, data_done: false, remaining }
+    }
 }
 
 impl Body for RecvBody {
@@ -197,6 +227,9 @@ impl Body for RecvBody {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut self.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),
@@ -215,6 +248,161 @@ impl Body for RecvBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        self.remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+// hyper's server defaults, which accepted connections were served with
+// before.
+const SERVER_STREAM_WINDOW: u32 = 1024 * 1024;
+const SERVER_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const SERVER_MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Streams this proxy may reset for a client's protocol errors before the
+/// connection is closed (the rapid-reset defences keep h2's own defaults).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// Serves one accepted HTTP/2 connection until the client closes it, the
+/// proxy drains (GOAWAY, then open streams finish) or nothing moves for the
+/// idle timeout.
+///
+/// With one worker, every stream is answered by a future polled from this
+/// task, streams first and then the connection, so what a stream queued is
+/// written in the same poll that produced it rather than after waking
+/// another task.
+pub async fn serve<I, S>(
+    io: I,
+    service: S,
+    settings: &ServerSettings,
+    activity: &Activity,
+    drain: &CancellationToken,
+) -> Result<(), h2::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(SERVER_STREAM_WINDOW)
+        .initial_connection_window_size(SERVER_CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(SERVER_MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .handshake::<_, Bytes>(io);
+    let idle = activity.idle_for(settings.idle_timeout);
+    tokio::pin!(idle);
+    let mut conn = tokio::select! {
+        conn = handshake => conn?,
+        () = &mut idle => {
+            debug!("idle: closing before the HTTP/2 handshake finished");
+            return Ok(());
+        }
+    };
+    let mut streams = FuturesUnordered::new();
+    let draining = drain.cancelled();
+    tokio::pin!(draining);
+    let mut shutting_down = false;
+    let connection = poll_fn(|cx| {
+        if !shutting_down && draining.as_mut().poll(cx).is_ready() {
+            debug!("draining");
+            conn.graceful_shutdown();
+            shutting_down = true;
+        }
+        loop {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            match ready!(conn.poll_accept(cx)) {
+                Some(Ok((req, respond))) => {
+                    let answer = answer(service.clone(), req, respond);
+                    if settings.spawn_streams {
+                        tokio::spawn(answer.in_current_span());
+                    } else {
+                        streams.push(answer);
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Err(error)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    });
+    tokio::select! {
+        result = connection => result,
+        // Nothing moved either way for the idle timeout: close, even with a
+        // stream open (a graceful shutdown would wait for an upstream that
+        // may never answer).
+        () = idle => {
+            debug!("idle: closing");
+            Ok(())
+        }
+    }
+}
+
+/// Answers one stream: the request through the service, the response back
+/// onto the stream. A client that resets the stream cancels the request.
+async fn answer<S>(service: S, req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>)
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>,
+{
+    let req = {
+        let (parts, recv) = req.into_parts();
+        let body = RecvBody::new(recv, &parts.headers);
+        Request::from_parts(parts, BoxBody::new(body))
+    };
+    let rsp = tokio::select! {
+        biased;
+        rsp = service.oneshot(req) => match rsp {
+            Ok(rsp) => rsp,
+            Err(never) => match never {},
+        },
+        reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+            return debug!(reason = ?reset.ok(), "stream reset by client");
+        }
+    };
+    let (parts, body) = rsp.into_parts();
+    let mut head = Response::from_parts(parts, ());
+    head.headers_mut().entry(header::DATE).or_insert_with(date::now);
+    let end_of_stream = body.is_end_stream();
+    if !end_of_stream {
+        if let Some(len) = body.size_hint().exact() {
+            head.headers_mut().entry(header::CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
+        }
+    }
+    match respond.send_response(head, end_of_stream) {
+        Ok(stream) if !end_of_stream => stream_body(body, stream).await,
+        Ok(_) => {}
+        Err(error) => {
+            debug!(%error, "response not sent");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+/// The Date header a response without one gets (RFC 9110 §6.6.1, as hyper
+/// adds it on HTTP/1): formatted once a second per thread, not per response.
+mod date {
+    use std::{cell::RefCell, time::SystemTime};
+
+    use http::HeaderValue;
+
+    thread_local! {
+        static CACHED: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+    }
+
+    pub fn now() -> HeaderValue {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHED.with_borrow_mut(|cached| match cached {
+            Some((at, value)) if *at == second => value.clone(),
+            _ => {
+                let value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
+                *cached = Some((second, value.clone()));
+                value
+            }
+        })
     }
 }

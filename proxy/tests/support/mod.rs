@@ -479,6 +479,26 @@ pub struct ServerState {
     pub started: AtomicUsize,
     /// `/stream-request` bodies whose first chunk has arrived.
     pub first_chunks: AtomicUsize,
+    /// `/slow` and `/stream` responses dropped unfinished: their client (the
+    /// proxy) gave up on them.
+    pub cancelled: AtomicUsize,
+}
+
+/// Counts a response in `cancelled` if dropped before `finish`.
+struct Unfinished(Option<Arc<ServerState>>);
+
+impl Unfinished {
+    fn finish(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(st) = self.0.take() {
+            st.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 pub struct HttpServer {
@@ -530,6 +550,16 @@ impl HttpServer {
     pub async fn wait_first_chunks(&self, n: usize) {
         within("a request body's first chunk to reach the server", async {
             while self.state.first_chunks.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits until `n` responses have been given up on by their client.
+    pub async fn wait_cancelled(&self, n: usize) {
+        within("the upstream response to be cancelled", async {
+            while self.state.cancelled.load(Ordering::SeqCst) < n {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -650,11 +680,14 @@ async fn handle(
     };
     let rsp = match path.as_str() {
         "/slow" => {
+            let mut unfinished = Unfinished(Some(st.clone()));
             tokio::time::sleep(Duration::from_millis(q("ms").unwrap_or(1000))).await;
+            unfinished.finish();
             Response::new(full("slow done\n"))
         }
         "/stream" => {
             let (n, ms) = (q("n").unwrap_or(3), q("ms").unwrap_or(100));
+            let mut unfinished = Unfinished(Some(st.clone()));
             let frames = futures_util::stream::iter(0..=n).then(move |i| async move {
                 if i == n {
                     let mut t = HeaderMap::new();
@@ -665,6 +698,12 @@ async fn handle(
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 Ok(Frame::data(Bytes::from(format!("chunk {i}\n"))))
+            });
+            let frames = frames.map(move |frame| {
+                if frame.as_ref().is_ok_and(Frame::is_trailers) {
+                    unfinished.finish();
+                }
+                frame
             });
             let mut rsp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
             // HTTP/1 sends only the trailers the head announces.
