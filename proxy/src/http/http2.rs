@@ -27,12 +27,13 @@ use futures_util::{stream::FuturesUnordered, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, Instrument};
 
-use super::{server::ServerSettings, BoxBody};
-use crate::io::Activity;
+use super::{
+    server::{Graceful, ServerSettings},
+    BoxBody,
+};
 
 // hyper's client defaults, which these connections used before.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -262,21 +263,14 @@ const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// connection is closed (the rapid-reset defences keep h2's own defaults).
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-/// Serves one accepted HTTP/2 connection until the client closes it, the
-/// proxy drains (GOAWAY, then open streams finish) or nothing moves for the
-/// idle timeout.
-///
-/// With one worker, every stream is answered by a future polled from this
-/// task, streams first and then the connection, so what a stream queued is
-/// written in the same poll that produced it rather than after waking
-/// another task.
-pub async fn serve<I, S>(
+/// Performs the server side of the HTTP/2 handshake on an accepted
+/// connection; `server::drive` then serves it until the client closes it,
+/// the proxy drains or it idles out.
+pub async fn accept<I, S>(
     io: I,
     service: S,
     settings: &ServerSettings,
-    activity: &Activity,
-    drain: &CancellationToken,
-) -> Result<(), h2::Error>
+) -> Result<ServerConnection<I, S, impl Future<Output = ()> + Send + 'static>, h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = Infallible>
@@ -285,7 +279,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let handshake = h2::server::Builder::new()
+    let conn = h2::server::Builder::new()
         .initial_window_size(SERVER_STREAM_WINDOW)
         .initial_connection_window_size(SERVER_CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
@@ -293,51 +287,75 @@ where
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .handshake::<_, Bytes>(io);
-    let idle = activity.idle_for(settings.idle_timeout);
-    tokio::pin!(idle);
-    let mut conn = tokio::select! {
-        conn = handshake => conn?,
-        () = &mut idle => {
-            debug!("idle: closing before the HTTP/2 handshake finished");
-            return Ok(());
-        }
-    };
-    let mut streams = FuturesUnordered::new();
-    let draining = drain.cancelled();
-    tokio::pin!(draining);
-    let mut shutting_down = false;
-    let connection = poll_fn(|cx| {
-        if !shutting_down && draining.as_mut().poll(cx).is_ready() {
-            debug!("draining");
-            conn.graceful_shutdown();
-            shutting_down = true;
-        }
+        .handshake::<_, Bytes>(io)
+        .await?;
+    Ok(ServerConnection {
+        conn,
+        service,
+        answer: answer::<S>,
+        streams: FuturesUnordered::new(),
+        spawn_streams: settings.spawn_streams,
+    })
+}
+
+/// An accepted HTTP/2 connection, as a future that serves it to its end.
+///
+/// With one worker, every stream is answered by a future polled from the
+/// connection's task, streams first and then the connection, so what a
+/// stream queued is written in the same poll that produced it rather than
+/// after waking another task.
+pub struct ServerConnection<I, S, F> {
+    conn: h2::server::Connection<I, Bytes>,
+    service: S,
+    /// `answer` for this service; `F` is the type of its future, which has
+    /// no name to write.
+    answer: fn(S, Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> F,
+    streams: FuturesUnordered<F>,
+    spawn_streams: bool,
+}
+
+// Nothing here is pinned in place: the stream futures live on the heap
+// inside `FuturesUnordered`, and the service is only cloned.
+impl<I: Unpin, S, F> Unpin for ServerConnection<I, S, F> {}
+
+impl<I, S, F> Future for ServerConnection<I, S, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Clone,
+    F: Future<Output = ()> + Send + 'static,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
         loop {
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            match ready!(conn.poll_accept(cx)) {
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            match ready!(this.conn.poll_accept(cx)) {
                 Some(Ok((req, respond))) => {
-                    let answer = answer(service.clone(), req, respond);
-                    if settings.spawn_streams {
+                    let answer = (this.answer)(this.service.clone(), req, respond);
+                    if this.spawn_streams {
                         tokio::spawn(answer.in_current_span());
                     } else {
-                        streams.push(answer);
+                        this.streams.push(answer);
                     }
                 }
                 Some(Err(error)) => return Poll::Ready(Err(error)),
                 None => return Poll::Ready(Ok(())),
             }
         }
-    });
-    tokio::select! {
-        result = connection => result,
-        // Nothing moved either way for the idle timeout: close, even with a
-        // stream open (a graceful shutdown would wait for an upstream that
-        // may never answer).
-        () = idle => {
-            debug!("idle: closing");
-            Ok(())
-        }
+    }
+}
+
+impl<I, S, F> Graceful for ServerConnection<I, S, F>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    S: Clone,
+    F: Future<Output = ()> + Send + 'static,
+{
+    type Error = h2::Error;
+
+    fn shutdown(self: Pin<&mut Self>) {
+        self.get_mut().conn.graceful_shutdown();
     }
 }
 

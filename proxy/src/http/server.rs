@@ -2,7 +2,7 @@
 //! (HTTP/1 with hyper, HTTP/2 with the h2 crate: see `http2`), until the
 //! client closes, the connection idles out, or the proxy drains.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
 
 use http::{Request, Response};
 use hyper::{body::Incoming, server::conn::http1};
@@ -57,22 +57,65 @@ where
                 .max_buf_size(settings.max_header_bytes)
                 .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => return Ok(result?),
-                // Finish the request in flight, then close.
-                () = drain.cancelled() => debug!("draining"),
+            Ok(drive(conn, settings, activity, drain).await?)
+        }
+        Version::Http2 => {
+            let handshake = http2::accept(io, service, settings);
+            let conn = tokio::select! {
+                conn = handshake => conn?,
                 () = activity.idle_for(settings.idle_timeout) => {
-                    // Nothing moved either way for the idle timeout: close,
-                    // even with a request in flight (a graceful shutdown
-                    // would wait for an upstream that may never answer).
-                    debug!("idle: closing");
+                    debug!("idle: closing before the HTTP/2 handshake finished");
                     return Ok(());
                 }
-            }
-            conn.as_mut().graceful_shutdown();
-            Ok(conn.await?)
+            };
+            Ok(drive(conn, settings, activity, drain).await?)
         }
-        Version::Http2 => Ok(http2::serve(io, service, settings, activity, drain).await?),
     }
+}
+
+/// A connection that can be asked to finish gracefully: HTTP/1 stops after
+/// the request in flight, HTTP/2 sends GOAWAY and lets open streams
+/// complete.
+pub trait Graceful: Future<Output = Result<(), Self::Error>> {
+    type Error;
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<BoxError>,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<BoxError>,
+{
+    type Error = hyper::Error;
+
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+/// Runs a connection until it ends, the proxy drains (finish gracefully), or
+/// nothing moves for the idle timeout.
+async fn drive<C: Graceful>(
+    conn: C,
+    settings: &ServerSettings,
+    activity: &Activity,
+    drain: &CancellationToken,
+) -> Result<(), C::Error> {
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        () = drain.cancelled() => debug!("draining"),
+        () = activity.idle_for(settings.idle_timeout) => {
+            // Nothing moved either way for the idle timeout: close, even with
+            // a request in flight (a graceful shutdown would wait for an
+            // upstream that may never answer).
+            debug!("idle: closing");
+            return Ok(());
+        }
+    }
+    conn.as_mut().shutdown();
+    conn.await
 }
