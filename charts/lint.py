@@ -18,7 +18,7 @@ takes no values and it has no `template` action, so:
 - negative cases: rendering without the trust anchor/issuer fails with a
   message naming `weft identity create-ca`.
 - the CRDs in charts/weft/crds/ parse, and their spec still equals the
-  CRDs the apiserver served in ../shared/fixtures/kubernetes (when present).
+  CRDs the apiserver served in tests/fixtures/kubernetes.
 
 Exit status 0 when everything passes; otherwise 1 with every failure listed.
 Usage: python3 charts/lint.py
@@ -536,7 +536,7 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
 
 
 def check_crds() -> None:
-    fixtures = os.environ.get("WEFT_K8S_FIXTURES") or os.path.join(REPO, "..", "shared", "fixtures", "kubernetes")
+    fixtures = os.environ.get("WEFT_K8S_FIXTURES") or os.path.join(REPO, "tests", "fixtures", "kubernetes")
     want = {"trafficsplits.split.smi-spec.io": {"v1alpha2": True, "v1alpha4": False},
             "serviceprofiles.linkerd.io": {"v1alpha2": True}}
     for name, versions in want.items():
@@ -563,7 +563,22 @@ def check_crds() -> None:
             else:
                 ok(f"CRD {name}: spec equals the apiserver's ({os.path.basename(fx)}), versions {versions}")
         else:
-            ok(f"CRD {name}: versions {versions} (fixtures not found at {fixtures}: spec not compared)")
+            fail(f"CRD {name}: the served CRD {fx} is missing")
+
+
+def check_app_version() -> None:
+    """The chart's appVersion is the release every image is tagged with, and the
+    injector and `weft inject` default to the proxy images of their own crate
+    version: the two must agree or a fresh install pulls images nobody built."""
+    chart = load_yaml(os.path.join(CHART, "Chart.yaml"))
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        m = re.search(r'^\[workspace\.package\][^\[]*?^version\s*=\s*"([^"]+)"', f.read(), re.M | re.S)
+    crate = m.group(1) if m else None
+    if str(chart.get("appVersion")) != crate:
+        fail(f"Chart.yaml appVersion {chart.get('appVersion')!r} differs from the workspace version {crate!r} "
+             "(the images and the injector's default proxy image are tagged with the latter)")
+    else:
+        ok(f"Chart.yaml appVersion {crate} equals the workspace version (the images' tag)")
 
 
 def main() -> int:
@@ -630,6 +645,7 @@ def main() -> int:
                 ok(f"[{label}] refused: ...{needle}...")
 
         check_crds()
+        check_app_version()
 
     if failures:
         print(f"charts/lint.py: {len(failures)} failure(s):", file=sys.stderr)

@@ -44,11 +44,11 @@ pub struct Args {
     cluster_domain: String,
 
     /// Image of the injected weft-proxy container.
-    #[arg(long, default_value = "ghcr.io/weft-mesh/weft-proxy:latest")]
+    #[arg(long, default_value = weft_injector::config::DEFAULT_PROXY_IMAGE)]
     proxy_image: String,
 
     /// Image of the injected weft-proxy-init init container.
-    #[arg(long, default_value = "ghcr.io/weft-mesh/weft-proxy-init:latest")]
+    #[arg(long, default_value = weft_injector::config::DEFAULT_PROXY_INIT_IMAGE)]
     proxy_init_image: String,
 
     /// Proxy log filter, unless a pod's config.weft.io/proxy-log-level says otherwise.

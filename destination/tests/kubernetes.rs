@@ -1,6 +1,6 @@
 //! The Kubernetes backend with the real kube-rs client against a local HTTP
 //! server that replays API traffic captured from a kube-apiserver v1.32
-//! (../shared/fixtures/kubernetes, see its README): LISTs, then WATCH
+//! (tests/fixtures/kubernetes, see its README): LISTs, then WATCH
 //! streams whose events the test releases one at a time, so each step of the
 //! captured scenario can be checked as a proxy would see it.
 
@@ -33,7 +33,7 @@ const ID_VOTING: &str = "voting.emojivoto.serviceaccount.identity.weft.cluster.l
 const WEB_SVC: &str = "web-svc.emojivoto.svc.cluster.local:80";
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/kubernetes")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes")
 }
 
 fn fixture(name: &str) -> String {

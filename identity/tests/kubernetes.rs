@@ -1,6 +1,6 @@
 //! TokenReview through the real kube-rs client against a local HTTP server
 //! that replays responses captured from a kube-apiserver v1.32
-//! (../shared/fixtures/kubernetes/tokenreview-*.json).
+//! (tests/fixtures/kubernetes/tokenreview-*.json).
 //!
 //! The server checks that what we POST matches the captured request (path,
 //! token, audiences) before replaying the captured response, so the test
@@ -24,12 +24,7 @@ use weft_identity::token::{TokenError, TokenValidator};
 use weft_tls::PrivateKey;
 
 fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/kubernetes");
-    if dir.exists() {
-        dir
-    } else {
-        PathBuf::from("/work/shared/fixtures/kubernetes")
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes")
 }
 
 fn fixture(name: &str) -> Value {

@@ -43,6 +43,14 @@ impl Default for Resources {
     }
 }
 
+/// The proxy image of this release: the tag is this crate's version, which is
+/// the chart's appVersion (charts/lint.py checks they agree), so a pod is never
+/// meshed with whatever `:latest` happens to be.
+pub const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/weft-mesh/weft-proxy:", env!("CARGO_PKG_VERSION"));
+/// The proxy-init image of this release (see [`DEFAULT_PROXY_IMAGE`]).
+pub const DEFAULT_PROXY_INIT_IMAGE: &str =
+    concat!("ghcr.io/weft-mesh/weft-proxy-init:", env!("CARGO_PKG_VERSION"));
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InjectorConfig {
     /// Namespace of the control plane; its pods are never injected.
@@ -69,8 +77,8 @@ impl Default for InjectorConfig {
             control_plane_namespace: "weft".into(),
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
-            proxy_image: "ghcr.io/weft-mesh/weft-proxy:latest".into(),
-            proxy_init_image: "ghcr.io/weft-mesh/weft-proxy-init:latest".into(),
+            proxy_image: DEFAULT_PROXY_IMAGE.into(),
+            proxy_init_image: DEFAULT_PROXY_INIT_IMAGE.into(),
             trust_anchors_pem: String::new(),
             default_log_level: "warn,weft_proxy=info".into(),
             default_resources: Resources::default(),

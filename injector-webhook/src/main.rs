@@ -11,7 +11,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use weft_injector::config::Resources;
+use weft_injector::config::{Resources, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_INIT_IMAGE};
 use weft_injector::namespaces::KubeNamespaces;
 use weft_injector::tls::CertReloader;
 use weft_injector::webhook::{serve_admin, serve_tls, Injector};
@@ -45,13 +45,13 @@ struct Args {
     #[arg(long, env = "WEFT_INJECTOR_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
     /// Image of the injected weft-proxy container.
-    #[arg(long, env = "WEFT_INJECTOR_PROXY_IMAGE", default_value = "ghcr.io/weft-mesh/weft-proxy:latest")]
+    #[arg(long, env = "WEFT_INJECTOR_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
     proxy_image: String,
     /// Image of the injected weft-proxy-init init container.
     #[arg(
         long,
         env = "WEFT_INJECTOR_PROXY_INIT_IMAGE",
-        default_value = "ghcr.io/weft-mesh/weft-proxy-init:latest"
+        default_value = DEFAULT_PROXY_INIT_IMAGE
     )]
     proxy_init_image: String,
     /// Proxy log filter unless config.weft.io/proxy-log-level says otherwise.

@@ -194,7 +194,7 @@ mod tests {
     use serde_json::json;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/../../shared/fixtures/kubernetes/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../tests/fixtures/kubernetes/{name}", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 

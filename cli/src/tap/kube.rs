@@ -227,7 +227,7 @@ fn api_error(e: kube::Error, what: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     //! Resolution against a local HTTP server that replays the pod LIST a
-    //! real kube-apiserver answered (../shared/fixtures/kubernetes).
+    //! real kube-apiserver answered (tests/fixtures/kubernetes).
 
     use super::*;
     use std::convert::Infallible;
@@ -240,7 +240,7 @@ mod tests {
 
     fn fixture() -> Value {
         let path =
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/kubernetes/pods-emojivoto.list.json");
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/kubernetes/pods-emojivoto.list.json");
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -296,7 +296,7 @@ mod tests {
             serde_json::from_str(
                 &std::fs::read_to_string(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/../../shared/fixtures/kubernetes/services-emojivoto.list.json"
+                    "/../tests/fixtures/kubernetes/services-emojivoto.list.json"
                 ))
                 .unwrap(),
             )

@@ -16,7 +16,7 @@ use weft_injector::InjectorConfig;
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os("WEFT_K8S_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/kubernetes"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes"))
 }
 
 pub fn fixture_bytes(name: &str) -> Vec<u8> {
