@@ -176,9 +176,14 @@ def resource_list(gv: str, resources: list[tuple[str, str, bool]]) -> dict:
     }
 
 
-def group_list() -> dict:
+# prometheus-operator's group, served only where a test asks for it.
+MONITORING = {"monitoring.coreos.com/v1": [("podmonitors", "PodMonitor", True),
+                                           ("servicemonitors", "ServiceMonitor", True)]}
+
+
+def group_list(served: dict[str, list[tuple[str, str, bool]]]) -> dict:
     groups: dict[str, list[str]] = {}
-    for gv in GROUPS:
+    for gv in served:
         g, v = gv.split("/")
         groups.setdefault(g, []).append(v)
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
@@ -188,6 +193,7 @@ def group_list() -> dict:
 
 
 class FakeAPI(http.server.BaseHTTPRequestHandler):
+    groups: dict[str, list[tuple[str, str, bool]]] = GROUPS
     created: list[dict] = []
     store: dict[str, dict] = {}
     unexpected: list[str] = []
@@ -230,11 +236,11 @@ class FakeAPI(http.server.BaseHTTPRequestHandler):
         if p == "/api/v1":
             return self.reply(200, resource_list("v1", CORE))
         if p == "/apis":
-            return self.reply(200, group_list())
+            return self.reply(200, group_list(self.groups))
         parts = p.split("/")
-        if len(parts) == 4 and parts[1] == "apis" and f"{parts[2]}/{parts[3]}" in GROUPS:
+        if len(parts) == 4 and parts[1] == "apis" and f"{parts[2]}/{parts[3]}" in self.groups:
             gv = f"{parts[2]}/{parts[3]}"
-            return self.reply(200, resource_list(gv, GROUPS[gv]))
+            return self.reply(200, resource_list(gv, self.groups[gv]))
         if p in self.store:
             return self.reply(200, self.store[p])
         if p.endswith("/secrets") or p.endswith("/customresourcedefinitions"):
@@ -275,13 +281,16 @@ class FakeAPI(http.server.BaseHTTPRequestHandler):
         self.reply(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
 
-def render(label: str, values: dict | None, tmp: str) -> tuple[list[dict], str, str | None]:
-    """Install the chart (without crds/, checked separately) into a fresh fake API server.
-    Returns (objects Helm created, release manifest, error or None)."""
+def render(label: str, values: dict | None, tmp: str, *, extra_groups: dict | None = None,
+           notes: list[str] | None = None) -> tuple[list[dict], str, str | None]:
+    """Install the chart (without crds/, checked separately) into a fresh fake API server
+    serving GROUPS (and extra_groups). Returns (objects Helm created, release manifest,
+    error or None); the release notes are appended to `notes` when given."""
     chart = os.path.join(tmp, f"render-{label}", "weft")
     shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("crds"))
 
     class Handler(FakeAPI):
+        groups = {**GROUPS, **(extra_groups or {})}
         created: list[dict] = []
         store: dict[str, dict] = {}
 
@@ -304,6 +313,8 @@ def render(label: str, values: dict | None, tmp: str) -> tuple[list[dict], str, 
         except helm_sdkpy.HelmError as e:
             return [], "", str(e)
         manifest = result.get("manifest") or ""
+        if notes is not None:
+            notes.append(((result.get("info") or {}).get("notes")) or "")
         return list(Handler.created), manifest, None
     finally:
         server.shutdown()
@@ -453,6 +464,12 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
         for sp in svc.get("spec", {}).get("ports") or []:
             if sp.get("targetPort") not in names:
                 fail(f"{ctx} Service/weft-{comp} targetPort {sp.get('targetPort')} names no container port")
+        # appProtocol says how to speak to a port: h2c only where the port
+        # serves cleartext HTTP/2 (destination's gRPC), never on a TLS port.
+        tls_ports = {"identity": {"grpc"}, "injector": {"https", "webhook"}}.get(comp, set())
+        for sp in svc.get("spec", {}).get("ports") or []:
+            if sp.get("name") in tls_ports and sp.get("appProtocol") == "kubernetes.io/h2c":
+                fail(f"{ctx} Service/weft-{comp} port {sp.get('name')} serves TLS but declares appProtocol h2c")
         if svc and any(svc["spec"]["selector"].get(k) != v for k, v in selector.items()):
             fail(f"{ctx} Service/weft-{comp} selector does not select the Deployment's pods")
         pdb = by.get(("PodDisruptionBudget", f"weft-{comp}"))
@@ -566,6 +583,63 @@ def check_crds() -> None:
             fail(f"CRD {name}: the served CRD {fx} is missing")
 
 
+def check_pod_monitors(required: dict, tmp: str) -> None:
+    """Off by default; on, two PodMonitors for the proxies and the control plane, and a
+    clear refusal on a cluster without prometheus-operator's CRDs."""
+    created, manifest, err = render("no-podmonitor", required, tmp, extra_groups=MONITORING)
+    if err or any(d.get("kind") == "PodMonitor" for d in created):
+        fail(f"[podMonitor] off by default, yet: {err or 'PodMonitors were created'}")
+    on = merge(required, {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}})
+    created, manifest, err = render("podmonitor", on, tmp, extra_groups=MONITORING)
+    if err:
+        return fail(f"[podMonitor] render failed: {err}")
+    monitors = {d["metadata"]["name"]: d for d in created if d.get("kind") == "PodMonitor"}
+    if set(monitors) != {"weft-proxy", "weft-control-plane"}:
+        return fail(f"[podMonitor] want PodMonitors weft-proxy and weft-control-plane, got {sorted(monitors)}")
+    proxy = monitors["weft-proxy"]
+    endpoint = proxy["spec"]["podMetricsEndpoints"][0]
+    targets = {r.get("targetLabel") for r in endpoint.get("relabelings", [])}
+    keep = [r for r in endpoint.get("relabelings", []) if r.get("action") == "keep"]
+    if proxy["spec"].get("namespaceSelector") != {"any": True} or endpoint.get("port") != "weft-admin" \
+            or endpoint.get("path") != "/metrics" \
+            or keep != [{"sourceLabels": ["__meta_kubernetes_pod_container_name"], "action": "keep",
+                         "regex": "weft-proxy"}] \
+            or not {"namespace", "pod", "deployment", "statefulset", "daemonset"} <= targets:
+        return fail(f"[podMonitor] weft-proxy should scrape weft-admin /metrics of the weft-proxy container in "
+                    f"every namespace and label namespace/pod/workload: {proxy['spec']}")
+    if any(m["metadata"]["labels"].get("release") != "prometheus" for m in monitors.values()):
+        return fail("[podMonitor] podMonitor.labels are not on the PodMonitors")
+    cp = monitors["weft-control-plane"]["spec"]
+    if cp["podMetricsEndpoints"][0].get("port") != "admin" \
+            or cp["selector"]["matchLabels"].get("app.kubernetes.io/part-of") != "weft":
+        return fail(f"[podMonitor] weft-control-plane should scrape the control plane's admin ports: {cp}")
+    # The deployment label drops a ReplicaSet's pod-template-hash suffix.
+    rule = next(r for r in endpoint["relabelings"] if r.get("targetLabel") == "deployment")
+    m = re.fullmatch(rule["regex"], "ReplicaSet;web-v1-7d9c8b6f5")
+    if not m or m.group(1) != "web-v1":
+        return fail(f"[podMonitor] deployment relabeling {rule} does not map ReplicaSet web-v1-7d9c8b6f5 to web-v1")
+    _, _, err = render("podmonitor-no-crd", on, tmp)
+    if err is None or "prometheus-operator" not in err:
+        return fail(f"[podMonitor] without the monitoring.coreos.com CRDs the install should stop naming "
+                    f"prometheus-operator: {err}")
+    ok("[podMonitor] off by default; on: proxies (weft-admin, every namespace) and control plane (admin), "
+       "namespace/pod/workload labels; refused without prometheus-operator's CRDs")
+
+
+def check_notes(required: dict, tmp: str) -> None:
+    """NOTES.txt tells a new user the next steps."""
+    notes: list[str] = []
+    _, _, err = render("notes", required, tmp, notes=notes)
+    text = notes[0] if notes else ""
+    if err:
+        return fail(f"[notes] render failed: {err}")
+    for needle in ("weft check", "weft.io/inject=enabled", "weft check --proxy", "weft tap", "Pod Security",
+                   "failurePolicy is Ignore"):
+        if needle not in text:
+            return fail(f"[notes] NOTES.txt should mention {needle!r}:\n{text}")
+    ok("[notes] NOTES.txt gives the next steps (weft check, annotate, restart, tap, Pod Security)")
+
+
 def check_app_version() -> None:
     """The chart's appVersion is the release every image is tagged with, and the
     injector and `weft inject` default to the proxy images of their own crate
@@ -644,6 +718,8 @@ def main() -> int:
             else:
                 ok(f"[{label}] refused: ...{needle}...")
 
+        check_pod_monitors(required, tmp)
+        check_notes(required, tmp)
         check_crds()
         check_app_version()
 

@@ -335,7 +335,7 @@ mod tests {
             identity: Some("web.ns.serviceaccount.identity.weft.cluster.local".into()),
             meshed: true,
             opaque_ports: Default::default(),
-            skip_inbound_ports: crate::model::PortSet::parse("7000-7001", &"test"),
+            skip_inbound_ports: crate::model::PortSet::parse("7000-7001", "test", &"test"),
             terminal: false,
         };
         let proxied = pod_meta(Some(&pod), 8080, None);

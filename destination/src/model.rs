@@ -118,9 +118,10 @@ impl PortSet {
         self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)
     }
 
-    /// Parses `"3306,5432,8000-8100"`. Bad entries are reported and skipped so
-    /// one typo does not make every other port lose its opaque marking.
-    pub fn parse(value: &str, owner: &dyn std::fmt::Display) -> Self {
+    /// Parses `"3306,5432,8000-8100"`, the value of `field` (the annotation or
+    /// spec field, named in the warning). Bad entries are reported and skipped
+    /// so one typo does not make every other port lose its marking.
+    pub fn parse(value: &str, field: &str, owner: &dyn std::fmt::Display) -> Self {
         let mut ranges = Vec::new();
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let parsed = match part.split_once('-') {
@@ -129,7 +130,7 @@ impl PortSet {
             };
             match parsed {
                 Some((lo, hi)) if lo <= hi => ranges.push((lo, hi)),
-                _ => warn!(%owner, entry = part, "ignoring invalid opaque port entry"),
+                _ => warn!(%owner, entry = part, "ignoring an invalid port entry in {field}"),
             }
         }
         Self(ranges)
@@ -148,8 +149,8 @@ impl PortSet {
         owner: &dyn std::fmt::Display,
     ) -> Self {
         annotations
-            .and_then(|a| keys.iter().find_map(|k| a.get(*k)))
-            .map(|v| Self::parse(v, owner))
+            .and_then(|a| keys.iter().find_map(|k| a.get(*k).map(|v| (*k, v))))
+            .map(|(k, v)| Self::parse(v, k, owner))
             .unwrap_or_default()
     }
 }
@@ -722,7 +723,7 @@ pub fn static_endpoints(
         }
         ports.insert(p.port, endpoints);
     }
-    let opaque_ports = spec.opaque_ports.map(|v| PortSet::parse(&v, &key)).unwrap_or_default();
+    let opaque_ports = spec.opaque_ports.map(|v| PortSet::parse(&v, "opaquePorts", &key)).unwrap_or_default();
     Ok(StaticRec { key, ports, opaque_ports })
 }
 
@@ -820,8 +821,37 @@ mod tests {
 
     #[test]
     fn port_sets() {
-        let p = PortSet::parse("3306, 8000-8100,bad,9-1", &"test");
+        let p = PortSet::parse("3306, 8000-8100,bad,9-1", "opaquePorts", &"test");
         assert!(p.contains(3306) && p.contains(8050) && !p.contains(9) && !p.contains(80));
+    }
+
+    /// The warning for a bad entry names the annotation it came from.
+    #[test]
+    fn invalid_port_entries_are_reported_under_their_annotation() {
+        #[derive(Clone, Default)]
+        struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let annotations =
+            BTreeMap::from([("config.weft.io/skip-inbound-ports".to_string(), "22,ssh".to_string())]);
+        let skipped = tracing::subscriber::with_default(subscriber, || {
+            PortSet::from_annotation(Some(&annotations), &SKIP_INBOUND_PORTS_ANNOTATIONS, &"emojivoto/web-0")
+        });
+        assert!(skipped.contains(22) && !skipped.contains(23));
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("invalid port entry in config.weft.io/skip-inbound-ports"), "{text}");
+        assert!(text.contains("ssh") && !text.contains("opaque"), "{text}");
     }
 
     #[test]

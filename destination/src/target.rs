@@ -37,7 +37,7 @@ pub fn parse(path: &str, cluster_domain: &str) -> Result<Target, TargetError> {
         return Ok(Target::Ip(SocketAddr::new(ip, port)));
     }
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    if host.is_empty() || host.split('.').any(|l| l.is_empty() || l.len() > 63) || host.len() > 253 {
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(is_dns_label) {
         return Err(err("invalid host name"));
     }
     let domain = cluster_domain.trim_end_matches('.').to_ascii_lowercase();
@@ -48,6 +48,14 @@ pub fn parse(path: &str, cluster_domain: &str) -> Result<Target, TargetError> {
         [name, namespace] => Ok(Target::Service { key: ObjKey::new(*namespace, *name), port }),
         _ => Ok(Target::External),
     }
+}
+
+/// A DNS label as hosts use them (RFC 1123, with `_` as in service records):
+/// anything else (a space, a slash, a scheme) cannot name a destination.
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn split_host_port(path: &str) -> Option<(&str, u16)> {
@@ -97,5 +105,9 @@ mod tests {
         assert!(parse("web:notaport", d).is_err());
         assert!(parse("", d).is_err());
         assert!(parse("a..b:80", d).is_err());
+        assert_eq!(parse("bad path/x", d).unwrap_err().reason, "invalid host name");
+        assert!(parse("http://web.emojivoto:80", d).is_err());
+        assert!(parse("web.emojivoto/x:80", d).is_err());
+        assert_eq!(parse("_grpc.web-svc.emojivoto:80", d), Ok(Target::External));
     }
 }

@@ -171,8 +171,11 @@ async fn unknown_names_get_no_endpoints_and_a_default_profile() {
     }
 
     // A path that is not HOST:PORT is a client bug: InvalidArgument.
-    let err = c.get(req("web:notaport")).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    for path in ["web:notaport", "bad path/x", "http://web-svc.emojivoto:80"] {
+        let err = c.get(req(path)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{path}");
+        assert!(err.message().contains("invalid destination path"), "{path}: {}", err.message());
+    }
 
     // An unknown service that appears later is pushed to the open stream.
     let mut s = get(&mut c, "late.emojivoto.svc.cluster.local:80").await;

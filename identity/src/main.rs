@@ -14,7 +14,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let filter =
         EnvFilter::try_new(&args.log).with_context(|| format!("invalid --log filter {:?}", args.log))?;
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: `kubectl logs` and log collectors would
+    // otherwise carry escape codes on every line.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
     if args.log_json {
         subscriber.json().init();
     } else {

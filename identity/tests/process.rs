@@ -29,6 +29,13 @@ struct Ca {
 }
 
 fn command(pki: &TestPki, tokens: &std::path::Path) -> Command {
+    let mut cmd = plain_command(pki, tokens);
+    cmd.arg("--log-json");
+    cmd
+}
+
+/// The CA with its default, human-readable log format.
+fn plain_command(pki: &TestPki, tokens: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft-identity"));
     cmd.env_clear()
         .arg("--trust-anchors")
@@ -40,7 +47,7 @@ fn command(pki: &TestPki, tokens: &std::path::Path) -> Command {
         .arg("--token-file")
         .arg(tokens)
         .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(["--log-json", "--reload-interval", "1s"])
+        .args(["--reload-interval", "1s"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -115,6 +122,25 @@ async fn serves_certify_metrics_and_readiness() {
         assert!(Instant::now() < deadline, "token file not reloaded");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[test]
+fn text_logs_carry_no_colour_codes_when_not_a_terminal() {
+    let pki = TestPki::new("plainlog");
+    let tokens = write_tokens(&pki.dir);
+    let mut child = KillOnDrop(plain_command(&pki, &tokens).spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let serving = line.contains("serving Certify");
+        lines.push(line);
+        if serving {
+            break;
+        }
+    }
+    assert!(lines.last().is_some_and(|l| l.contains("serving Certify")), "{lines:#?}");
+    assert!(lines.iter().all(|l| !l.contains('\x1b')), "escape codes in a pipe: {lines:#?}");
 }
 
 #[test]

@@ -174,6 +174,86 @@ impl Config {
     }
 }
 
+/// Every variable the proxy reads (all documented in proxy/README.md).
+pub const VARIABLES: &[&str] = &[
+    "WEFT_PROXY_OUTBOUND_ADDR",
+    "WEFT_PROXY_INBOUND_ADDR",
+    "WEFT_PROXY_ADMIN_ADDR",
+    "WEFT_PROXY_TAP_ADDR",
+    "WEFT_PROXY_INBOUND_APP_ADDR",
+    "WEFT_PROXY_OPAQUE_PORTS",
+    "WEFT_PROXY_LOG",
+    "WEFT_PROXY_LOG_FORMAT",
+    "WEFT_PROXY_WORKER_THREADS",
+    "WEFT_PROXY_MAX_CONNECTIONS",
+    "WEFT_PROXY_DETECT_TIMEOUT",
+    "WEFT_PROXY_CONNECT_TIMEOUT",
+    "WEFT_PROXY_IDLE_TIMEOUT",
+    "WEFT_PROXY_POOL_IDLE_TIMEOUT",
+    "WEFT_PROXY_MAX_HEADER_BYTES",
+    "WEFT_PROXY_SHUTDOWN_GRACE_PERIOD",
+    "WEFT_PROXY_DESTINATION_SVC_ADDR",
+    "WEFT_PROXY_DESTINATION_CONTEXT",
+    "WEFT_PROXY_DESTINATION_PROFILE_SUFFIXES",
+    "WEFT_PROXY_DISCOVERY_TIMEOUT",
+    "WEFT_PROXY_DISCOVERY_IDLE_TIMEOUT",
+    "WEFT_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+    "WEFT_PROXY_IDENTITY_SVC_ADDR",
+    "WEFT_PROXY_IDENTITY_SVC_NAME",
+    "WEFT_PROXY_IDENTITY_LOCAL_NAME",
+    "WEFT_PROXY_IDENTITY_TRUST_ANCHORS",
+    "WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE",
+    "WEFT_PROXY_IDENTITY_TOKEN_FILE",
+];
+
+/// Variables the injector sets for the proxy that it does not read yet
+/// (proxy/README.md says why): expected, so no warning.
+pub const SET_BY_INJECTOR_UNUSED: &[&str] = &["WEFT_PROXY_INBOUND_PORTS", "WEFT_PROXY_DESTINATION_SVC_NAME"];
+
+/// A `WEFT_PROXY_*` variable the proxy does not read (a typo, or a setting
+/// of another version), with the known name closest to it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownVariable {
+    pub name: String,
+    pub closest: &'static str,
+}
+
+/// The `WEFT_PROXY_*` names among `names` that the proxy ignores: silently
+/// ignoring a typo would leave a setting that looks applied but is not.
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<UnknownVariable> {
+    let mut unknown: Vec<UnknownVariable> = names
+        .into_iter()
+        .filter(|n| {
+            n.starts_with("WEFT_PROXY_")
+                && !VARIABLES.contains(&n.as_str())
+                && !SET_BY_INJECTOR_UNUSED.contains(&n.as_str())
+        })
+        .map(|name| {
+            let closest =
+                VARIABLES.iter().copied().min_by_key(|known| edit_distance(&name, known)).unwrap_or("");
+            UnknownVariable { name, closest }
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
+}
+
+/// Levenshtein distance over bytes (the names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb)).min(above + 1).min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 const ADDR: &str = "an IP:PORT socket address such as 127.0.0.1:4140 or [::]:4143";
 const ADDRS: &str = "comma-separated, distinct IP:PORT socket addresses, such as 127.0.0.1:4140,[::1]:4140";
 const PORTS: &str = "comma-separated ports or ranges, such as 25,3306,5432-5439";
@@ -346,6 +426,56 @@ mod tests {
         let vars: HashMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn every_variable_read_is_listed_and_documented() {
+        // The code that reads variables: this file without its tests and
+        // without the lists themselves.
+        let source = include_str!("config.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        let (before, rest) = code.split_once("pub const VARIABLES").unwrap();
+        let (_, after) = rest.split_once("pub fn unknown_variables").unwrap();
+        let readme = include_str!("../README.md");
+        let mut read: Vec<&str> = [before, after]
+            .iter()
+            .flat_map(|part| part.split('"'))
+            .filter(|s| {
+                s.len() > "WEFT_PROXY_".len()
+                    && s.starts_with("WEFT_PROXY_")
+                    && s.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+            })
+            .collect();
+        read.sort_unstable();
+        read.dedup();
+        let mut listed = VARIABLES.to_vec();
+        listed.sort_unstable();
+        assert_eq!(read, listed, "VARIABLES must list exactly the variables config.rs reads");
+        for var in VARIABLES {
+            assert!(readme.contains(var), "{var} is not documented in proxy/README.md");
+        }
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_the_closest_known_one() {
+        let env = ["WEFT_PROXY_OUTBOUND_LISTEN_ADDR", "WEFT_PROXY_LOG", "PATH", "WEFT_PROXY_CONECT_TIMEOUT"];
+        let unknown = unknown_variables(env.map(String::from));
+        assert_eq!(
+            unknown,
+            vec![
+                UnknownVariable {
+                    name: "WEFT_PROXY_CONECT_TIMEOUT".into(),
+                    closest: "WEFT_PROXY_CONNECT_TIMEOUT"
+                },
+                UnknownVariable {
+                    name: "WEFT_PROXY_OUTBOUND_LISTEN_ADDR".into(),
+                    closest: "WEFT_PROXY_OUTBOUND_ADDR"
+                },
+            ]
+        );
+        assert!(unknown_variables(VARIABLES.iter().map(|v| v.to_string())).is_empty());
+        assert!(unknown_variables(SET_BY_INJECTOR_UNUSED.iter().map(|v| v.to_string())).is_empty());
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

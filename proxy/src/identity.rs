@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use linkerd2_proxy_api::identity::{identity_client::IdentityClient, CertifyRequest};
 use rand::Rng;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, info_span, warn, Instrument};
 use weft_tls::{
@@ -44,11 +45,20 @@ pub struct IdentityConfig {
 pub struct LocalIdentity {
     pub name: IdentityName,
     pub tls: MeshTls,
+    /// Flips to true with the first certificate, and stays.
+    certified: watch::Receiver<bool>,
 }
 
 impl LocalIdentity {
     pub fn is_ready(&self) -> bool {
         self.tls.current_cert().is_ready()
+    }
+
+    /// Resolves once the proxy holds its first certificate.
+    pub async fn certified(&self) {
+        // An error means the renewal task is gone, which only happens when
+        // the runtime stops: nothing left to wait for.
+        let _ = self.certified.clone().wait_for(|certified| *certified).await;
     }
 }
 
@@ -84,10 +94,12 @@ pub fn start(config: IdentityConfig) -> Result<LocalIdentity, IdentityError> {
     let tls = MeshTls::new(&config.trust_anchors, CurrentCert::new())?;
     let ca_tls = tls.client_config(&config.svc_name, &[weft_tls::ALPN_GRPC])?;
     let channel = channel(&config.svc_addr, ca_tls)?;
-    let local = LocalIdentity { name: config.local_name.clone(), tls: tls.clone() };
+    let (certified_tx, certified) = watch::channel(false);
+    let local = LocalIdentity { name: config.local_name.clone(), tls: tls.clone(), certified };
     let span = info_span!("identity", name = %config.local_name);
     tokio::spawn(
-        renew(config, key, tls.current_cert().clone(), IdentityClient::new(channel)).instrument(span),
+        renew(config, key, tls.current_cert().clone(), IdentityClient::new(channel), certified_tx)
+            .instrument(span),
     );
     Ok(local)
 }
@@ -116,6 +128,7 @@ async fn renew(
     key: PrivateKey,
     current: Arc<CurrentCert>,
     mut client: IdentityClient<Channel>,
+    first_cert: watch::Sender<bool>,
 ) {
     let expiry_gauge = metrics::gauge!("identity_cert_expiration_timestamp_seconds");
     let refreshes = metrics::counter!("identity_cert_refresh_total");
@@ -126,6 +139,7 @@ async fn renew(
         match certify(&config, &key, &mut client).await {
             Ok((certified, expiry)) => {
                 current.set(certified);
+                first_cert.send_if_modified(|certified| !std::mem::replace(certified, true));
                 refreshes.increment(1);
                 let secs =
                     expiry.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);

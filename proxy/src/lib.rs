@@ -159,7 +159,18 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
     }));
 
     ready.store(true, std::sync::atomic::Ordering::Release);
-    info!(outbound = %outbound_addrs, inbound = %inbound_addrs, admin = %admin_addrs, "proxy ready");
+    info!(outbound = %outbound_addrs, inbound = %inbound_addrs, admin = %admin_addrs, "listening");
+    // "ready" is said when `/ready` turns 200: with an identity, that waits
+    // for the first certificate.
+    match identity.clone() {
+        Some(identity) => {
+            tokio::spawn(async move {
+                identity.certified().await;
+                info!(identity = %identity.name, "proxy ready");
+            });
+        }
+        None => info!("proxy ready"),
+    }
 
     wait_for_shutdown(&shutdown).await?;
     ready.store(false, std::sync::atomic::Ordering::Release);

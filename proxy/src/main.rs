@@ -75,6 +75,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for unknown in weft_proxy::config::unknown_variables(names) {
+        tracing::warn!(
+            variable = %unknown.name,
+            closest = unknown.closest,
+            "ignoring unknown variable {} (did you mean {}?)",
+            unknown.name,
+            unknown.closest
+        );
+    }
     let runtime = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

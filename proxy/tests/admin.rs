@@ -58,6 +58,8 @@ async fn metrics_count_requests_responses_latency_and_connections() {
     assert_eq!(dialed as usize, server.connections());
     // No request went inbound.
     assert_eq!(m.get("request_total", &[("direction", "inbound")]), 0.0);
+    // The build, for `weft check --proxy`.
+    assert_eq!(m.get("proxy_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0, "{}", m.0);
 }
 
 #[tokio::test]
@@ -205,4 +207,20 @@ fn malformed_configuration_exits_2_naming_the_variable() {
         assert_eq!(status.code(), Some(2), "{var}={value}: {status}\n{stderr}");
         assert!(stderr.contains(var), "{var}={value}: stderr does not name it:\n{stderr}");
     }
+}
+
+#[tokio::test]
+async fn an_unknown_variable_is_reported_with_the_closest_known_one() {
+    // A typo'd listener variable: the proxy still starts on its defaults,
+    // and says which setting it ignored.
+    let proxy = Proxy::builder()
+        .env("WEFT_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:1")
+        .env("WEFT_PROXY_INBOUND_PORTS", "8080")
+        .spawn()
+        .await;
+    proxy
+        .wait_log("ignoring unknown variable WEFT_PROXY_OUTBOUND_LISTEN_ADDR (did you mean WEFT_PROXY_OUTBOUND_ADDR?)")
+        .await;
+    // Variables the injector sets and the proxy knows it does not use are not reported.
+    assert!(!proxy.stderr().contains("WEFT_PROXY_INBOUND_PORTS"), "{}", proxy.stderr());
 }

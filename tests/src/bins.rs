@@ -84,6 +84,16 @@ fn cargo_build(bins: &[(&str, &str)]) {
             cmd.args(["--profile", other]);
         }
     }
+    // Cargo gave this test process the variables of its own package
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Build scripts that track one of
+    // them (ring's does) would see a changed environment and rebuild the
+    // whole TLS stack here, then again at the next `cargo nextest run`:
+    // without them this build is the no-op it is meant to be.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_package_variable) {
+            cmd.env_remove(&key);
+        }
+    }
     // Build into the target directory this test runs from, whatever the
     // environment says.
     if let Some(target) = profile.parent() {
@@ -108,4 +118,39 @@ fn cargo_build(bins: &[(&str, &str)]) {
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     assert!(status.success(), "cargo build of {bins:?} failed ({status}):\n{output}");
+}
+
+/// Variables Cargo sets for the package whose test is running (as opposed
+/// to configuration a user set, such as CARGO_HOME or CARGO_PROFILE_*).
+fn is_package_variable(key: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&key) || key.starts_with("CARGO_PKG_") || key.starts_with("CARGO_BIN_EXE_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_package_variable;
+
+    #[test]
+    fn only_the_running_packages_variables_are_dropped() {
+        for key in
+            ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION", "CARGO_BIN_EXE_weft", "OUT_DIR"]
+        {
+            assert!(is_package_variable(key), "{key}");
+        }
+        for key in ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_PROFILE_DEV_DEBUG", "CARGO_INCREMENTAL", "PATH"]
+        {
+            assert!(!is_package_variable(key), "{key}");
+        }
+    }
 }

@@ -25,6 +25,9 @@ async fn a_proxy_becomes_ready_once_the_ca_answers() {
         assert_eq!(b.ready_status().await, 503, "B is ready without a certificate");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Its log says it listens, and does not claim it is ready.
+    let log = b.process.output();
+    assert!(log.contains("listening") && !log.contains("proxy ready"), "{log}");
     let m = b.metrics().await;
     assert!(m.get("identity_cert_refresh_failures_total", &[]) >= 1.0, "{m}");
     assert_eq!(m.get("identity_cert_refresh_total", &[]), 0.0, "{m}");
@@ -40,6 +43,10 @@ async fn a_proxy_becomes_ready_once_the_ca_answers() {
     let up = Instant::now();
     b.wait_ready(STEP).await.expect("B ready once the CA answers");
     eprintln!("B ready {:?} after the CA came up", up.elapsed());
+    b.process.wait_log("proxy ready", STEP).await.expect("B says it is ready once certified");
+    let log = b.process.output();
+    let (certified, ready) = (log.find("certified"), log.find("proxy ready"));
+    assert!(certified.is_some() && certified < ready, "ready logged before the certificate:\n{log}");
 
     // And B serves mTLS.
     let manifest = static_endpoints("web", "demo", 80, &[StaticEndpoint::service_account(b.inbound, "web")]);

@@ -114,3 +114,27 @@ spec:
 {{ include "weft.selectorLabels" . | indent 6 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Relabelings shared by the PodMonitors: namespace and pod, and the owning
+workload as Linkerd names it (a ReplicaSet's pod counts for its Deployment:
+the pod-template-hash suffix is cut off the ReplicaSet's name).
+*/}}
+{{- define "weft.podMonitorRelabelings" -}}
+- sourceLabels: [__meta_kubernetes_namespace]
+  targetLabel: namespace
+- sourceLabels: [__meta_kubernetes_pod_name]
+  targetLabel: pod
+- sourceLabels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name]
+  regex: ReplicaSet;(.+)-[a-z0-9]+
+  targetLabel: deployment
+- sourceLabels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name]
+  regex: StatefulSet;(.+)
+  targetLabel: statefulset
+- sourceLabels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name]
+  regex: DaemonSet;(.+)
+  targetLabel: daemonset
+- sourceLabels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name]
+  regex: Job;(.+)
+  targetLabel: job_name
+{{- end -}}
