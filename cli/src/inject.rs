@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use weft_injector::config::Resources;
+use weft_injector::kube_version::KubeVersion;
 use weft_injector::InjectorConfig;
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +72,17 @@ pub struct Args {
     /// Proxy memory limit; empty for none.
     #[arg(long, default_value = "250Mi")]
     proxy_memory_limit: String,
+
+    /// Kubernetes version of the cluster the manifests are for (e.g. 1.28 or
+    /// v1.28.3-gke.100): below 1.29, which has no native sidecars,
+    /// weft-proxy is added as a plain container, as the webhook does on such
+    /// a cluster. Default: native sidecars.
+    #[arg(long, value_name = "VERSION", value_parser = parse_kubernetes_version)]
+    kubernetes_version: Option<KubeVersion>,
+}
+
+fn parse_kubernetes_version(s: &str) -> Result<KubeVersion, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -114,6 +126,7 @@ fn config(args: &Args) -> Result<InjectorConfig> {
         trust_anchors_pem,
         default_log_level: args.proxy_log_level.clone(),
         default_resources: resources,
+        kubernetes_version: args.kubernetes_version,
         ..InjectorConfig::default()
     })
 }

@@ -164,6 +164,34 @@ fn injects_workloads_of_a_multi_document_manifest() {
 }
 
 #[test]
+fn kubernetes_version_below_1_29_gets_a_plain_sidecar() {
+    let dir = tmp_dir("inject-old");
+    let anchors = anchors(&dir.join("ca"));
+    let where_is_proxy = |args: &[&str]| -> (bool, bool) {
+        let mut all = vec!["-", "--trust-anchors", anchors.as_str()];
+        all.extend_from_slice(args);
+        let out = inject(&all, APP);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let d = docs(&String::from_utf8(out.stdout).unwrap());
+        let web = &d[1]["spec"]["template"]["spec"];
+        let has = |key: &str| {
+            web[key].as_sequence().into_iter().flatten().any(|c| c["name"].as_str() == Some("weft-proxy"))
+        };
+        (has("initContainers"), has("containers"))
+    };
+    assert_eq!(where_is_proxy(&[]), (true, false), "native sidecar by default");
+    assert_eq!(where_is_proxy(&["--kubernetes-version", "1.29"]), (true, false));
+    assert_eq!(where_is_proxy(&["--kubernetes-version", "1.28"]), (false, true));
+    assert_eq!(where_is_proxy(&["--kubernetes-version", "v1.28.3-gke.100"]), (false, true));
+
+    let out = inject(&["-", "--trust-anchors", &anchors, "--kubernetes-version", "latest"], APP);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubernetes-version") && err.contains("not a Kubernetes version"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_input_names_the_problem() {
     let dir = tmp_dir("inject-bad");
     let out = inject(&["-", "--trust-anchors", dir.join("missing.pem").to_str().unwrap()], APP);

@@ -1,6 +1,8 @@
 //! The injector's own configuration: where the control plane lives and what
 //! to inject. Everything a pod can override comes from annotations instead.
 
+use crate::kube_version::KubeVersion;
+
 /// The proxy's ports and UID. They are the contract between the injector,
 /// weft-proxy-init and weft-proxy, so they are fixed rather than configurable.
 /// The inbound, outbound and admin ports are weft-proxy's defaults, which
@@ -69,6 +71,11 @@ pub struct InjectorConfig {
     /// must block until the proxy is ready, so the app containers that follow
     /// start with a working network.
     pub await_command: Vec<String>,
+    /// The cluster's Kubernetes version, when known: below 1.29 the proxy is
+    /// added as a plain container, since the API server would not accept
+    /// (or would silently drop the restartPolicy of) a native sidecar.
+    /// `None` (not known) keeps native sidecars.
+    pub kubernetes_version: Option<KubeVersion>,
 }
 
 impl Default for InjectorConfig {
@@ -83,11 +90,17 @@ impl Default for InjectorConfig {
             default_log_level: "warn,weft_proxy=info".into(),
             default_resources: Resources::default(),
             await_command: vec!["weft-proxy".into(), "await".into(), "--timeout=120s".into()],
+            kubernetes_version: None,
         }
     }
 }
 
 impl InjectorConfig {
+    /// Whether the cluster takes native sidecars (unknown: assumed yes).
+    pub fn native_sidecars(&self) -> bool {
+        self.kubernetes_version.is_none_or(|v| v.supports_native_sidecars())
+    }
+
     /// The Linkerd-style identity of a control-plane ServiceAccount.
     fn control_plane_identity(&self, sa: &str) -> String {
         format!(

@@ -170,7 +170,7 @@ pub fn inject(
 
     let parsed = annotations::parse(&pod_annotations, &namespace.annotations, config);
     let mut warnings: Vec<String> = parsed.warnings.iter().map(|w| format!("weft: {w}")).collect();
-    let overrides = match parsed.overrides {
+    let mut overrides = match parsed.overrides {
         Ok(o) => o,
         Err(errors) => {
             warnings.extend(errors.iter().map(|e| format!("weft: proxy not injected: {e}")));
@@ -184,9 +184,27 @@ pub fn inject(
         warnings.push(format!("weft: proxy not injected: {reason}"));
         return Ok(skipped(reason, warnings));
     }
-    if !overrides.native_sidecar
-        && spec.get("restartPolicy").and_then(Value::as_str).unwrap_or("Always") != "Always"
-    {
+    let restarts = spec.get("restartPolicy").and_then(Value::as_str).unwrap_or("Always") == "Always";
+    if overrides.native_sidecar && !config.native_sidecars() {
+        // The cluster predates native sidecars: a plain container is the
+        // only proxy it can run. Say so to whoever asked for a native one.
+        overrides.native_sidecar = false;
+        let version = config.kubernetes_version.map(|v| v.to_string()).unwrap_or_default();
+        let asked = pod_annotations
+            .get(annotations::NATIVE_SIDECAR)
+            .or_else(|| namespace.annotations.get(annotations::NATIVE_SIDECAR));
+        if asked.map(String::as_str) == Some("true") {
+            warnings.push(format!(
+                "weft: {}=true ignored: Kubernetes {version} has no native sidecars (1.29+); weft-proxy added as a plain container",
+                annotations::NATIVE_SIDECAR
+            ));
+        }
+        if !restarts {
+            warnings.push(format!(
+                "weft: Kubernetes {version} has no native sidecars (1.29+), so weft-proxy is a plain container: this pod, which does not restart, will not complete while the proxy runs"
+            ));
+        }
+    } else if !overrides.native_sidecar && !restarts {
         warnings.push(format!(
             "weft: {}=false on a pod that does not restart: it will not complete while the proxy runs",
             annotations::NATIVE_SIDECAR

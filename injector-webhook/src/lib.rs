@@ -8,6 +8,7 @@
 pub mod annotations;
 pub mod config;
 pub mod inject;
+pub mod kube_version;
 pub mod manifests;
 pub mod namespaces;
 pub mod patch;

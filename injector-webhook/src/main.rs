@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use weft_injector::config::{Resources, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_INIT_IMAGE};
+use weft_injector::kube_version;
 use weft_injector::namespaces::KubeNamespaces;
 use weft_injector::tls::CertReloader;
 use weft_injector::webhook::{serve_admin, serve_tls, Injector};
@@ -136,7 +137,7 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .init();
-    let config = config(&args)?;
+    let mut config = config(&args)?;
 
     let certs =
         CertReloader::new(&args.tls_cert, &args.tls_key).context("loading the serving certificate")?;
@@ -146,6 +147,24 @@ async fn main() -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
+    config.kubernetes_version = match kube_version::detect(&client, Duration::from_secs(10)).await {
+        Ok(v) if v.supports_native_sidecars() => {
+            info!(kubernetes = %v, "native sidecars supported; weft-proxy is injected as one");
+            Some(v)
+        }
+        Ok(v) => {
+            warn!(
+                kubernetes = %v,
+                "Kubernetes older than {}: weft-proxy is injected as a plain container",
+                kube_version::NATIVE_SIDECARS
+            );
+            Some(v)
+        }
+        Err(error) => {
+            warn!(%error, "cannot tell the Kubernetes version; injecting weft-proxy as a native sidecar (needs 1.29+)");
+            None
+        }
+    };
     let (namespaces, watch) = KubeNamespaces::new(client);
     tokio::spawn(watch);
     let ready = Arc::new(AtomicBool::new(false));

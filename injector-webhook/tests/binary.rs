@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::fake_api::start_server;
+use common::fake_api::start_server_with_version;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -44,13 +44,35 @@ async fn get_status(addr: &str, path: &str) -> Option<StatusCode> {
 
 #[tokio::test]
 async fn binary_serves_admission_reviews() {
-    let dir = std::env::temp_dir().join(format!("weft-injector-bin-{}", std::process::id()));
+    // The replayed server answers 404 to GET /version: the injector keeps
+    // native sidecars.
+    let resp = admit_with(None, fixture("admissionreview-pod-create-replicaset.json"), "native").await;
+    assert!(resp["response"].get("warnings").is_none(), "{resp}");
+}
+
+#[tokio::test]
+async fn binary_injects_plain_sidecars_below_kubernetes_1_29() {
+    let mut version = fixture("version.json");
+    version["minor"] = "28".into();
+    version["gitVersion"] = "v1.28.3-gke.100".into();
+    let mut review = fixture("admissionreview-pod-create-replicaset.json");
+    review["request"]["object"]["metadata"]["annotations"]["config.weft.io/native-sidecar"] = "true".into();
+    let resp = admit_with(Some(version), review, "plain").await;
+    let warnings = resp["response"]["warnings"].to_string();
+    assert!(warnings.contains("native-sidecar=true ignored: Kubernetes 1.28.3"), "{resp}");
+}
+
+/// Runs the injector against a replaying API server whose `GET /version`
+/// answers `version`, sends it `review` and returns its answer, checking the
+/// proxy was injected (`native` or `plain`).
+async fn admit_with(version: Option<Value>, review: Value, how: &str) -> Value {
+    let dir = std::env::temp_dir().join(format!("weft-injector-bin-{}-{how}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
     std::fs::write(dir.join("tls.crt"), ck.cert.pem()).expect("cert");
     std::fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).expect("key");
     std::fs::write(dir.join("ca.crt"), ck.cert.pem()).expect("anchors");
-    let (_api, url) = start_server(fixture("namespaces.list.json")).await;
+    let (_api, url) = start_server_with_version(fixture("namespaces.list.json"), version).await;
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\ncurrent-context: c\n"
     );
@@ -100,7 +122,6 @@ async fn binary_serves_admission_reviews() {
         .expect("handshake");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("http");
     tokio::spawn(conn);
-    let review = fixture("admissionreview-pod-create-replicaset.json");
     let req = Request::post("/inject?timeout=5s")
         .header("host", "127.0.0.1")
         .header("content-type", "application/json")
@@ -113,7 +134,7 @@ async fn binary_serves_admission_reviews() {
     assert_eq!(resp["response"]["uid"], review["request"]["uid"]);
     let ops = response_patch(&resp).expect("patch");
     let injected = apply(&review["request"]["object"], &ops);
-    let proxy = assert_injected(&injected, true);
+    let proxy = assert_injected(&injected, how == "native");
     assert_eq!(proxy["image"], "example.test/weft-proxy:v1");
     // The trust anchors file reached the proxy's environment.
     assert_eq!(
@@ -121,4 +142,5 @@ async fn binary_serves_admission_reviews() {
         Some(ck.cert.pem().as_str())
     );
     let _ = std::fs::remove_dir_all(&dir);
+    resp
 }

@@ -224,6 +224,38 @@ fn non_native_sidecar_goes_first_with_a_post_start_hook() {
 }
 
 #[test]
+fn clusters_older_than_1_29_get_a_plain_sidecar() {
+    use weft_injector::kube_version::KubeVersion;
+    let old = weft_injector::InjectorConfig {
+        kubernetes_version: Some("v1.28.3-gke.100".parse::<KubeVersion>().unwrap()),
+        ..config()
+    };
+    let pod = request_pod("admissionreview-pod-create-replicaset.json");
+    let o = inject(&pod, &enabled_ns(), &old).unwrap();
+    assert_injected(&apply(&pod, &o.patch), false);
+    assert!(o.warnings.is_empty(), "nobody asked for a native sidecar: {:?}", o.warnings);
+
+    // Asking for a native sidecar there gets the plain one, and a warning.
+    let asked = with_annotations(pod.clone(), &[("config.weft.io/native-sidecar", "true")]);
+    let o = inject(&asked, &enabled_ns(), &old).unwrap();
+    assert_injected(&apply(&asked, &o.patch), false);
+    assert_eq!(o.warnings.len(), 1, "{:?}", o.warnings);
+    assert!(o.warnings[0].contains("native-sidecar=true ignored: Kubernetes 1.28.3"), "{:?}", o.warnings);
+
+    // A Job's pod is told it will not complete.
+    let job = request_pod("admissionreview-pod-create-job.json");
+    let o = inject(&job, &enabled_ns(), &old).unwrap();
+    assert!(o.warnings.iter().any(|w| w.contains("will not complete")), "{:?}", o.warnings);
+
+    // 1.29 and an unknown version keep native sidecars.
+    for v in [Some(KubeVersion::new(1, 29, 0)), None] {
+        let c = weft_injector::InjectorConfig { kubernetes_version: v, ..config() };
+        let o = inject(&pod, &enabled_ns(), &c).unwrap();
+        assert_injected(&apply(&pod, &o.patch), true);
+    }
+}
+
+#[test]
 fn existing_init_containers_volumes_and_bare_metadata() {
     let pod = json!({
         "apiVersion": "v1",

@@ -31,6 +31,8 @@ pub struct Counters {
 
 pub struct FakeApi {
     pub list: Value,
+    /// The `GET /version` answer; `None` answers 404.
+    pub version: Option<Value>,
     pub counters: Counters,
     /// Senders of the open watch streams: each event is one JSON line.
     pub watchers: Mutex<Vec<mpsc::UnboundedSender<Bytes>>>,
@@ -55,6 +57,12 @@ async fn serve(
         .split('&')
         .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
+    if path == "/version" {
+        return Ok(match &api.version {
+            Some(v) => full(StatusCode::OK, v.clone()),
+            None => full(StatusCode::NOT_FOUND, json!({"kind": "Status", "code": 404})),
+        });
+    }
     if path == "/api/v1/namespaces" && query.get("watch").map(String::as_str) == Some("true") {
         api.counters.watches.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
@@ -91,7 +99,13 @@ async fn serve(
 
 /// Starts the server; returns it and its base URL.
 pub async fn start_server(list: Value) -> (Arc<FakeApi>, String) {
-    let api = Arc::new(FakeApi { list, counters: Counters::default(), watchers: Mutex::new(Vec::new()) });
+    start_server_with_version(list, None).await
+}
+
+/// [`start_server`], answering `GET /version` with `version`.
+pub async fn start_server_with_version(list: Value, version: Option<Value>) -> (Arc<FakeApi>, String) {
+    let api =
+        Arc::new(FakeApi { list, version, counters: Counters::default(), watchers: Mutex::new(Vec::new()) });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = api.clone();
