@@ -25,6 +25,9 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder)?;
+    // Linkerd's `proxy_build_info`: `weft check --proxy` compares it with the
+    // control plane's version.
+    metrics::gauge!("proxy_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
 
