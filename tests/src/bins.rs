@@ -7,6 +7,7 @@
 //! `$CARGO test --no-run --workspace` once: the build a workspace test run
 //! has just done, so a no-op then, and otherwise what brings every binary
 //! up to date.
+//! Under nextest (a process per test) that build runs once per run.
 //! `WEFT_E2E_SKIP_BUILD=1` skips that step (binaries must then exist).
 
 use std::{
@@ -51,17 +52,43 @@ pub fn bin_of(package: &str, name: &str) -> PathBuf {
     static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     let built = built.get_or_insert_with(HashSet::new);
-    if !built.contains(name) && std::env::var_os("WEFT_E2E_SKIP_BUILD").is_none() {
+    let stamp = run_stamp();
+    let built_this_run = stamp.as_ref().is_some_and(|s| s.is_file());
+    if !built.contains(name) && !built_this_run && std::env::var_os("WEFT_E2E_SKIP_BUILD").is_none() {
         let mut wanted: Vec<(&str, &str)> = if built.is_empty() { BINARIES.to_vec() } else { Vec::new() };
         if !wanted.iter().any(|(_, b)| *b == name) {
             wanted.push((package, name));
         }
         cargo_build(&wanted);
         built.extend(wanted.iter().map(|(_, b)| b.to_string()));
+        if let Some(stamp) = stamp {
+            mark_built(&stamp);
+        }
     }
     let path = profile_dir().join(name);
     assert!(path.is_file(), "{} does not exist (build it with cargo build -p {package})", path.display());
     path
+}
+
+/// nextest runs every test in a process of its own: the workspace build
+/// below is needed once per run, not once per test. The run's stamp says
+/// it was done.
+fn run_stamp() -> Option<PathBuf> {
+    let run = std::env::var("NEXTEST_RUN_ID").ok().filter(|r| !r.contains(['/', '.']))?;
+    Some(profile_dir().join(".weft-e2e-built").join(run))
+}
+
+/// Records the run's build, forgetting earlier runs' stamps.
+fn mark_built(stamp: &std::path::Path) {
+    let Some(dir) = stamp.parent() else { return };
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path() != stamp {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let _ = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(stamp, b""));
 }
 
 fn cargo_build(bins: &[(&str, &str)]) {

@@ -20,12 +20,34 @@ use super::Target;
 /// The container the injector adds; a pod without it has no tap port.
 const PROXY_CONTAINER: &str = weft_injector::config::PROXY_CONTAINER;
 
-/// What a resource resolved to: the pods to tap, and the pods it names
-/// that cannot be tapped, with why.
+/// What a resource resolved to: the namespace its pods live in (`ns/NAME`
+/// names its own), the pods to tap, and the pods it names that cannot be
+/// tapped, with why.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
+    pub namespace: String,
     pub pods: Vec<String>,
     pub skipped: Vec<(String, String)>,
+}
+
+/// Why a pod of the resource cannot be tapped.
+#[derive(Debug, PartialEq, Eq)]
+enum Untappable {
+    Terminating,
+    NotMeshed,
+    NotRunning(String),
+    NoSpec,
+}
+
+impl std::fmt::Display for Untappable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Untappable::Terminating => f.write_str("terminating"),
+            Untappable::NotMeshed => write!(f, "not meshed (no {PROXY_CONTAINER} container)"),
+            Untappable::NotRunning(phase) => write!(f, "not running yet (phase {phase})"),
+            Untappable::NoSpec => f.write_str("no spec"),
+        }
+    }
 }
 
 pub async fn targets(resource: &str, namespace: Option<&str>, tap_port: u16) -> Result<Vec<Target>> {
@@ -38,36 +60,71 @@ pub async fn targets(resource: &str, namespace: Option<&str>, tap_port: u16) -> 
     for (pod, why) in &resolved.skipped {
         eprintln!("weft tap: skipping pod/{pod}: {why}");
     }
-    let mut targets = Vec::new();
-    for pod in resolved.pods {
-        let channel = port_forward_channel(Api::namespaced(client.clone(), &ns), pod.clone(), tap_port)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot port-forward to pod/{pod} port {tap_port} in namespace {ns} \
-                     (RBAC: tapping needs `create` on pods/portforward)"
-                )
-            })?;
-        targets.push(Target { name: format!("pod/{pod}"), channel });
+    let (targets, unreachable) = connect(client, &resolved, tap_port).await;
+    for (pod, why) in &unreachable {
+        eprintln!("weft tap: skipping pod/{pod}: {why}");
+    }
+    if targets.is_empty() {
+        bail!(
+            "cannot port-forward to any pod of {resource} in namespace {} (port {tap_port})",
+            resolved.namespace
+        );
     }
     Ok(targets)
+}
+
+/// Opens a port-forward to each resolved pod's tap port. A pod that cannot
+/// be reached (its kubelet down, RBAC) is reported, not fatal: the others
+/// are still worth watching.
+async fn connect(client: Client, resolved: &Resolved, tap_port: u16) -> (Vec<Target>, Vec<(String, String)>) {
+    let mut targets = Vec::new();
+    let mut unreachable = Vec::new();
+    for pod in &resolved.pods {
+        let pods = Api::namespaced(client.clone(), &resolved.namespace);
+        match port_forward_channel(pods, pod.clone(), tap_port).await {
+            Ok(channel) => targets.push(Target { name: format!("pod/{pod}"), channel }),
+            Err(e) => unreachable.push((pod.clone(), port_forward_error(&e, tap_port))),
+        }
+    }
+    (targets, unreachable)
+}
+
+/// What went wrong opening a port-forward, said once: the API server's own
+/// answer when it gave one (only a 403 is about RBAC), else the root cause.
+fn port_forward_error(e: &anyhow::Error, port: u16) -> String {
+    let api = e.chain().find_map(|c| match c.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => Some(status),
+        _ => None,
+    });
+    match api {
+        Some(s) if s.code == 403 => format!(
+            "forbidden: {} (tapping needs `create` on pods/portforward in the pod's namespace)",
+            s.message
+        ),
+        Some(s) => {
+            format!("the API server answered {} to the port-forward of port {port}: {}", s.code, s.message)
+        }
+        None => format!("cannot port-forward to port {port}: {}", e.root_cause()),
+    }
 }
 
 /// A channel whose every (re)connection opens a fresh port-forward.
 async fn port_forward_channel(pods: Api<Pod>, pod: String, port: u16) -> Result<tonic::transport::Channel> {
     let connector = tower::service_fn(move |_: http::Uri| {
         let (pods, pod) = (pods.clone(), pod.clone());
+        // A boxed kube::Error, not an anyhow one, so port_forward_error can
+        // find the API server's Status in the chain tonic wraps it in.
         async move {
             let mut forwarder = pods.portforward(&pod, &[port]).await?;
             let stream = forwarder
                 .take_stream(port)
-                .ok_or_else(|| anyhow!("the API server gave no stream for port {port}"))?;
+                .ok_or_else(|| format!("the API server gave no stream for port {port}"))?;
             // The forwarder pumps bytes until the stream closes; keep it
             // running beside the connection.
             tokio::spawn(async move {
                 let _ = forwarder.join().await;
             });
-            Ok::<_, anyhow::Error>(TokioIo::new(stream))
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(stream))
         }
     });
     // The URI is only a placeholder: the connector decides where bytes go.
@@ -81,9 +138,11 @@ pub async fn resolve(client: Client, resource: &str, ns: &str) -> Result<Resolve
     })?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let what = format!("{kind}/{name} in namespace {ns}");
+    let mut resolved = Resolved { namespace: ns.to_string(), ..Resolved::default() };
     let candidates: Vec<Pod> = match kind.to_ascii_lowercase().as_str() {
         "po" | "pod" | "pods" => vec![pods.get(name).await.map_err(|e| api_error(e, &what))?],
         "ns" | "namespace" | "namespaces" => {
+            resolved.namespace = name.to_string();
             Api::<Pod>::namespaced(client, name)
                 .list(&ListParams::default())
                 .await
@@ -125,12 +184,15 @@ pub async fn resolve(client: Client, resource: &str, ns: &str) -> Result<Resolve
             select(&pods, &selector, &what).await?
         }
     };
-    let mut resolved = Resolved::default();
+    let mut unmeshed = false;
     for pod in candidates {
         let name = pod.metadata.name.clone().unwrap_or_default();
         match tappable(&pod) {
             Ok(()) => resolved.pods.push(name),
-            Err(why) => resolved.skipped.push((name, why)),
+            Err(why) => {
+                unmeshed |= why == Untappable::NotMeshed;
+                resolved.skipped.push((name, why.to_string()));
+            }
         }
     }
     resolved.pods.sort();
@@ -140,10 +202,13 @@ pub async fn resolve(client: Client, resource: &str, ns: &str) -> Result<Resolve
             bail!("{what} has no pods");
         }
         let why: Vec<String> = resolved.skipped.iter().map(|(p, w)| format!("pod/{p}: {w}")).collect();
-        bail!(
-            "{what} has no pod to tap ({}); mesh the workload with `weft inject` or the namespace annotation weft.io/inject=enabled",
-            why.join("; ")
-        );
+        // The hint fits the reason: meshing helps only pods without a proxy.
+        let hint = if unmeshed {
+            "mesh the workload with `weft inject` or the namespace annotation weft.io/inject=enabled"
+        } else {
+            "its meshed pods are not running yet or are going away; see `kubectl get pods`"
+        };
+        bail!("{what} has no pod to tap ({}); {hint}", why.join("; "));
     }
     Ok(resolved)
 }
@@ -193,22 +258,22 @@ fn selects(s: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool
 }
 
 /// Why a pod cannot be tapped, if it cannot.
-fn tappable(pod: &Pod) -> Result<(), String> {
+fn tappable(pod: &Pod) -> Result<(), Untappable> {
     if pod.metadata.deletion_timestamp.is_some() {
-        return Err("terminating".into());
+        return Err(Untappable::Terminating);
     }
-    let spec = pod.spec.as_ref().ok_or("no spec")?;
+    let spec = pod.spec.as_ref().ok_or(Untappable::NoSpec)?;
     let meshed = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == PROXY_CONTAINER);
     if !meshed {
-        return Err(format!("not meshed (no {PROXY_CONTAINER} container)"));
+        return Err(Untappable::NotMeshed);
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
     if phase != "Running" {
-        return Err(format!("not running (phase {phase})"));
+        return Err(Untappable::NotRunning(phase.to_string()));
     }
     Ok(())
 }
@@ -251,6 +316,27 @@ mod tests {
         let ns_pods = "/api/v1/namespaces/emojivoto/pods";
         match path {
             p if p == ns_pods => (200, pods.clone()),
+            // What a real apiserver answers when it cannot reach the node's
+            // kubelet, and when RBAC denies the port-forward.
+            "/api/v1/namespaces/emojivoto/pods/web-v1-0/portforward" => (
+                500,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 500,
+                       "message": "error dialing backend: dial tcp 10.0.0.1:10250: connect: connection refused"}),
+            ),
+            "/api/v1/namespaces/emojivoto/pods/web-v1-1/portforward" => (
+                403,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Forbidden", "code": 403,
+                       "message": "pods \"web-v1-1\" is forbidden: User \"dev\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"emojivoto\""}),
+            ),
+            // A meshed pod the scheduler has not placed yet.
+            "/api/v1/namespaces/emojivoto/pods/web-v1-pending" => {
+                let mut pod = pods["items"][0].clone();
+                pod["kind"] = json!("Pod");
+                pod["apiVersion"] = json!("v1");
+                pod["metadata"]["name"] = json!("web-v1-pending");
+                pod["status"] = json!({"phase": "Pending"});
+                (200, pod)
+            }
             p if p.starts_with(&format!("{ns_pods}/")) => {
                 let name = &p[ns_pods.len() + 1..];
                 match pods["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == name) {
@@ -364,8 +450,16 @@ mod tests {
         assert_eq!(r.skipped.len(), 1);
         assert!(seen.lock().unwrap().iter().any(|u| u.contains("version+in+%28v1%29")), "{seen:?}");
 
+        // ns/NAME taps the pods of NAME, whatever the context's namespace.
         let r = resolve(c.clone(), "ns/emojivoto", "default").await.unwrap();
         assert_eq!(r.pods, names(&["voting-0", "web-v1-0", "web-v1-1"]));
+        assert_eq!(r.namespace, "emojivoto");
+        assert!(
+            seen.lock().unwrap().iter().any(|u| u.starts_with("/api/v1/namespaces/emojivoto/pods?")),
+            "{seen:?}"
+        );
+        let r = resolve(c.clone(), "svc/web-svc", "emojivoto").await.unwrap();
+        assert_eq!(r.namespace, "emojivoto");
 
         let r = resolve(c.clone(), "po/voting-0", "emojivoto").await.unwrap();
         assert_eq!(r.pods, names(&["voting-0"]));
@@ -376,11 +470,43 @@ mod tests {
         let c = client(Arc::new(Mutex::new(Vec::new()))).await;
         let e = format!("{:#}", resolve(c.clone(), "pod/voting-1", "emojivoto").await.unwrap_err());
         assert!(e.contains("not meshed") && e.contains("weft inject"), "{e}");
+        // A meshed pod that is not running yet needs no meshing, only time.
+        let e = format!("{:#}", resolve(c.clone(), "pod/web-v1-pending", "emojivoto").await.unwrap_err());
+        assert!(e.contains("not running yet (phase Pending)") && !e.contains("weft inject"), "{e}");
         let e = format!("{:#}", resolve(c.clone(), "deploy/nope", "emojivoto").await.unwrap_err());
         assert_eq!(e, "deploy/nope in namespace emojivoto not found");
         let e = format!("{:#}", resolve(c.clone(), "cm/x", "emojivoto").await.unwrap_err());
         assert!(e.contains("cannot tap a \"cm\""), "{e}");
         let e = format!("{:#}", resolve(c, "web", "emojivoto").await.unwrap_err());
         assert!(e.contains("not KIND/NAME"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn port_forward_failures_say_what_the_api_said_and_spare_the_other_pods() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let c = client(seen.clone()).await;
+        let resolved = resolve(c.clone(), "ns/emojivoto", "default").await.unwrap();
+        let (targets, unreachable) = connect(c, &resolved, 4190).await;
+        // The fake server answers voting-0's port-forward 404: every pod is
+        // tried, and no failure aborts the rest.
+        assert!(targets.is_empty());
+        let why: BTreeMap<_, _> = unreachable.into_iter().collect();
+        assert_eq!(why.len(), 3, "{why:?}");
+        let kubelet = &why["web-v1-0"];
+        assert!(kubelet.contains("answered 500") && kubelet.contains("connection refused"), "{kubelet}");
+        assert!(!kubelet.contains("RBAC") && !kubelet.contains("pods/portforward"), "{kubelet}");
+        assert_eq!(kubelet.matches("error dialing backend").count(), 1, "{kubelet}");
+        let rbac = &why["web-v1-1"];
+        assert!(
+            rbac.starts_with("forbidden: pods \"web-v1-1\" is forbidden")
+                && rbac.contains("pods/portforward"),
+            "{rbac}"
+        );
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().any(|u| u.starts_with("/api/v1/namespaces/emojivoto/pods/voting-0/portforward?")
+                && u.ends_with("ports=4190")),
+            "{seen:?}"
+        );
     }
 }
