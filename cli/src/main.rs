@@ -1,5 +1,6 @@
 //! `weft`: the mesh's command line. One module per subcommand.
 
+mod check;
 mod demo;
 mod identity;
 mod inject;
@@ -12,8 +13,8 @@ use clap::{Parser, Subcommand};
     name = "weft",
     version,
     about = "Command line for the weft service mesh",
-    long_about = "Command line for the weft service mesh: watch live requests (tap), mesh Kubernetes \
-                  manifests (inject), run the whole mesh on this machine (demo) and manage identity material."
+    long_about = "Command line for the weft service mesh: watch live requests (tap), check a cluster and \
+                  weft in it (check), mesh Kubernetes manifests (inject), run the whole mesh on this machine (demo) and manage identity material."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Watch live requests through weft proxies, in Linkerd's tap format.
     Tap(tap::Args),
+    /// Check the cluster before installing weft (--pre), weft's control
+    /// plane, and the meshed pods' proxies (--proxy), as `linkerd check` does.
+    Check(check::Args),
     /// Add the weft proxy to the workloads in Kubernetes manifests (offline,
     /// as the admission webhook would), printing the result.
     Inject(inject::Args),
@@ -42,6 +46,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tap(args) => tap::run(args),
+        Command::Check(args) => check::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Demo(args) => demo::run(args),
         Command::DemoService(args) => demo::service::run(args),

@@ -14,22 +14,25 @@ pub struct Snapshot {
     pub buckets: Vec<(f64, f64)>,
 }
 
+/// The samples of a Prometheus text exposition: (name, labels, value).
+pub fn samples(text: &str) -> impl Iterator<Item = (&str, BTreeMap<String, String>, f64)> {
+    text.lines().filter(|line| !line.starts_with('#')).filter_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.parse::<f64>().ok()?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        Some((name, parse_labels(labels), value))
+    })
+}
+
 /// Parses the Prometheus text exposition of a weft-proxy, keeping the
 /// inbound series (what the workload behind the proxy served).
 pub fn parse(text: &str) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.parse::<f64>() else { continue };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels = parse_labels(labels);
+    for (name, labels, value) in samples(text) {
         if labels.get("direction").map(String::as_str) != Some("inbound") {
             continue;
         }

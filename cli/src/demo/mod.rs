@@ -3,7 +3,7 @@
 //! examples/demo/ compiled into this binary), demo services each behind its
 //! own weft-proxy in explicit mode, a load generator, and a live summary.
 
-mod metrics;
+pub mod metrics;
 mod procs;
 pub mod service;
 

@@ -1,7 +1,7 @@
 //! `weft identity ...`
 
 mod create_ca;
-mod inspect;
+pub(crate) mod inspect;
 
 use clap::Subcommand;
 

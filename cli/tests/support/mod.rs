@@ -3,6 +3,8 @@
 //! dropped, and a minimal HTTP/1.1 client and server on loopback.
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
