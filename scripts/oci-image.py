@@ -2,7 +2,8 @@
 """Writes weft's OCI image archives from already-built static binaries.
 
 Called by scripts/build-images (see images/README.md); not meant to be run by
-hand. No container daemon, registry, root or storage driver is involved:
+hand. Binaries are copied without their debug sections (`strip
+--strip-debug`). No container daemon, registry, root or storage driver is involved:
 each image is one deterministic tar layer (sorted entries, owner 0:0, every
 mtime = SOURCE_DATE_EPOCH, gzip header without name or time), a config, a
 manifest, `index.json` and `oci-layout` (the OCI image layout), plus the
@@ -91,6 +92,22 @@ def is_static(path: str) -> bool:
         if int.from_bytes(table[i * phentsize : i * phentsize + 4], "little") == 3:  # PT_INTERP
             return False
     return True
+
+
+def stripped(binary: str) -> bytes:
+    """The binary without its debug sections (line tables: 3/4 of a release
+    binary), symbols kept so backtraces still name functions. The binary in
+    target/ keeps them, for symbolising by build ID."""
+    tmp = binary + ".image-tmp"
+    try:
+        out = subprocess.run(["strip", "--strip-debug", "-o", tmp, binary], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise BuildError(f"strip --strip-debug {binary}: {out.stderr.strip()}")
+        with open(tmp, "rb") as f:
+            return f.read()
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class Rootfs:
@@ -220,8 +237,7 @@ def build_image(name, user, description, iptables, args):
     if not is_static(binary):
         raise BuildError(f"{binary} is dynamically linked; build with RUSTFLAGS='-C target-feature=+crt-static'")
     rootfs = Rootfs(args.created)
-    with open(binary, "rb") as f:
-        rootfs.file(f"{BIN_DIR}/{name}", f.read(), 0o755)
+    rootfs.file(f"{BIN_DIR}/{name}", stripped(binary), 0o755)
     if iptables:
         add_iptables(rootfs)
     layer = rootfs.tar()
