@@ -565,8 +565,8 @@ fn check_passes_on_an_installed_cluster() {
         [
             "kubernetes-api",
             "kubernetes-version",
-            "weft-config",
             "weft-control-plane",
+            "weft-config",
             "weft-identity",
             "weft-webhook"
         ]
@@ -575,6 +575,17 @@ fn check_passes_on_an_installed_cluster() {
         doc["categories"][0]["checks"].as_array().unwrap().iter().all(|c| c["result"] == "success"),
         "{doc}"
     );
+}
+
+#[test]
+fn a_cluster_without_weft_fails_once() {
+    let (out, _api) = run(fresh_cluster(), &[]);
+    assert_failed(
+        &out,
+        "× control plane namespace exists",
+        "namespace weft does not exist: weft is not installed there",
+    );
+    assert_eq!(out.stdout.matches('×').count(), 2, "one failure, and the summary:\n{}", out.stdout);
 }
 
 #[test]

@@ -20,19 +20,30 @@ const COMPONENTS: &[(&str, u16, bool)] =
 
 pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
 
-/// Returns the control plane's version (its Deployments' `app.kubernetes.io/version`).
-pub async fn check<W: Write>(report: &mut Report<W>, ctx: &Ctx) -> Option<String> {
+/// What the rest of the checks learn here.
+pub struct ControlPlane {
+    /// The namespace exists (or could not be read): worth checking the rest.
+    pub present: bool,
+    /// Its Deployments' `app.kubernetes.io/version`.
+    pub version: Option<String>,
+}
+
+pub async fn check<W: Write>(report: &mut Report<W>, ctx: &Ctx) -> ControlPlane {
     report.category("weft-control-plane");
     let ns = &ctx.cpns;
     match ctx.api.get::<Value>(&format!("/api/v1/namespaces/{ns}"), &format!("namespace {ns}")).await {
         Ok(_) => report.add("control plane namespace exists", Finding::ok()),
-        Err(e) if e.is_not_found() => report.add(
-            "control plane namespace exists",
-            Finding::error(
-                format!("namespace {ns} does not exist: weft is not installed there"),
-                "charts/weft/README.md to install it, or --control-plane-namespace",
-            ),
-        ),
+        Err(e) if e.is_not_found() => {
+            // Nothing else can be there: say this once rather than twenty times.
+            report.add(
+                "control plane namespace exists",
+                Finding::error(
+                    format!("namespace {ns} does not exist: weft is not installed there"),
+                    "charts/weft/README.md to install it (`weft check --pre` first), or --control-plane-namespace",
+                ),
+            );
+            return ControlPlane { present: false, version: None };
+        }
         Err(e) => report.add("control plane namespace exists", Finding::error(e.to_string(), e.hint())),
     };
 
@@ -68,7 +79,7 @@ pub async fn check<W: Write>(report: &mut Report<W>, ctx: &Ctx) -> Option<String
             report.add(format!("{name} answers /ready"), finding);
         }
     }
-    version
+    ControlPlane { present: true, version }
 }
 
 /// Why a Deployment is not available, if it is not.

@@ -111,12 +111,15 @@ async fn check<W: Write>(args: &Args, out: W) -> Result<bool> {
             webhook::check_pre(&mut report, &ctx).await;
             pod_security::check(&mut report, &ctx).await;
         } else {
-            crds::check(&mut report, &ctx).await;
-            let version = control_plane::check(&mut report, &ctx).await;
-            certificates::check(&mut report, &ctx).await;
-            webhook::check(&mut report, &ctx).await;
-            if args.proxy {
-                proxies::check(&mut report, &ctx, args.namespace.as_deref(), version.as_deref()).await;
+            let control_plane = control_plane::check(&mut report, &ctx).await;
+            if control_plane.present {
+                crds::check(&mut report, &ctx).await;
+                certificates::check(&mut report, &ctx).await;
+                webhook::check(&mut report, &ctx).await;
+                if args.proxy {
+                    let version = control_plane.version.as_deref();
+                    proxies::check(&mut report, &ctx, args.namespace.as_deref(), version).await;
+                }
             }
         }
     }
