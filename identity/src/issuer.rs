@@ -102,7 +102,7 @@ impl Issuer {
                 not_after: validity.not_after.to_string(),
             });
         }
-        if !chains_to_anchor(&parsed, &anchors) {
+        if !weft_tls::inspect::chains_to_anchor(&parsed, anchors.certificates()) {
             return Err(IssuerError::Untrusted {
                 path: files.cert.clone(),
                 anchors: files.trust_anchors.clone(),
@@ -171,29 +171,6 @@ impl Issuer {
         let cert = params.signed_by(public_key, &self.signer)?;
         Ok(Leaf { der: cert.der().clone(), not_after })
     }
-}
-
-/// True if the chain (issuer first) ends in, or is signed by, an anchor.
-fn chains_to_anchor(chain: &[X509Certificate<'_>], anchors: &TrustAnchors) -> bool {
-    for pair in chain.windows(2) {
-        if pair[0].verify_signature(Some(pair[1].public_key())).is_err() {
-            return false;
-        }
-    }
-    let Some(top) = chain.last() else {
-        return false;
-    };
-    anchors.certificates().iter().any(|anchor| {
-        if anchor.as_ref() == top.as_raw() {
-            return true;
-        }
-        match X509Certificate::from_der(anchor) {
-            Ok((_, anchor)) => {
-                anchor.subject() == top.issuer() && top.verify_signature(Some(anchor.public_key())).is_ok()
-            }
-            Err(_) => false,
-        }
-    })
 }
 
 /// 16 random bytes, high bit cleared so the DER INTEGER stays positive

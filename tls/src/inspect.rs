@@ -64,6 +64,31 @@ impl CertificateInfo {
     }
 }
 
+/// True if `chain` (a certificate first, then the certificates that issued
+/// it) ends in one of `anchors` or is signed by one, each link signed by the
+/// next. Used by weft-identity on its issuer and by `weft check`.
+pub fn chains_to_anchor(chain: &[X509Certificate<'_>], anchors: &[CertificateDer<'_>]) -> bool {
+    for pair in chain.windows(2) {
+        if pair[0].verify_signature(Some(pair[1].public_key())).is_err() {
+            return false;
+        }
+    }
+    let Some(top) = chain.last() else {
+        return false;
+    };
+    anchors.iter().any(|anchor| {
+        if anchor.as_ref() == top.as_raw() {
+            return true;
+        }
+        match X509Certificate::from_der(anchor) {
+            Ok((_, anchor)) => {
+                anchor.subject() == top.issuer() && top.verify_signature(Some(anchor.public_key())).is_ok()
+            }
+            Err(_) => false,
+        }
+    })
+}
+
 /// The weft identity a certificate was issued to: the first DNS SAN that is a
 /// well-formed identity name.
 pub fn identity_from_cert(der: &CertificateDer<'_>) -> Result<IdentityName, InspectError> {

@@ -152,21 +152,50 @@ fn validity(
     (valid, soon)
 }
 
-/// True if the chain's top (issuer first, then any intermediates) is
-/// signed by one of the anchors, and each link by the next.
+/// True if the chain (issuer first, then any intermediates) ends in, or is
+/// signed by, one of the anchors: weft-identity's own test of its issuer.
 fn signed_by_anchor(chain: &[CertificateDer<'static>], anchors: &[CertificateDer<'static>]) -> bool {
     let parsed: Vec<X509Certificate<'_>> =
         chain.iter().filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c)).collect();
-    if parsed.len() != chain.len() {
-        return false;
+    parsed.len() == chain.len() && weft_tls::inspect::chains_to_anchor(&parsed, anchors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::report::Outcome;
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+    fn ca(cn: &str, signer: Option<&CertifiedIssuer<'static, KeyPair>>) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        match signer {
+            Some(s) => CertifiedIssuer::signed_by(p, key, s).unwrap(),
+            None => CertifiedIssuer::self_signed(p, key).unwrap(),
+        }
     }
-    if parsed.windows(2).any(|p| p[0].verify_signature(Some(p[1].public_key())).is_err()) {
-        return false;
+
+    #[test]
+    fn the_issuer_must_chain_to_an_anchor() {
+        let anchor = ca("root.identity.weft.cluster.local", None);
+        let issuer = ca("identity.weft.cluster.local", Some(&anchor));
+        let other = ca("root.identity.weft.cluster.local", None);
+        let outcome = |anchors: &[CertificateDer<'static>]| {
+            let f = findings(Ok(anchors), Ok(&[issuer.der().clone()]), SystemTime::now());
+            f.into_iter().find(|(d, _)| d.contains("issued by")).unwrap().1.outcome
+        };
+        assert_eq!(outcome(&[anchor.der().clone()]), Outcome::Success);
+        assert_eq!(outcome(&[other.der().clone(), anchor.der().clone()]), Outcome::Success);
+        // Same subject, other key: not the anchor that signed it.
+        assert_eq!(outcome(&[other.der().clone()]), Outcome::Error);
+        // Not readable: every check says why.
+        let f =
+            findings(Err("configmap/x has no ca-bundle.crt"), Ok(&[issuer.der().clone()]), SystemTime::now());
+        assert!(f
+            .iter()
+            .filter(|(d, _)| d.contains("anchors") || d.contains("issued"))
+            .all(|(_, f)| f.is_error()));
     }
-    let Some(top) = parsed.last() else { return false };
-    anchors.iter().any(|a| {
-        X509Certificate::from_der(a).is_ok_and(|(_, anchor)| {
-            anchor.subject() == top.issuer() && top.verify_signature(Some(anchor.public_key())).is_ok()
-        })
-    })
 }
