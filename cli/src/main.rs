@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod identity;
 mod inject;
+mod kubeconfig;
 mod tap;
 
 use clap::{Parser, Subcommand};

@@ -204,3 +204,40 @@ fn taps_that_never_read_do_not_slow_the_proxy() {
     assert!(tapped < baseline * 3 + Duration::from_secs(2), "{tapped:?} vs {baseline:?}");
     let _ = p.outbound;
 }
+
+#[test]
+fn the_cluster_is_picked_with_kubeconfig_and_context() {
+    let dir = std::env::temp_dir().join(format!("weft-tap-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing");
+    let out = Command::new(weft())
+        .args(["tap", "deploy/web", "--kubeconfig"])
+        .arg(&missing)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&format!("cannot read the kubeconfig {}", missing.display())), "{err}");
+
+    // A kubeconfig without the context asked for: named, not a fall back to
+    // the current context's cluster.
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: dev\n\
+         clusters: [{name: dev, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+         users: [{name: dev, user: {token: t}}]\n\
+         contexts: [{name: dev, context: {cluster: dev, user: dev}}]\n",
+    )
+    .unwrap();
+    let out = Command::new(weft())
+        .args(["tap", "deploy/web", "--context", "prod", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("prod"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::Request;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -80,22 +79,7 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Builds the client as kubectl would pick the cluster.
 pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> anyhow::Result<(Api, String)> {
     use anyhow::Context as _;
-    let options = KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-    let mut config = match (kubeconfig, context) {
-        (Some(path), _) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &options)
-                .await
-                .with_context(|| format!("cannot use the kubeconfig {}", path.display()))?
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .context("cannot use the kubeconfig (KUBECONFIG or ~/.kube/config)")?,
-        (None, None) => kube::Config::infer()
-            .await
-            .context("no kubeconfig found (KUBECONFIG, ~/.kube/config) and not running in a pod")?,
-    };
+    let mut config = crate::kubeconfig::load(kubeconfig, context).await?;
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(10));
     let server = config.cluster_url.to_string().trim_end_matches('/').to_string();

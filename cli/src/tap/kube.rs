@@ -50,10 +50,12 @@ impl std::fmt::Display for Untappable {
     }
 }
 
-pub async fn targets(resource: &str, namespace: Option<&str>, tap_port: u16) -> Result<Vec<Target>> {
-    let config = kube::Config::infer().await.map_err(|e| {
-        anyhow!("no kubeconfig found; pass --addr HOST:PORT to tap a proxy directly, or set KUBECONFIG ({e})")
-    })?;
+pub async fn targets(
+    config: kube::Config,
+    resource: &str,
+    namespace: Option<&str>,
+    tap_port: u16,
+) -> Result<Vec<Target>> {
     let ns = namespace.map(str::to_string).unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).context("cannot build a Kubernetes client from the kubeconfig")?;
     let resolved = resolve(client.clone(), resource, &ns).await?;

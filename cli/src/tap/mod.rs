@@ -45,6 +45,15 @@ pub struct Args {
     #[arg(short = 'n', long)]
     namespace: Option<String>,
 
+    /// Kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then the
+    /// in-cluster configuration).
+    #[arg(long, value_name = "FILE", conflicts_with = "addr")]
+    kubeconfig: Option<std::path::PathBuf>,
+
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, conflicts_with = "addr")]
+    context: Option<String>,
+
     /// Tap one proxy directly at its tap address (WEFT_PROXY_TAP_ADDR),
     /// e.g. outside Kubernetes or from inside the pod.
     #[arg(long, value_name = "HOST:PORT")]
@@ -162,7 +171,12 @@ pub fn run(args: Args) -> Result<()> {
 async fn tap(args: Args) -> Result<()> {
     let targets = match (&args.addr, &args.resource) {
         (Some(addr), _) => vec![direct(addr).await?],
-        (None, Some(resource)) => kube::targets(resource, args.namespace.as_deref(), args.tap_port).await?,
+        (None, Some(resource)) => {
+            let config = crate::kubeconfig::load(args.kubeconfig.as_deref(), args.context.as_deref())
+                .await
+                .context("pass --addr HOST:PORT to tap a proxy directly")?;
+            kube::targets(config, resource, args.namespace.as_deref(), args.tap_port).await?
+        }
         (None, None) => bail!("name a Kubernetes resource to tap (e.g. deploy/web) or pass --addr HOST:PORT"),
     };
     let request =
