@@ -15,6 +15,7 @@ use crate::config::{
     PROXY_UID, TAP_PORT, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_VOLUME, XTABLES_VOLUME,
 };
 use crate::patch::{escape, PatchOp};
+use crate::redirect::redirect_config;
 
 pub const CONTROL_PLANE_NS_LABEL: &str = "weft.io/control-plane-ns";
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
@@ -443,23 +444,21 @@ fn proxy_container(
 }
 
 fn init_container(config: &InjectorConfig, o: &ProxyOverrides) -> Value {
-    // The proxy's tap and admin ports are reached directly: the kubelet's
-    // probes must not depend on the proxy's inbound path.
-    let mut skip_inbound = vec![PortRange::single(TAP_PORT), PortRange::single(ADMIN_PORT)];
-    skip_inbound.extend_from_slice(&o.skip_inbound_ports);
+    // weft-cni writes the same rules from the same config (redirect.rs).
+    let rules = redirect_config(o);
     let mut args = vec![
         "--proxy-uid".to_string(),
-        PROXY_UID.to_string(),
+        rules.proxy_uid.to_string(),
         "--inbound-port".into(),
-        INBOUND_PORT.to_string(),
+        rules.inbound_port.to_string(),
         "--outbound-port".into(),
-        OUTBOUND_PORT.to_string(),
+        rules.outbound_port.to_string(),
         "--skip-inbound-ports".into(),
-        port_list(&skip_inbound),
+        port_list(&rules.skip_inbound_ports),
     ];
-    if !o.skip_outbound_ports.is_empty() {
+    if !rules.skip_outbound_ports.is_empty() {
         args.push("--skip-outbound-ports".into());
-        args.push(port_list(&o.skip_outbound_ports));
+        args.push(port_list(&rules.skip_outbound_ports));
     }
     json!({
         "name": INIT_CONTAINER,

@@ -13,6 +13,7 @@ pub mod manifests;
 pub mod namespaces;
 pub mod patch;
 pub mod quantity;
+pub mod redirect;
 pub mod review;
 pub mod tls;
 pub mod webhook;

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cidr;
+pub mod install;
 pub mod ports;
 pub mod ruleset;
 

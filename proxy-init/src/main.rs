@@ -3,16 +3,14 @@
 //! Runs as an init container with NET_ADMIN/NET_RAW before any other
 //! container of the pod starts, so no app traffic escapes the proxy.
 
-use std::path::Path;
-
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use tracing::{info, warn};
+use tracing::info;
 
 use weft_proxy_init::cidr::parse_cidr_list;
 use weft_proxy_init::ports::parse_port_list;
-use weft_proxy_init::ruleset::{existing_jumps, ruleset};
-use weft_proxy_init::{backend, Backend, Family, Mode, RedirectConfig};
+use weft_proxy_init::ruleset::ruleset;
+use weft_proxy_init::{backend, install, Backend, Mode, RedirectConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum IptablesMode {
@@ -88,19 +86,6 @@ fn config(args: &Args) -> Result<RedirectConfig> {
     Ok(cfg)
 }
 
-fn families(ipv6: bool) -> Vec<Family> {
-    if !ipv6 {
-        return vec![Family::V4];
-    }
-    // Without IPv6 in the kernel ip6tables cannot even load its nat table,
-    // and there is no IPv6 traffic that could escape the proxy.
-    if !Path::new("/proc/net/if_inet6").exists() {
-        warn!("IPv6 is disabled in this kernel; programming IPv4 only");
-        return vec![Family::V4];
-    }
-    vec![Family::V4, Family::V6]
-}
-
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -117,7 +102,7 @@ fn main() -> Result<()> {
     if args.dry_run {
         // A dry run assumes a fresh network namespace: it reads nothing, so
         // it works unprivileged and on a machine without iptables.
-        for family in families(args.ipv6) {
+        for family in install::families(args.ipv6) {
             println!("# {family} (dry run, not applied)");
             print!("{}", ruleset(&cfg, family, &[]));
         }
@@ -132,13 +117,9 @@ fn main() -> Result<()> {
     let backend = Backend::new(mode);
     info!(%mode, "iptables backend");
 
-    for family in families(args.ipv6) {
+    for family in install::families(args.ipv6) {
         let _span = tracing::info_span!("apply", %family, %mode).entered();
-        let current =
-            backend.save_nat(family).with_context(|| format!("reading the current {family} nat table"))?;
-        let rules = ruleset(&cfg, family, &existing_jumps(&current));
-        backend
-            .restore(family, &rules)
+        let rules = install::apply(&backend, &cfg, family)
             .with_context(|| format!("applying the {family} ruleset with {}", backend.restore_bin(family)))?;
         println!("# {family} ({} applied)", backend.restore_bin(family));
         print!("{rules}");
