@@ -11,18 +11,14 @@
 //! Tests that make namespaces need root and the plugins; elsewhere they print
 //! why they skip. The bad-input tests need neither.
 
-#[path = "../../cli/tests/support/apiserver.rs"]
-#[allow(dead_code)]
-mod apiserver;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use apiserver::{Answer, ApiServer, State};
 use serde_json::{json, Value};
+use weft_e2e::apiserver::{self, Answer, ApiServer, State};
 use weft_e2e::{Process, TempDir};
 use weft_injector::{InjectorConfig, NamespaceInfo};
 

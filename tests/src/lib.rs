@@ -36,6 +36,7 @@
 //!   rebuilt once per test process (see [`bins`]), so `cargo nextest run
 //!   --workspace` never runs stale binaries.
 
+pub mod apiserver;
 pub mod app;
 pub mod bins;
 pub mod client;

@@ -19,6 +19,11 @@
 //!   a `weft-proxy` container) in weft-destination's directory, so a pod IP
 //!   resolves to an endpoint with the pod's identity, as in a cluster.
 //!
+//! **CNI mode** ([`PodSpec::cni`]): instead of the harness plugging the pod
+//! in and running weft-proxy-init, the runtime's part is played for real:
+//! the `loopback`, `bridge` and `host-local` CNI plugins, then `weft-cni`
+//! reading the pod from a stub API server on the node (see [`cni`]).
+//!
 //! Apps run either as processes ([`Pod::command`], e.g. curl) or in-process
 //! on the pod's own runtime thread ([`Pod::run`]), whose sockets live in the
 //! pod's namespace: `pod.run(async { TestServer::start("web").await })`
@@ -42,12 +47,15 @@ use std::{
     process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicU8, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
     time::Duration,
 };
 
 use rand::Rng;
+
+mod cni;
+pub use cni::{cni_unavailable, CNI_PLUGINS};
 
 use crate::{
     bins::bin,
@@ -243,6 +251,8 @@ pub struct Mesh {
     pub destination: DestinationService,
     workloads: Mutex<Vec<Workload>>,
     next_host: AtomicU8,
+    /// CNI mode's API server, started by the first CNI pod.
+    cni: OnceLock<cni::CniNode>,
     pub dir: TempDir,
     pub node: Node,
 }
@@ -254,7 +264,7 @@ impl Mesh {
     /// waits for weft-identity's next token-file reload, about 1 s).
     pub async fn start(label: &str, workloads: &[(&str, &str)]) -> Mesh {
         // Build (once per process) before leaving the host's network.
-        for b in ["weft", "weft-identity", "weft-destination", "weft-proxy", "weft-proxy-init"] {
+        for b in ["weft", "weft-identity", "weft-destination", "weft-proxy", "weft-proxy-init", "weft-cni"] {
             bin(b);
         }
         collect_stale_namespaces();
@@ -274,6 +284,7 @@ impl Mesh {
             destination,
             workloads: Mutex::new(workloads),
             next_host: AtomicU8::new(2),
+            cni: OnceLock::new(),
             dir,
             node,
         }
@@ -314,25 +325,33 @@ impl Mesh {
             spec,
             proxy: None,
             proxy_init_output: String::new(),
+            cni_result: None,
             dir,
             manifest: self.destination.dir.join(format!("pod-{netns}.yaml")),
             runtime: None,
         };
-        // Network: lo, eth0 on the node's bridge, default route via the node.
-        let (node, veth) = (self.node.netns.as_str(), format!("vp{host}"));
-        let cidr = format!("{ip}/24");
-        let gateway = NODE_IP.to_string();
-        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip", "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
-        ]);
-        sh(&["ip", "-n", node, "link", "set", &veth, "master", "weft0"]);
-        sh(&["ip", "-n", node, "link", "set", &veth, "up"]);
-        sh(&["ip", "-n", &netns, "addr", "add", &cidr, "dev", "eth0"]);
-        add_ipv6(&netns, "eth0", ip6);
-        sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &netns, "route", "add", "default", "via", &gateway]);
-        sh(&["ip", "-n", &netns, "-6", "route", "add", "default", "via", &NODE_IP6.to_string()]);
+        if pod.spec.cni {
+            // The runtime's CNI ADD: bridge + host-local, then weft-cni.
+            let node = self.cni.get_or_init(|| cni::CniNode::start(&self.dir.join("cni")));
+            pod.cni_result = Some(node.add(&pod));
+        } else {
+            // Network: lo, eth0 on the node's bridge, default route via the node.
+            let (node, veth) = (self.node.netns.as_str(), format!("vp{host}"));
+            let cidr = format!("{ip}/24");
+            let gateway = NODE_IP.to_string();
+            sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip", "-n", node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &netns,
+            ]);
+            sh(&["ip", "-n", node, "link", "set", &veth, "master", "weft0"]);
+            sh(&["ip", "-n", node, "link", "set", &veth, "up"]);
+            sh(&["ip", "-n", &netns, "addr", "add", &cidr, "dev", "eth0"]);
+            add_ipv6(&netns, "eth0", ip6);
+            sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", &netns, "route", "add", "default", "via", &gateway]);
+            sh(&["ip", "-n", &netns, "-6", "route", "add", "default", "via", &NODE_IP6.to_string()]);
+        }
         // Cluster DNS, as far as the proxy needs it.
         let etc = PathBuf::from(format!("/etc/netns/{netns}"));
         std::fs::create_dir_all(&etc).unwrap_or_else(|e| panic!("create {}: {e}", etc.display()));
@@ -350,12 +369,15 @@ impl Mesh {
             return pod;
         }
 
-        // Init container: weft-proxy-init with the injector's arguments.
-        let mut init = pod.command(bin("weft-proxy-init"));
-        init.args(pod.proxy_init_args());
-        let (status, output) = Process::run(&format!("weft-proxy-init {}", pod.name), init, STEP);
-        assert!(status.success(), "weft-proxy-init in pod {} failed ({status}):\n{output}", pod.name);
-        pod.proxy_init_output = output;
+        // Init container: weft-proxy-init with the injector's arguments
+        // (in CNI mode weft-cni has written the rules already).
+        if !pod.spec.cni {
+            let mut init = pod.command(bin("weft-proxy-init"));
+            init.args(pod.proxy_init_args());
+            let (status, output) = Process::run(&format!("weft-proxy-init {}", pod.name), init, STEP);
+            assert!(status.success(), "weft-proxy-init in pod {} failed ({status}):\n{output}", pod.name);
+            pod.proxy_init_output = output;
+        }
 
         // The proxy container.
         let token = pod.dir.join("token");
@@ -436,6 +458,9 @@ pub struct PodSpec {
     /// False: no proxy-init, no proxy, no `weft-proxy` container in the
     /// manifest (an unmeshed pod).
     pub meshed: bool,
+    /// CNI mode: the network and the redirect rules come from the CNI
+    /// plugins and weft-cni, not from the harness and weft-proxy-init.
+    pub cni: bool,
 }
 
 impl PodSpec {
@@ -452,6 +477,7 @@ impl PodSpec {
             log_level: "warn,weft_proxy=info".into(),
             proxy_env: Vec::new(),
             meshed: true,
+            cni: false,
         }
     }
 
@@ -499,6 +525,12 @@ impl PodSpec {
         self.meshed = meshed;
         self
     }
+
+    /// Set up by the CNI plugins and weft-cni (see the module's docs).
+    pub fn cni(mut self) -> Self {
+        self.cni = true;
+        self
+    }
 }
 
 /// A running pod. Dropping it kills its proxy and apps, deletes its
@@ -514,8 +546,10 @@ pub struct Pod {
     pub spec: PodSpec,
     /// weft-proxy (absent in an unmeshed pod).
     pub proxy: Option<Process>,
-    /// What weft-proxy-init printed: the rules it applied.
+    /// What weft-proxy-init printed: the rules it applied (empty in CNI mode).
     pub proxy_init_output: String,
+    /// CNI mode: the chain's result (the bridge's, passed on by weft-cni).
+    pub cni_result: Option<serde_json::Value>,
     /// The pod's scratch directory (token).
     pub dir: PathBuf,
     manifest: PathBuf,
