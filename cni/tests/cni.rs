@@ -196,9 +196,9 @@ fn weft_entry(dir: &Path, kubeconfig: &Path, extra: Value) -> Value {
 
 /// One plugin's stdin: its conflist entry with the list's name and
 /// version, and the previous result (libcni's `buildOneConfig`).
-fn plugin_conf(entry: &Value, prev: Option<&Value>) -> Value {
+fn plugin_conf(entry: &Value, version: &str, prev: Option<&Value>) -> Value {
     let mut conf = entry.clone();
-    conf["cniVersion"] = json!("1.0.0");
+    conf["cniVersion"] = json!(version);
     conf["name"] = json!("weft-test");
     if let Some(prev) = prev {
         conf["prevResult"] = prev.clone();
@@ -293,14 +293,16 @@ struct Runtime {
     dir: TempDir,
     node: Netns,
     weft: Value,
+    /// The conflist's `cniVersion`.
+    version: &'static str,
 }
 
 impl Runtime {
-    fn new(kubeconfig: &Path, weft_extra: Value) -> Runtime {
+    fn new(kubeconfig: &Path, version: &'static str, weft_extra: Value) -> Runtime {
         let dir = TempDir::new("weft-cni");
         let node = Netns::new("node");
         let weft = weft_entry(dir.path(), kubeconfig, weft_extra);
-        Runtime { dir, node, weft }
+        Runtime { dir, node, weft, version }
     }
 
     fn bridge(&self) -> Value {
@@ -325,7 +327,7 @@ impl Runtime {
         let lo = exec(
             &Path::new(PLUGINS).join("loopback"),
             &lo_env,
-            &plugin_conf(&json!({"type": "loopback"}), None),
+            &plugin_conf(&json!({"type": "loopback"}), self.version, None),
             None,
         );
         assert!(lo.success, "loopback: {}", lo.stdout);
@@ -333,7 +335,7 @@ impl Runtime {
         let bridge = exec(
             &Path::new(PLUGINS).join("bridge"),
             &env,
-            &plugin_conf(&self.bridge(), None),
+            &plugin_conf(&self.bridge(), self.version, None),
             Some(&self.node.name),
         );
         assert!(bridge.success, "bridge: {}", bridge.stdout);
@@ -343,7 +345,7 @@ impl Runtime {
     }
 
     fn weft_cni(&self, env: &[(&str, String)], prev: Option<&Value>) -> Invocation {
-        exec(&weft_cni(), env, &plugin_conf(&self.weft, prev), None)
+        exec(&weft_cni(), env, &plugin_conf(&self.weft, self.version, prev), None)
     }
 
     /// CHECK of weft-cni with the cached result.
@@ -358,7 +360,7 @@ impl Runtime {
         let bridge = exec(
             &Path::new(PLUGINS).join("bridge"),
             &env,
-            &plugin_conf(&self.bridge(), Some(prev)),
+            &plugin_conf(&self.bridge(), self.version, Some(prev)),
             Some(&self.node.name),
         );
         assert!(bridge.success, "bridge DEL: {}", bridge.stdout);
@@ -384,7 +386,7 @@ fn has_weft_rules(table: &[String]) -> bool {
 
 // ---- the tests ------------------------------------------------------------
 
-fn meshed_pod_gets_proxy_inits_rules(mode: &str) {
+fn meshed_pod_gets_proxy_inits_rules(mode: &str, version: &'static str) {
     if skip() {
         return;
     }
@@ -394,13 +396,14 @@ fn meshed_pod_gets_proxy_inits_rules(mode: &str) {
     );
     let api = api(&[&pod]);
     let dir = TempDir::new("weft-cni-kube");
-    let rt = Runtime::new(&api.kubeconfig(dir.path()), json!({"iptablesMode": mode}));
+    let rt = Runtime::new(&api.kubeconfig(dir.path()), version, json!({"iptablesMode": mode}));
     let netns = Netns::new("pod");
     let who = Some(("emojivoto", "voting-1"));
 
     let (prev, add) = rt.add(&netns, "c-meshed", who);
     assert!(add.success, "ADD: {}\n{}", add.stdout, rt.log());
     assert_eq!(add.json(), prev, "the result must be the prevResult, unchanged");
+    assert_eq!(prev["cniVersion"], version, "{prev}");
     assert!(prev["ips"][0]["address"].as_str().is_some_and(|a| a.starts_with("10.89.0.")), "{prev}");
 
     let (v4, v6) = (netns.nat("iptables", mode), netns.nat("ip6tables", mode));
@@ -451,12 +454,13 @@ fn meshed_pod_gets_proxy_inits_rules(mode: &str) {
 
 #[test]
 fn meshed_pod_gets_proxy_inits_rules_nft() {
-    meshed_pod_gets_proxy_inits_rules("nft");
+    meshed_pod_gets_proxy_inits_rules("nft", "1.0.0");
 }
 
+/// Also CNI 0.4.0: the bridge plugin's 0.4.0 result is passed on as is.
 #[test]
-fn meshed_pod_gets_proxy_inits_rules_legacy() {
-    meshed_pod_gets_proxy_inits_rules("legacy");
+fn meshed_pod_gets_proxy_inits_rules_legacy_cni_0_4_0() {
+    meshed_pod_gets_proxy_inits_rules("legacy", "0.4.0");
 }
 
 #[test]
@@ -472,7 +476,7 @@ fn other_pods_get_no_rules() {
     let unmeshed = fixture_pod("voting-1");
     let api = api(&[&plain, &unmeshed]);
     let dir = TempDir::new("weft-cni-kube");
-    let rt = Runtime::new(&api.kubeconfig(dir.path()), json!({}));
+    let rt = Runtime::new(&api.kubeconfig(dir.path()), "1.0.0", json!({}));
     for (i, who) in [
         Some(("plain", "web-v2-0")),
         Some(("emojivoto", "voting-1")),
@@ -530,8 +534,11 @@ impl Alone {
     }
 
     fn conf(&self, extra: Value) -> Value {
-        let mut conf =
-            plugin_conf(&weft_entry(self.dir.path(), &self.kubeconfig, json!({})), Some(&prev_result()));
+        let mut conf = plugin_conf(
+            &weft_entry(self.dir.path(), &self.kubeconfig, json!({})),
+            "1.0.0",
+            Some(&prev_result()),
+        );
         for (k, v) in extra.as_object().expect("extra") {
             if v.is_null() {
                 conf.as_object_mut().expect("conf").remove(k);
