@@ -10,10 +10,21 @@ use serde_json::Value;
 
 use crate::error::{code, CniError};
 
-/// The versions of the spec this plugin speaks. 0.4.0 is the first with
-/// CHECK and `prevResult` in DEL; every maintained runtime sends 1.0.0 or
-/// 0.4.0.
-pub const SUPPORTED_VERSIONS: [&str; 2] = ["0.4.0", "1.0.0"];
+/// The versions of the spec this plugin speaks. It is inserted into the
+/// cluster's conflist and called in that list's version: Flannel's, Calico's
+/// and kindnet's are still 0.3.1, newer ones 0.4.0, 1.0.0 or 1.1.0. A version
+/// missing here would fail every pod of the node with code 1. The result
+/// is `prevResult` as it came in, so it is right in any of them.
+pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// CHECK came with 0.4.0; STATUS and GC with 1.1.0.
+pub fn supports(version: &str, command: Command) -> bool {
+    match command {
+        Command::Check => !version.starts_with("0.3."),
+        Command::Gc | Command::Status => version == "1.1.0",
+        Command::Add | Command::Del | Command::Version => true,
+    }
+}
 /// Used for errors raised before a configuration (and its version) is known.
 pub const DEFAULT_VERSION: &str = "1.0.0";
 
@@ -143,6 +154,10 @@ pub enum Command {
     Del,
     Check,
     Version,
+    /// CNI 1.1: collect leftovers of gone containers (weft-cni has none).
+    Gc,
+    /// CNI 1.1: is the plugin ready for ADD.
+    Status,
 }
 
 /// The Kubernetes pod a sandbox belongs to, from `CNI_ARGS`.
@@ -181,9 +196,11 @@ pub fn command(var: &dyn Fn(&str) -> Option<String>) -> Result<Command, CniError
         Some("DEL") => Ok(Command::Del),
         Some("CHECK") => Ok(Command::Check),
         Some("VERSION") => Ok(Command::Version),
-        Some(other) => {
-            Err(invalid_env(format!("CNI_COMMAND={other:?} is not one of ADD, DEL, CHECK, VERSION")))
-        }
+        Some("GC") => Ok(Command::Gc),
+        Some("STATUS") => Ok(Command::Status),
+        Some(other) => Err(invalid_env(format!(
+            "CNI_COMMAND={other:?} is not one of ADD, DEL, CHECK, VERSION, GC, STATUS"
+        ))),
         None => Err(invalid_env("CNI_COMMAND is not set")),
     }
 }
@@ -265,7 +282,7 @@ mod tests {
         let v = vars(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")]);
         assert_eq!(Env::read(Command::Del, &v).unwrap().netns, None);
         assert_eq!(command(&vars(&[])).unwrap_err().details, "CNI_COMMAND is not set");
-        assert_eq!(command(&vars(&[("CNI_COMMAND", "GC")])).unwrap_err().code, code::INVALID_ENV);
+        assert_eq!(command(&vars(&[("CNI_COMMAND", "RESET")])).unwrap_err().code, code::INVALID_ENV);
     }
 
     #[test]
@@ -284,7 +301,7 @@ mod tests {
             NetConf::parse(br#"{"cniVersion":"0.4.0","name":"k8s","type":"weft-cni","ipv6":"yes"}"#)
                 .unwrap_err();
         assert_eq!((invalid.0.as_str(), invalid.1.code), ("0.4.0", code::INVALID_CONFIG));
-        let old = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"k8s","type":"weft-cni"}"#).unwrap_err();
+        let old = NetConf::parse(br#"{"cniVersion":"0.2.0","name":"k8s","type":"weft-cni"}"#).unwrap_err();
         assert_eq!(old.1.code, code::INCOMPATIBLE_VERSION);
         let ok = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"k8s","type":"weft-cni","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"}},"other":1}"#,

@@ -8,7 +8,9 @@ use tracing::{debug, info, info_span, warn};
 use weft_injector::InjectorConfig;
 use weft_proxy_init::{backend, install, Backend, BackendError, Mode, RedirectConfig};
 
-use crate::config::{command, Command, Env, IptablesMode, NetConf, DEFAULT_VERSION, SUPPORTED_VERSIONS};
+use crate::config::{
+    command, supports, Command, Env, IptablesMode, NetConf, DEFAULT_VERSION, SUPPORTED_VERSIONS,
+};
 use crate::error::{code, CniError};
 use crate::netns::{self, NetnsError};
 use crate::pods::{self, Lookup, LookupError};
@@ -63,6 +65,22 @@ pub fn invoke(var: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
     };
     crate::log::init(&conf.log_file, &conf.log_level);
     let version = conf.cni_version.clone();
+    if !supports(&version, command) {
+        let e = CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "incompatible CNI version",
+            format!("cniVersion {version} has no {command:?} (CHECK needs 0.4.0, GC and STATUS 1.1.0)"),
+        );
+        warn!(error = %e, "unsupported command for this version");
+        return Reply::err(&version, e);
+    }
+    if matches!(command, Command::Gc | Command::Status) {
+        // Nothing to collect: the rules live and die with each pod's
+        // network namespace. Ready whenever it can run at all: the API is
+        // asked per pod, and only pods that may be meshed wait for it.
+        info!(?command, "nothing to do");
+        return Reply { cni_version: version, result: Ok(None) };
+    }
     let env = match Env::read(command, var) {
         Ok(env) => env,
         Err(e) if command == Command::Del => {

@@ -575,9 +575,38 @@ fn raw(env: &[(&str, String)], stdin: &[u8]) -> Invocation {
 fn version_lists_the_supported_versions() {
     let out = raw(&[("CNI_COMMAND", "VERSION".into())], br#"{"cniVersion":"0.4.0"}"#);
     assert!(out.success);
-    assert_eq!(out.json(), json!({"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0"]}));
+    let all = json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+    assert_eq!(out.json(), json!({"cniVersion": "0.4.0", "supportedVersions": all}));
     let out = raw(&[("CNI_COMMAND", "VERSION".into())], b"");
-    assert_eq!(out.json()["supportedVersions"], json!(["0.4.0", "1.0.0"]));
+    assert_eq!(out.json()["supportedVersions"], all);
+}
+
+#[test]
+fn gc_and_status_of_cni_1_1_succeed_without_asking_the_api() {
+    let t = Alone::new(&[]);
+    for command in ["GC", "STATUS"] {
+        // As libcni sends them: no container, only the network's config.
+        let mut conf = t.conf(json!({"cniVersion": "1.1.0", "prevResult": null}));
+        if command == "GC" {
+            conf["cni.dev/valid-attachments"] = json!([{"containerID": "abc", "ifname": "eth0"}]);
+        }
+        let out = t.invoke(&[("CNI_COMMAND", command.to_string()), ("CNI_PATH", PLUGINS.to_string())], &conf);
+        assert!(out.success && out.stdout.is_empty(), "{command}: {}", out.stdout);
+    }
+    assert!(t.api.seen().is_empty(), "{:?}", t.api.seen());
+}
+
+#[test]
+fn an_old_conflist_version_is_passed_through() {
+    // Flannel's and Calico's conflists are still 0.3.1: weft-cni must not
+    // fail their pods. An unmeshed pod: the prevResult comes back as is.
+    let t = Alone::new(&[]);
+    let mut prev = prev_result();
+    prev["cniVersion"] = json!("0.3.1");
+    let conf = t.conf(json!({"cniVersion": "0.3.1", "prevResult": prev}));
+    let out = t.invoke(&cni_env("ADD", "c-old", "/run/netns/x", Some(("kube-system", "coredns-0"))), &conf);
+    assert!(out.success, "{}", out.stdout);
+    assert_eq!(out.json(), prev);
 }
 
 #[test]
@@ -596,8 +625,13 @@ fn malformed_configuration_and_environment_are_cni_errors() {
     // Chained only: no prevResult is 7.
     let err = t.invoke(&env, &t.conf(json!({"prevResult": null}))).error(7);
     assert!(err["details"].as_str().is_some_and(|d| d.contains("chained")), "{err}");
-    // A version we do not speak: 1.
-    t.invoke(&env, &t.conf(json!({"cniVersion": "0.3.1"}))).error(1);
+    // A version we do not speak, or a command the version has not: 1.
+    t.invoke(&env, &t.conf(json!({"cniVersion": "0.2.0"}))).error(1);
+    let check = cni_env("CHECK", "c-bad", "/run/netns/x", who);
+    let err = t.invoke(&check, &t.conf(json!({"cniVersion": "0.3.1"}))).error(1);
+    assert_eq!(err["cniVersion"], "0.3.1");
+    let gc = [("CNI_COMMAND", "GC".to_string())];
+    t.invoke(&gc, &t.conf(json!({"cniVersion": "1.0.0"}))).error(1);
     // Missing or unknown CNI_* variables: 4, naming them.
     let no_netns: Vec<_> =
         env.iter().filter(|(k, _)| *k != "CNI_NETNS" && *k != "CNI_CONTAINERID").cloned().collect();
@@ -605,7 +639,7 @@ fn malformed_configuration_and_environment_are_cni_errors() {
     assert_eq!(err["details"], "CNI_CONTAINERID, CNI_NETNS not set");
     let err = raw(&[], b"{}").error(4);
     assert_eq!(err["details"], "CNI_COMMAND is not set");
-    raw(&[("CNI_COMMAND", "GC".into())], b"{}").error(4);
+    raw(&[("CNI_COMMAND", "RESET".into())], b"{}").error(4);
     let half: Vec<_> =
         env.iter()
             .map(|(k, v)| {
