@@ -8,11 +8,17 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init(file: &Path, level: &str) {
+/// Logs to `file`, or to stderr when there is none (the configuration could
+/// not be read: its error goes back to the runtime anyway).
+pub fn init(file: Option<&Path>, level: &str) {
     let filter = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = || tracing_subscriber::fmt().with_ansi(false).with_env_filter(filter());
     // A second init (the configuration was read after a first, default
     // one) keeps the first: try_init fails harmlessly.
+    let Some(file) = file else {
+        let _ = builder().with_writer(std::io::stderr).try_init();
+        return;
+    };
     match OpenOptions::new().create(true).append(true).open(file) {
         Ok(f) => {
             let _ = builder().with_writer(Mutex::new(f)).try_init();

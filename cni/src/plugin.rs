@@ -52,7 +52,7 @@ pub fn invoke(var: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
     let conf = match NetConf::parse(stdin) {
         Ok(conf) => conf,
         Err((version, e)) => {
-            crate::log::init(Path::new(crate::config::DEFAULT_LOG_FILE), "info");
+            crate::log::init(None, "info");
             if command == Command::Del {
                 // A teardown must never be blocked: there is nothing of
                 // ours to undo that the network namespace does not take.
@@ -63,7 +63,7 @@ pub fn invoke(var: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Reply {
             return Reply::err(&version, e);
         }
     };
-    crate::log::init(&conf.log_file, &conf.log_level);
+    crate::log::init(Some(&conf.log_file), &conf.log_level);
     let version = conf.cni_version.clone();
     if !supports(&version, command) {
         let e = CniError::new(
