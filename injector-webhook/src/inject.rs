@@ -418,6 +418,9 @@ fn proxy_container(
         "resources": resources(&o.resources),
         "securityContext": {
             "runAsUser": PROXY_UID,
+            // Set, not left to the image: an image whose User names no
+            // group would run the proxy in group 0.
+            "runAsGroup": PROXY_UID,
             "runAsNonRoot": true,
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,

@@ -129,6 +129,11 @@ pub fn assert_injected(pod: &Value, native: bool) -> Value {
         p
     };
     assert_eq!(p_uid(&proxy), Some(2102));
+    assert_eq!(
+        proxy["securityContext"]["runAsGroup"].as_u64(),
+        Some(2102),
+        "the proxy's group is set, not the image's"
+    );
     assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(proxy["readinessProbe"]["httpGet"]["port"], 4191);
     assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/live");
