@@ -23,6 +23,7 @@ pub mod profile;
 pub mod stack;
 pub mod tap;
 pub mod tls;
+pub mod validate;
 
 use std::sync::{atomic::AtomicBool, Arc};
 

@@ -32,6 +32,42 @@ fn await_ready(args: &[String]) -> ExitCode {
     }
 }
 
+fn validate(args: &[String]) -> ExitCode {
+    use weft_proxy::validate::{Validation, DEFAULT_CONNECT_ADDR, DEFAULT_OUTBOUND_PORT};
+    let mut timeout = std::time::Duration::from_secs(10);
+    let mut connect = DEFAULT_CONNECT_ADDR;
+    let mut outbound_port = DEFAULT_OUTBOUND_PORT;
+    for arg in args {
+        let ok = if let Some(v) = arg.strip_prefix("--timeout=") {
+            parse_duration(v).map(|t| timeout = t).is_some()
+        } else if let Some(v) = arg.strip_prefix("--connect-addr=") {
+            v.parse().map(|a| connect = a).is_ok()
+        } else if let Some(v) = arg.strip_prefix("--outbound-port=") {
+            v.parse().map(|p| outbound_port = p).is_ok()
+        } else {
+            false
+        };
+        if !ok {
+            eprintln!(
+                "weft-proxy validate: unexpected argument {arg:?}: expected --timeout=DURATION, --connect-addr=IP:PORT or --outbound-port=PORT"
+            );
+            return ExitCode::from(2);
+        }
+    }
+    match weft_proxy::validate::validate(&Validation::new(outbound_port, connect, timeout)) {
+        Ok(at) => {
+            println!(
+                "weft-proxy validate: outbound TCP is redirected to the proxy ({connect} arrived at {at})"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("weft-proxy validate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 const USAGE: &str = "\
 weft-proxy: the weft mesh's sidecar proxy.
 
@@ -39,6 +75,13 @@ USAGE:
     weft-proxy                       run the proxy, configured by WEFT_PROXY_* environment variables
     weft-proxy await [--timeout=DUR] wait until the local proxy's /ready answers 200 (default 120s);
                                      for a postStart hook when the proxy is not a native sidecar
+    weft-proxy validate [--timeout=DUR] [--connect-addr=IP:PORT] [--outbound-port=PORT]
+                                     the CNI-mode init container: check that this pod's outbound TCP
+                                     is redirected to the proxy's port (default 4140) by connecting
+                                     to a never-routed address (default 192.0.2.1:4149) and
+                                     accepting the connection itself; exits 1, saying why, if the
+                                     weft-cni plugin did not write the rules (default 10s); run it
+                                     as a non-root UID other than the proxy's 2102
 
 Every environment variable is documented in proxy/README.md.
 ";
@@ -48,6 +91,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         None => {}
         Some("await") => return await_ready(&args[1..]),
+        Some("validate") => return validate(&args[1..]),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
