@@ -12,7 +12,9 @@
 //! IPv6). Every other pod is left alone.
 
 pub mod config;
+pub mod conflist;
 pub mod error;
+pub mod installer;
 pub mod log;
 pub mod netns;
 pub mod plugin;

@@ -1,6 +1,8 @@
 //! weft-cni: run by the container runtime with `CNI_*` variables and the
 //! network configuration on stdin; answers on stdout (a result, or a CNI
-//! error object with a non-zero exit).
+//! error object with a non-zero exit). Run by the chart's DaemonSet as
+//! `weft-cni install` (or once as `weft-cni uninstall`), it installs itself
+//! on the node instead; runtimes never pass arguments, so the two cannot mix.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -14,6 +16,10 @@ use weft_cni::{invoke, CniError, Reply};
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    if let Some(command) = args.nth(1) {
+        return installer_main(&command, std::env::args_os().skip(1));
+    }
     if std::env::var_os("PATH").is_none_or(|p| p.is_empty()) {
         // Single-threaded here: nothing else reads the environment yet.
         std::env::set_var("PATH", DEFAULT_PATH);
@@ -48,4 +54,36 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "{text}").and_then(|()| out.flush());
     }
     status
+}
+
+/// `weft-cni install|uninstall [options]`, logging to stderr.
+fn installer_main(command: &std::ffi::OsStr, args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    use weft_cni::installer;
+    let run = match command.to_str() {
+        Some("install") => installer::install,
+        Some("uninstall") => |a: &installer::Args| installer::uninstall(&a.bin_dir, &a.conf_dir),
+        _ => {
+            eprintln!(
+                "weft-cni: unknown command {command:?}: a runtime runs weft-cni without arguments; \
+                 the DaemonSet runs `weft-cni install` (or `weft-cni uninstall`)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let args = match installer::Args::try_parse_from(args) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    weft_cni::log::init(None, &args.log_level);
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("weft-cni {}: {e:#}", command.to_string_lossy());
+            ExitCode::FAILURE
+        }
+    }
 }
