@@ -334,7 +334,12 @@ RBAC_ALLOWED = {
     ("weft-destination", "split.smi-spec.io", "trafficsplits"): READ,
     ("weft-destination", "linkerd.io", "serviceprofiles"): READ,
     ("weft-injector", "", "namespaces"): READ,
+    # weft-cni's plugin reads a new sandbox's pod and its namespace (only with cni.enabled).
+    ("weft-cni", "", "pods"): {"get"},
+    ("weft-cni", "", "namespaces"): {"get"},
 }
+# ClusterRoles made only when a value turns their component on.
+OPTIONAL_ROLES = {"weft-cni": lambda values: bool((values.get("cni") or {}).get("enabled"))}
 ADMIN_PORTS = {"identity": 9990, "destination": 9996, "injector": 9995}
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration",
                   "CustomResourceDefinition", "Namespace"}
@@ -394,6 +399,11 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
                                  f"{g or 'core'}/{r}; allowed: {sorted(allowed) if allowed else 'nothing'}")
                             rbac_ok = False
     for (role, g, r), verbs in RBAC_ALLOWED.items():
+        if role in OPTIONAL_ROLES and not OPTIONAL_ROLES[role](values):
+            if any(o["metadata"]["name"] == role for o in objs):
+                fail(f"{ctx} {role} objects are rendered although it is not enabled")
+                rbac_ok = False
+            continue
         cr = get("ClusterRole", role)
         have = set()
         for rule in cr.get("rules") or []:
@@ -412,6 +422,8 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
         get("ServiceAccount", role)
     if rbac_ok:
         ok(f"{ctx} RBAC: tokenreviews create (identity); get/list/watch only otherwise; nothing else")
+    if (values.get("cni") or {}).get("enabled"):
+        check_cni_daemonset(ctx, get("DaemonSet", "weft-cni"), values)
 
     # Deployments: images, replicas, probes, resources, security.
     for comp, port in ADMIN_PORTS.items():
@@ -550,6 +562,88 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
         fail(f"{ctx} webhook has no caBundle")
     ok(f"{ctx} webhook: service /inject, caBundle verifies the injector certificate, failurePolicy "
        f"{failure_policy}, kube-system and {NAMESPACE} excluded")
+
+
+def check_cni_daemonset(ctx: str, ds: dict, values: dict) -> None:
+    """weft-cni's DaemonSet (cni.enabled): its image, every node, the host
+    paths from values, root without capabilities, the installer's arguments."""
+    if not ds:
+        return
+    cni = values["cni"]
+    where = f"{ctx} DaemonSet/weft-cni"
+    pod = ds["spec"]["template"]["spec"]
+    if pod.get("serviceAccountName") != "weft-cni":
+        fail(f"{where} runs as ServiceAccount {pod.get('serviceAccountName')}")
+    if {"operator": "Exists"} not in (pod.get("tolerations") or []):
+        fail(f"{where}: must tolerate every taint (operator: Exists), has {pod.get('tolerations')}")
+    if pod.get("priorityClassName") != "system-node-critical":
+        fail(f"{where}: priorityClassName {pod.get('priorityClassName')}, want system-node-critical")
+    if pod.get("hostNetwork") is not True:
+        fail(f"{where}: needs hostNetwork (it must start when pod sandboxes cannot be made)")
+    selector = ds["spec"]["selector"]["matchLabels"]
+    if any(ds["spec"]["template"]["metadata"]["labels"].get(k) != v for k, v in selector.items()):
+        fail(f"{where}: selector does not match the pod labels")
+    containers = pod.get("containers") or []
+    if len(containers) != 1:
+        fail(f"{where}: one container expected, has {len(containers)}")
+        return
+    c = containers[0]
+    repo = cni["image"]["repository"]
+    if not c.get("image", "").startswith(repo + ":"):
+        fail(f"{where}: image {c.get('image')} is not from {repo}")
+    sc = c.get("securityContext") or {}
+    if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False \
+            or sc.get("readOnlyRootFilesystem") is not True \
+            or "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []) \
+            or (sc.get("capabilities") or {}).get("add"):
+        fail(f"{where}: root, but not privileged, no escalation, read-only, drop ALL; is {sc}")
+    res = c.get("resources") or {}
+    if not (res.get("requests") or {}).get("cpu") or not (res.get("limits") or {}).get("memory"):
+        fail(f"{where}: needs a cpu request and a memory limit")
+    volumes = {v["name"]: (v.get("hostPath") or {}).get("path") for v in pod.get("volumes") or []}
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts") or []}
+    want = {"cni-bin": cni["binDir"], "cni-net-d": cni["confDir"], "cni-log": os.path.dirname(cni["logFile"])}
+    if volumes != want:
+        fail(f"{where}: hostPath volumes {volumes}, want {want} (from cni.binDir, cni.confDir, cni.logFile)")
+    args = c.get("args") or []
+    want_args = ["install", f"--bin-dir={mounts.get('cni-bin')}", f"--conf-dir={mounts.get('cni-net-d')}",
+                 f"--host-conf-dir={cni['confDir']}", f"--log-file={cni['logFile']}",
+                 f"--control-plane-namespace={NAMESPACE}"]
+    missing = [a for a in want_args if a not in args]
+    if missing:
+        fail(f"{where}: installer arguments {args} lack {missing}")
+    excl = [a for a in args if a.startswith("--exclude-namespaces=")]
+    if not excl or "kube-system" not in excl[0].split("=", 1)[1].split(","):
+        fail(f"{where}: the plugin must exclude kube-system, args {args}")
+    ok(f"{where}: image {repo}, every node, system-node-critical, hostPaths {sorted(want.values())}, "
+       "root without capabilities, installer arguments")
+
+
+def check_cni(required: dict, defaults: dict, tmp: str) -> None:
+    """cni.enabled renders weft-cni (checked with the whole chart), with host
+    paths from values (k3s's here); bad paths are refused."""
+    k3s = {"cni": {"enabled": True, "binDir": "/var/lib/rancher/k3s/data/cni",
+                   "confDir": "/var/lib/rancher/k3s/agent/etc/cni/net.d",
+                   "logFile": "/var/log/weft/cni.log"},
+           "webhook": {"excludeNamespaces": ["legacy"]}}
+    for label, over in (("cni", {"cni": {"enabled": True}}), ("cni-k3s", k3s)):
+        created, manifest, err = render(label, merge(required, over), tmp)
+        if err:
+            fail(f"[{label}] render failed: {err}")
+            continue
+        docs = list(yaml.safe_load_all(manifest))
+        check_render(label, docs, created, merge(merge(defaults, required), over), ha=False,
+                     failure_policy="Ignore", tmp=tmp)
+        if label == "cni-k3s":
+            ds = [d for d in docs if d and d["kind"] == "DaemonSet"][0]
+            args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+            if "--exclude-namespaces=kube-system,legacy" not in args:
+                fail(f"[{label}] webhook.excludeNamespaces should reach the plugin: {args}")
+    _, _, err = render("cni-relative", merge(required, {"cni": {"enabled": True, "binDir": "opt/cni/bin"}}), tmp)
+    if err is None or "must be absolute paths" not in err:
+        fail(f"[cni-relative] a relative cni.binDir should be refused: {err}")
+    else:
+        ok("[cni-relative] refused: ...must be absolute paths...")
 
 
 def check_crds() -> None:
@@ -719,6 +813,7 @@ def main() -> int:
                 ok(f"[{label}] refused: ...{needle}...")
 
         check_pod_monitors(required, tmp)
+        check_cni(required, defaults, tmp)
         check_notes(required, tmp)
         check_crds()
         check_app_version()
