@@ -79,6 +79,13 @@ pub struct Args {
     /// a cluster. Default: native sidecars.
     #[arg(long, value_name = "VERSION", value_parser = parse_kubernetes_version)]
     kubernetes_version: Option<KubeVersion>,
+
+    /// CNI mode, as the webhook's --cni: for clusters where weft-cni writes
+    /// the pods' redirect rules, pods get the unprivileged
+    /// weft-network-validator init container instead of the NET_ADMIN
+    /// weft-proxy-init.
+    #[arg(long)]
+    cni: bool,
 }
 
 fn parse_kubernetes_version(s: &str) -> Result<KubeVersion, String> {
@@ -127,6 +134,7 @@ fn config(args: &Args) -> Result<InjectorConfig> {
         default_log_level: args.proxy_log_level.clone(),
         default_resources: resources,
         kubernetes_version: args.kubernetes_version,
+        cni: args.cni,
         ..InjectorConfig::default()
     })
 }

@@ -192,6 +192,21 @@ fn kubernetes_version_below_1_29_gets_a_plain_sidecar() {
 }
 
 #[test]
+fn cni_mode_adds_the_validator_not_proxy_init() {
+    let dir = tmp_dir("inject-cni");
+    let anchors = anchors(&dir.join("ca"));
+    let out = inject(&["-", "--trust-anchors", &anchors, "--cni"], APP);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = docs(&String::from_utf8(out.stdout).unwrap());
+    let web = &d[1]["spec"]["template"]["spec"];
+    let names = containers(web);
+    assert_eq!(names[..2], ["weft-network-validator".to_string(), "weft-proxy".to_string()], "{names:?}");
+    assert!(!names.contains(&"weft-proxy-init".to_string()), "{names:?}");
+    assert_eq!(web["initContainers"][0]["securityContext"]["runAsUser"].as_u64(), Some(2103));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_input_names_the_problem() {
     let dir = tmp_dir("inject-bad");
     let out = inject(&["-", "--trust-anchors", dir.join("missing.pem").to_str().unwrap()], APP);

@@ -14,9 +14,16 @@ pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
 pub const ADMIN_PORT: u16 = 4191;
 pub const TAP_PORT: u16 = 4190;
+/// UID of the CNI mode's validator init container: not root, and not
+/// [`PROXY_UID`], whose traffic the redirect exempts (the validator's own
+/// connection must be redirected for the check to mean anything).
+pub const VALIDATOR_UID: u32 = 2103;
 
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 pub const INIT_CONTAINER: &str = "weft-proxy-init";
+/// CNI mode's init container in place of [`INIT_CONTAINER`]:
+/// `weft-proxy validate` from the proxy image.
+pub const VALIDATOR_CONTAINER: &str = "weft-network-validator";
 pub const TOKEN_VOLUME: &str = "weft-identity-token";
 pub const XTABLES_VOLUME: &str = "weft-proxy-init-xtables-lock";
 pub const TOKEN_DIR: &str = "/var/run/secrets/weft.io/serviceaccount";
@@ -76,6 +83,11 @@ pub struct InjectorConfig {
     /// (or would silently drop the restartPolicy of) a native sidecar.
     /// `None` (not known) keeps native sidecars.
     pub kubernetes_version: Option<KubeVersion>,
+    /// CNI mode: weft-cni writes the pods' redirect rules from the node, so
+    /// pods get no NET_ADMIN `weft-proxy-init` but an unprivileged
+    /// `weft-network-validator` (`weft-proxy validate`) that fails the pod
+    /// when the rules are missing. Off: weft-proxy-init, the default.
+    pub cni: bool,
 }
 
 impl Default for InjectorConfig {
@@ -91,6 +103,7 @@ impl Default for InjectorConfig {
             default_resources: Resources::default(),
             await_command: vec!["weft-proxy".into(), "await".into(), "--timeout=120s".into()],
             kubernetes_version: None,
+            cni: false,
         }
     }
 }

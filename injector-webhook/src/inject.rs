@@ -12,7 +12,8 @@ use weft_proxy_init::PortRange;
 use crate::annotations::{self, Annotations, ProxyOverrides};
 use crate::config::{
     InjectorConfig, Resources, ADMIN_PORT, INBOUND_PORT, INIT_CONTAINER, OUTBOUND_PORT, PROXY_CONTAINER,
-    PROXY_UID, TAP_PORT, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_VOLUME, XTABLES_VOLUME,
+    PROXY_UID, TAP_PORT, TOKEN_AUDIENCE, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_VOLUME,
+    VALIDATOR_CONTAINER, VALIDATOR_UID, XTABLES_VOLUME,
 };
 use crate::patch::{escape, PatchOp};
 use crate::redirect::redirect_config;
@@ -144,7 +145,9 @@ pub fn inject(
         string_map(metadata.and_then(|m| m.get("annotations")).and_then(Value::as_object), "annotation")?;
 
     if pod_annotations.contains_key(annotations::INJECTED)
-        || all_containers().any(|c| matches!(container_name(c), Some(PROXY_CONTAINER | INIT_CONTAINER)))
+        || all_containers().any(|c| {
+            matches!(container_name(c), Some(PROXY_CONTAINER | INIT_CONTAINER | VALIDATOR_CONTAINER))
+        })
     {
         return Ok(skipped(SkipReason::AlreadyInjected, Vec::new()));
     }
@@ -214,7 +217,11 @@ pub fn inject(
 
     let grace = spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
     let proxy = proxy_container(config, &overrides, &app_ports, grace);
-    let init = init_container(config, &overrides);
+    // CNI mode: weft-cni writes the rules from the node (it keys on the
+    // weft-proxy container and weft.io/injected, and leaves alone a pod that
+    // has weft-proxy-init); the validator fails the pod if it did not.
+    let init =
+        if config.cni { validator_container(config, &overrides) } else { init_container(config, &overrides) };
 
     let mut ops = Vec::new();
     if metadata.is_none() {
@@ -236,7 +243,7 @@ pub fn inject(
         &[(CONTROL_PLANE_NS_LABEL, config.control_plane_namespace.clone())],
     );
 
-    // proxy-init runs first; a native-sidecar proxy comes right after it, so
+    // proxy-init (or the validator) runs first; a native-sidecar proxy comes right after it, so
     // the pod's own init containers already run with a working proxy.
     let mut new_inits = vec![init];
     let mut regular_proxy = None;
@@ -256,17 +263,17 @@ pub fn inject(
         // First, so its postStart hook holds back the app until it is ready.
         ops.push(PatchOp::Add { path: "/spec/containers/0".into(), value: proxy });
     }
-    let volumes = vec![
-        json!({
+    let mut volumes = vec![json!({
             "name": TOKEN_VOLUME,
             "projected": {"sources": [{"serviceAccountToken": {
                 "audience": TOKEN_AUDIENCE,
                 "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
                 "path": "token",
             }}]},
-        }),
-        json!({"name": XTABLES_VOLUME, "emptyDir": {}}),
-    ];
+    })];
+    if !config.cni {
+        volumes.push(json!({"name": XTABLES_VOLUME, "emptyDir": {}}));
+    }
     match optional_array(spec, "volumes")? {
         None => ops.push(PatchOp::Add { path: "/spec/volumes".into(), value: Value::Array(volumes) }),
         Some(_) => {
@@ -416,17 +423,7 @@ fn proxy_container(
         "readinessProbe": readiness,
         "livenessProbe": liveness,
         "resources": resources(&o.resources),
-        "securityContext": {
-            "runAsUser": PROXY_UID,
-            // Set, not left to the image: an image whose User names no
-            // group would run the proxy in group 0.
-            "runAsGroup": PROXY_UID,
-            "runAsNonRoot": true,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security_context(PROXY_UID),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}],
     });
@@ -444,6 +441,50 @@ fn proxy_container(
         c["lifecycle"] = json!({"postStart": {"exec": {"command": config.await_command}}});
     }
     c
+}
+
+/// The restricted securityContext of the proxy and the validator: Pod
+/// Security `restricted` accepts it.
+fn restricted_security_context(uid: u32) -> Value {
+    json!({
+        "runAsUser": uid,
+        // Set, not left to the image: an image whose User names no group
+        // would run the container in group 0.
+        "runAsGroup": uid,
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The address the validator connects to: TEST-NET-1, on the first port
+/// from 4149 that the pod's skip-outbound-ports leave redirected.
+fn validator_connect_addr(o: &ProxyOverrides) -> String {
+    let rules = redirect_config(o);
+    let port = (4149..=u16::MAX)
+        .find(|p| !rules.skip_outbound_ports.iter().any(|r| (r.first..=r.last).contains(p)))
+        .unwrap_or(4149);
+    format!("192.0.2.1:{port}")
+}
+
+/// CNI mode's first init container: `weft-proxy validate`, from the proxy
+/// image, unprivileged, as [`VALIDATOR_UID`].
+fn validator_container(config: &InjectorConfig, o: &ProxyOverrides) -> Value {
+    json!({
+        "name": VALIDATOR_CONTAINER,
+        "image": config.proxy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["validate", "--timeout=10s", format!("--connect-addr={}", validator_connect_addr(o))],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "10Mi"},
+            "limits": {"cpu": "100m", "memory": "50Mi"},
+        },
+        "securityContext": restricted_security_context(VALIDATOR_UID),
+        // Its message (what failed, and the fix) shows in `kubectl describe`.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
 }
 
 fn init_container(config: &InjectorConfig, o: &ProxyOverrides) -> Value {

@@ -1,4 +1,5 @@
-//! weft-injector: adds weft-proxy and weft-proxy-init to pods.
+//! weft-injector: adds weft-proxy and weft-proxy-init (or, in CNI mode, the
+//! network validator) to pods.
 //!
 //! The decision and the patch are a pure function of the pod, its namespace's
 //! annotations and the injector's configuration ([`inject::inject`]), shared
@@ -12,6 +13,7 @@ pub mod kube_version;
 pub mod manifests;
 pub mod namespaces;
 pub mod patch;
+pub mod psa;
 pub mod quantity;
 pub mod redirect;
 pub mod review;

@@ -68,6 +68,11 @@ struct Args {
     proxy_memory_request: String,
     #[arg(long, env = "WEFT_INJECTOR_PROXY_MEMORY_LIMIT", default_value = "250Mi")]
     proxy_memory_limit: String,
+    /// CNI mode: weft-cni writes the pods' redirect rules from the node, so
+    /// pods get the unprivileged weft-network-validator init container
+    /// instead of the NET_ADMIN weft-proxy-init (Pod Security `restricted`).
+    #[arg(long, env = "WEFT_INJECTOR_CNI")]
+    cni: bool,
     /// Log filter of the injector itself.
     #[arg(long, env = "WEFT_INJECTOR_LOG", default_value = "info")]
     log: String,
@@ -105,6 +110,7 @@ fn config(args: &Args) -> Result<InjectorConfig> {
         trust_anchors_pem,
         default_log_level: args.proxy_log_level.clone(),
         default_resources: resources,
+        cni: args.cni,
         ..InjectorConfig::default()
     })
 }
@@ -185,7 +191,12 @@ async fn main() -> Result<()> {
         TcpListener::bind(args.listen_addr).await.with_context(|| format!("binding {}", args.listen_addr))?;
     let admin =
         TcpListener::bind(args.admin_addr).await.with_context(|| format!("binding {}", args.admin_addr))?;
-    info!(addr = %args.listen_addr, admin = %args.admin_addr, "serving");
+    if args.cni {
+        info!(
+            "CNI mode: pods get weft-network-validator, not weft-proxy-init; weft-cni must run on every node"
+        );
+    }
+    info!(addr = %args.listen_addr, admin = %args.admin_addr, cni = args.cni, "serving");
 
     let injector = Arc::new(Injector::new(config, namespaces));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -31,6 +31,10 @@ fn with_annotations(mut pod: Value, pairs: &[(&str, &str)]) -> Value {
     pod
 }
 
+fn init_names(pod: &Value) -> Vec<&str> {
+    pod["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect()
+}
+
 fn skip_reason(pod: &Value, ns: &NamespaceInfo) -> SkipReason {
     match inject(pod, ns, &config()).expect("inject").decision {
         Decision::Skipped(r) => r,
@@ -271,12 +275,7 @@ fn existing_init_containers_volumes_and_bare_metadata() {
     let o = inject(&pod, &enabled_ns(), &config()).unwrap();
     let injected = apply(&pod, &o.patch);
     let proxy = assert_injected(&injected, true);
-    let inits: Vec<&str> = injected["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let inits = init_names(&injected);
     // The app's own init container runs after the proxy is up.
     assert_eq!(inits, ["weft-proxy-init", "weft-proxy", "migrate"]);
     assert_eq!(injected["spec"]["volumes"][0]["name"], "data");
@@ -304,4 +303,77 @@ fn port_conflicts_and_malformed_pods_are_not_injected() {
     ] {
         assert!(inject(&bad, &enabled_ns(), &config()).is_err(), "{bad}");
     }
+}
+
+fn cni_config() -> weft_injector::InjectorConfig {
+    weft_injector::InjectorConfig { cni: true, ..config() }
+}
+
+#[test]
+fn cni_mode_adds_the_validator_instead_of_proxy_init() {
+    use weft_injector::redirect::{redirect_plan, RedirectPlan};
+    for (file, native) in [
+        ("admissionreview-pod-create-bare.json", true),
+        ("admissionreview-pod-create-replicaset.json", true),
+        ("admissionreview-pod-create-job.json", true),
+        ("admissionreview-pod-create-replicaset.json", false),
+    ] {
+        let mut pod = request_pod(file);
+        if !native {
+            pod = with_annotations(pod, &[("config.weft.io/native-sidecar", "false")]);
+        }
+        let o = inject(&pod, &enabled_ns(), &cni_config()).expect("inject");
+        assert_eq!(o.decision, Decision::Injected, "{file}");
+        let injected = apply(&pod, &o.patch);
+        assert_injected(&injected, native);
+        let inits = init_names(&injected);
+        // The validator runs before the proxy starts (it takes the proxy's
+        // outbound port while it checks).
+        let expected: &[&str] =
+            if native { &["weft-network-validator", "weft-proxy"] } else { &["weft-network-validator"] };
+        assert_eq!(inits, expected, "{file}");
+        let v = find(&injected, "initContainers", "weft-network-validator").unwrap();
+        assert_eq!(v["args"], json!(["validate", "--timeout=10s", "--connect-addr=192.0.2.1:4149"]));
+        assert_eq!(v["image"], "example.test/weft-proxy:v1");
+        // No iptables lock volume: nothing runs iptables in the pod.
+        let volumes: Vec<&str> = injected["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert!(!volumes.contains(&"weft-proxy-init-xtables-lock"), "{volumes:?}");
+        assert_eq!(injected["metadata"]["annotations"]["weft.io/injected"], "true");
+
+        // weft-cni writes this pod's rules (it runs weft-proxy, carries
+        // weft.io/injected and has no weft-proxy-init) ...
+        match redirect_plan(&injected, &enabled_ns(), &cni_config()) {
+            Ok(RedirectPlan::Install(rules)) => assert_eq!(rules.outbound_port, 4140),
+            other => panic!("{file}: weft-cni would not redirect the CNI-mode pod: {other:?}"),
+        }
+        // ... and injecting it again changes nothing, in either mode.
+        for c in [cni_config(), config()] {
+            let again = inject(&injected, &enabled_ns(), &c).unwrap();
+            assert_eq!(again.decision, Decision::Skipped(SkipReason::AlreadyInjected));
+        }
+    }
+    // In the default mode, weft-cni leaves the pod to weft-proxy-init.
+    let pod = request_pod("admissionreview-pod-create-bare.json");
+    let injected = apply(&pod, &inject(&pod, &enabled_ns(), &config()).unwrap().patch);
+    assert!(matches!(
+        redirect_plan(&injected, &enabled_ns(), &config()),
+        Ok(RedirectPlan::Skip(weft_injector::redirect::NoRedirect::ProxyInit))
+    ));
+}
+
+#[test]
+fn cni_validator_avoids_skipped_outbound_ports() {
+    // The validator's connection must be one the rules redirect.
+    let pod = with_annotations(
+        request_pod("admissionreview-pod-create-bare.json"),
+        &[("config.weft.io/skip-outbound-ports", "4100-4150,4152")],
+    );
+    let injected = apply(&pod, &inject(&pod, &enabled_ns(), &cni_config()).unwrap().patch);
+    let v = find(&injected, "initContainers", "weft-network-validator").unwrap();
+    assert_eq!(v["args"][2], "--connect-addr=192.0.2.1:4151");
 }

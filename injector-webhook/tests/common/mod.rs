@@ -113,7 +113,11 @@ pub fn assert_injected(pod: &Value, native: bool) -> Value {
     let unique: BTreeSet<&&String> = all.iter().collect();
     assert_eq!(unique.len(), all.len(), "duplicate container names: {all:?}");
     assert_eq!(all.iter().filter(|n| n.as_str() == "weft-proxy").count(), 1, "{all:?}");
-    assert_eq!(inits.first().map(String::as_str), Some("weft-proxy-init"), "{inits:?}");
+    // weft-proxy-init, or in CNI mode the validator, comes first.
+    let cni = inits.first().map(String::as_str) == Some("weft-network-validator");
+    if !cni {
+        assert_eq!(inits.first().map(String::as_str), Some("weft-proxy-init"), "{inits:?}");
+    }
     let proxy = if native {
         assert_eq!(inits.get(1).map(String::as_str), Some("weft-proxy"), "{inits:?}");
         let p = find(pod, "initContainers", "weft-proxy").expect("proxy").clone();
@@ -139,10 +143,25 @@ pub fn assert_injected(pod: &Value, native: bool) -> Value {
     assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/live");
     assert_eq!(proxy["livenessProbe"]["httpGet"]["port"], 4191);
 
-    let init = find(pod, "initContainers", "weft-proxy-init").expect("init");
-    assert_eq!(init["securityContext"]["capabilities"]["add"], serde_json::json!(["NET_ADMIN", "NET_RAW"]));
-    assert_eq!(init["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(init["securityContext"]["privileged"], false);
+    if cni {
+        assert!(find(pod, "initContainers", "weft-proxy-init").is_none(), "{inits:?}");
+        let v = find(pod, "initContainers", "weft-network-validator").expect("validator");
+        assert_eq!(v["image"], proxy["image"], "the validator is the proxy image's `validate`");
+        assert_eq!(v["args"][0], "validate");
+        // Not root, and not the proxy's UID, whose traffic is not redirected.
+        assert_eq!(p_uid(v), Some(2103));
+        assert_eq!(v["securityContext"]["capabilities"], serde_json::json!({"drop": ["ALL"]}));
+        assert_eq!(v["securityContext"]["allowPrivilegeEscalation"], false);
+        assert!(v.get("restartPolicy").is_none(), "the validator runs to completion");
+    } else {
+        let init = find(pod, "initContainers", "weft-proxy-init").expect("init");
+        assert_eq!(
+            init["securityContext"]["capabilities"]["add"],
+            serde_json::json!(["NET_ADMIN", "NET_RAW"])
+        );
+        assert_eq!(init["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(init["securityContext"]["privileged"], false);
+    }
 
     // Every mount must name a volume of the pod, or the pod is rejected.
     let volumes: BTreeSet<String> = names(spec.get("volumes")).into_iter().collect();
