@@ -48,6 +48,8 @@ IMAGES = [
     ("weft-injector", CONTROL_PLANE_USER, "weft injector: the proxy-injecting admission webhook", False),
     ("weft-proxy", PROXY_USER, "weft proxy: the sidecar proxy", False),
     ("weft-proxy-init", "0:0", "weft proxy-init: the pod's iptables redirect rules", True),
+    # Root: it writes the node's root-owned CNI directories (no capability).
+    ("weft-cni", "0:0", "weft cni: the chained CNI plugin and its node installer", False),
 ]
 
 # What weft-proxy-init runs (proxy-init/src/backend.rs): both backends, both

@@ -61,6 +61,10 @@ fn installer_main(command: &std::ffi::OsStr, args: impl Iterator<Item = std::ffi
     use clap::Parser;
     use weft_cni::installer;
     let run = match command.to_str() {
+        Some("--version") => {
+            println!("weft-cni {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Some("install") => installer::install,
         Some("uninstall") => |a: &installer::Args| installer::uninstall(&a.bin_dir, &a.conf_dir),
         _ => {

@@ -26,8 +26,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const REGISTRY: &str = "ghcr.io/weft-mesh";
 const SOURCE: &str = "https://github.com/weft-mesh/weft";
 const BIN_DIR: &str = "/usr/local/bin";
-const IMAGES: [&str; 5] =
-    ["weft-identity", "weft-destination", "weft-injector", "weft-proxy", "weft-proxy-init"];
+const IMAGES: [&str; 6] =
+    ["weft-identity", "weft-destination", "weft-injector", "weft-proxy", "weft-proxy-init", "weft-cni"];
 /// What weft-proxy-init runs (proxy-init/src/backend.rs).
 const IPTABLES_LINKS: [&str; 8] = [
     "iptables-nft-restore",
@@ -145,12 +145,15 @@ fn expected_user(name: &str) -> String {
             let gid = number_after(&values, "\npodSecurityContext:", "runAsGroup:", file);
             format!("{uid}:{gid}")
         }
-        // The injector sets runAsUser only; the image gives the group.
+        // The injector runs the proxy as PROXY_UID, group PROXY_UID; the
+        // image says the same for runtimes that run it without them.
         "weft-proxy" => {
             let inject = read_source("injector-webhook/src/inject.rs");
             assert!(
-                inject.contains("\"runAsUser\": PROXY_UID,"),
-                "injector-webhook/src/inject.rs no longer runs the proxy as PROXY_UID"
+                inject.contains("\"securityContext\": restricted_security_context(PROXY_UID),")
+                    && inject.contains("\"runAsUser\": uid,")
+                    && inject.contains("\"runAsGroup\": uid,"),
+                "injector-webhook/src/inject.rs no longer runs the proxy as PROXY_UID:PROXY_UID"
             );
             let config = read_source("injector-webhook/src/config.rs");
             let uid = number_after(&config, "pub const PROXY_UID", "=", "injector-webhook/src/config.rs");
@@ -165,6 +168,14 @@ fn expected_user(name: &str) -> String {
                 "injector-webhook/src/inject.rs",
             );
             format!("{uid}:{uid}")
+        }
+        // The chart's weft-cni DaemonSet: root, to write the node's CNI dirs.
+        "weft-cni" => {
+            let file = "charts/weft/templates/cni.yaml";
+            let daemonset = read_source(file);
+            let uid = number_after(&daemonset, "name: install-cni", "runAsUser:", file);
+            let gid = number_after(&daemonset, "name: install-cni", "runAsGroup:", file);
+            format!("{uid}:{gid}")
         }
         other => panic!("unknown image {other}"),
     }
@@ -428,6 +439,11 @@ fn injector_image() {
 #[test]
 fn proxy_image() {
     check_image("weft-proxy");
+}
+
+#[test]
+fn cni_image() {
+    check_image("weft-cni");
 }
 
 #[test]
