@@ -77,6 +77,9 @@ pub const SKIP_REASON: &str = "skipping: needs root for network namespaces and i
 /// The proxy's UID and ports: the contract between weft-injector,
 /// weft-proxy-init and weft-proxy (`injector-webhook/src/config.rs`).
 pub const PROXY_UID: u32 = 2102;
+/// The UID of CNI mode's validator init container (weft-injector's
+/// `VALIDATOR_UID`): not root, not the proxy's.
+pub const VALIDATOR_UID: u32 = 2103;
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
 pub const ADMIN_PORT: u16 = 4191;
@@ -325,6 +328,7 @@ impl Mesh {
             spec,
             proxy: None,
             proxy_init_output: String::new(),
+            validator_output: String::new(),
             cni_result: None,
             dir,
             manifest: self.destination.dir.join(format!("pod-{netns}.yaml")),
@@ -377,6 +381,13 @@ impl Mesh {
             let (status, output) = Process::run(&format!("weft-proxy-init {}", pod.name), init, STEP);
             assert!(status.success(), "weft-proxy-init in pod {} failed ({status}):\n{output}", pod.name);
             pod.proxy_init_output = output;
+        } else {
+            // CNI mode's init container: the validator, before the proxy
+            // takes the outbound port.
+            let (status, output) =
+                Process::run(&format!("weft-proxy validate {}", pod.name), pod.validator_command(&[]), STEP);
+            assert!(status.success(), "weft-proxy validate in pod {} failed ({status}):\n{output}", pod.name);
+            pod.validator_output = output;
         }
 
         // The proxy container.
@@ -548,6 +559,8 @@ pub struct Pod {
     pub proxy: Option<Process>,
     /// What weft-proxy-init printed: the rules it applied (empty in CNI mode).
     pub proxy_init_output: String,
+    /// CNI mode: what the validator init container printed.
+    pub validator_output: String,
     /// CNI mode: the chain's result (the bridge's, passed on by weft-cni).
     pub cni_result: Option<serde_json::Value>,
     /// The pod's scratch directory (token).
@@ -593,6 +606,22 @@ impl Pod {
                 cmd.env_remove(k);
             }
         }
+        cmd
+    }
+
+    /// `weft-proxy validate` in the pod as CNI mode's init container runs
+    /// it: as [`VALIDATOR_UID`], with weft-injector's arguments (`inject.rs`,
+    /// `validator_container`), then `extra` (a later flag wins).
+    pub fn validator_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.command("setpriv");
+        cmd.args([
+            format!("--reuid={VALIDATOR_UID}"),
+            format!("--regid={VALIDATOR_UID}"),
+            "--clear-groups".into(),
+        ])
+        .arg(bin("weft-proxy"))
+        .args(["validate", "--timeout=10s", "--connect-addr=192.0.2.1:4149"])
+        .args(extra);
         cmd
     }
 

@@ -2,7 +2,9 @@
 //! plugins give each pod its network and `weft-cni`, chained after them,
 //! writes the redirect rules (no weft-proxy-init runs). Two such pods talk
 //! through both proxies over mTLS, as in proxy-init mode; a pod that is not
-//! meshed gets no rules. Root and containernetworking-plugins only:
+//! meshed gets no rules. The validator init container (`weft-proxy
+//! validate`, UID 2103) passes in the meshed pods before their proxies start,
+//! and fails, naming weft-cni, in the pod without rules. Root and containernetworking-plugins only:
 //! elsewhere the test prints why it is skipped and passes.
 
 use weft_e2e::pod::*;
@@ -12,6 +14,16 @@ const NS: &str = "demo";
 
 fn nat_rules(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The validator in `pod`, to completion.
+async fn validate(pod: &Pod, extra: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::from(pod.validator_command(extra));
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(STEP, cmd.output()).await {
+        Ok(out) => out.unwrap_or_else(|e| panic!("weft-proxy validate in {}: {e}", pod.name)),
+        Err(_) => panic!("weft-proxy validate in {} still running after {STEP:?}", pod.name),
+    }
 }
 
 #[tokio::test]
@@ -49,6 +61,32 @@ async fn cni_pods_talk_over_mtls() {
             let nat = nat_rules(&plain.exec(tool, &["-t", "nat"]).await);
             assert!(!nat.contains("WEFT_PROXY_INIT"), "unmeshed pod got rules: {nat}");
         }
+
+        // The validator init container ran in each meshed pod, as UID 2103
+        // before its proxy, and found its connection redirected.
+        for pod in [&server, &client] {
+            assert!(
+                pod.validator_output
+                    .contains("outbound TCP is redirected to the proxy (192.0.2.1:4149 arrived at"),
+                "{}: {}",
+                pod.name,
+                pod.validator_output
+            );
+        }
+        // Where weft-cni wrote no rules, it fails the pod and says why.
+        let out = validate(&plain, &["--timeout=2s"]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("validator without rules: {err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("outbound TCP is not redirected to the proxy: connecting to 192.0.2.1:4149"),
+            "{err}"
+        );
+        assert!(err.contains("the weft-cni plugin did not set up this pod's redirect rules"), "{err}");
+        // With the proxy on its port, it cannot listen and says so.
+        let out = validate(&client, &[]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("cannot listen on 127.0.0.1:4140"), "{err}");
 
         // The client app dials the server pod's IP; both proxies carry it
         // over mTLS and the server app sees the client's identity.
