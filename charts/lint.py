@@ -508,6 +508,9 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
                  "--trust-anchors=", f"--control-plane-namespace={NAMESPACE}"):
         if not any(a.startswith(flag) for a in args):
             fail(f"{ctx} weft-injector is not given {flag}...")
+    cni_on = bool((values.get("cni") or {}).get("enabled"))
+    if inj and ("--cni" in args) != cni_on:
+        fail(f"{ctx} weft-injector must be given --cni exactly when cni.enabled ({cni_on}): {args}")
 
     # The webhook.
     mwc = get("MutatingWebhookConfiguration", "weft-proxy-injector")
@@ -732,6 +735,13 @@ def check_notes(required: dict, tmp: str) -> None:
         if needle not in text:
             return fail(f"[notes] NOTES.txt should mention {needle!r}:\n{text}")
     ok("[notes] NOTES.txt gives the next steps (weft check, annotate, restart, tap, Pod Security)")
+    notes = []
+    _, _, err = render("notes-cni", merge(required, {"cni": {"enabled": True}}), tmp, notes=notes)
+    text = notes[0] if notes else ""
+    if err or "rollout status ds/weft-cni" not in text or "NET_ADMIN" in text:
+        return fail(f"[notes-cni] NOTES.txt in CNI mode should say how to check weft-cni, not ask for NET_ADMIN: "
+                    f"{err or text}")
+    ok("[notes-cni] NOTES.txt in CNI mode: weft-cni's rollout, no NET_ADMIN advice")
 
 
 def check_app_version() -> None:
