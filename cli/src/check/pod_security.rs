@@ -41,9 +41,11 @@ pub fn finding(namespaces: &[Value]) -> Finding {
                 == Some("enabled");
         if annotated { &mut meshed } else { &mut others }.push(format!("{name} ({level})"));
     }
-    let hint = "weft-proxy-init needs NET_ADMIN and NET_RAW, which only the `privileged` level allows: label meshed \
-                namespaces pod-security.kubernetes.io/enforce=privileged (keep `warn`/`audit` at restricted to \
-                see the rest), or leave them unmeshed";
+    let hint = "weft-proxy-init needs NET_ADMIN and NET_RAW, which only the `privileged` level allows: install \
+                weft in CNI mode (helm --set cni.enabled=true: the weft-cni DaemonSet writes the rules from the \
+                node and the injector adds only an unprivileged validator, so meshed pods pass `restricted`), or \
+                label meshed namespaces pod-security.kubernetes.io/enforce=privileged (keep `warn`/`audit` at \
+                restricted to see the rest), or leave them unmeshed";
     if !meshed.is_empty() {
         return Finding::error(
             format!(
@@ -85,5 +87,6 @@ mod tests {
         let f = finding(&namespaces);
         assert_eq!(f.outcome, Outcome::Error);
         assert!(f.message.unwrap().contains("emojivoto (baseline)"));
+        assert!(f.hint.unwrap_or_default().contains("cni.enabled=true"));
     }
 }
