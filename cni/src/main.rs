@@ -75,13 +75,8 @@ fn installer_main(command: &std::ffi::OsStr, args: impl Iterator<Item = std::ffi
             return ExitCode::from(2);
         }
     };
-    let args = match installer::Args::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+    // --help exits 0, a bad argument 2, with clap's message.
+    let args = installer::Args::try_parse_from(args).unwrap_or_else(|e| e.exit());
     weft_cni::log::init(None, &args.log_level);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -225,6 +225,10 @@ fn bad_arguments_and_missing_dirs_fail_cleanly() {
     let out = Command::new(BIN).arg("instal").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command"));
+    let out = Command::new(BIN).args(["install", "--poll-seconds", "1"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "an unknown option");
+    let out = Command::new(BIN).args(["install", "--help"]).output().expect("run");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--conf-dir"));
     fs::remove_dir(node.dir.join("bin")).expect("rmdir");
     let status = node.command("install").status().expect("run");
     assert_eq!(status.code(), Some(1));
