@@ -141,7 +141,9 @@ fn config_names(conf_dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for e in fs::read_dir(conf_dir).with_context(|| format!("list {}", conf_dir.display()))? {
         let e = e.with_context(|| format!("list {}", conf_dir.display()))?;
-        if e.file_type().is_ok_and(|t| t.is_file()) {
+        // Files and symlinks, as libcni lists them (a symlink is replaced
+        // by a file when edited).
+        if e.file_type().is_ok_and(|t| !t.is_dir()) {
             if let Some(n) = e.file_name().to_str() {
                 names.push(n.to_string());
             }
@@ -156,6 +158,8 @@ enum State {
     NoConfig,
     Unparsable(String),
     Installed(String),
+    /// Rewritten by its owner while being edited: looked at again.
+    Changing(String),
     Error(String),
 }
 
@@ -182,6 +186,11 @@ fn ensure_chained(conf_dir: &Path, entry: &Value) -> Result<State> {
     let new_name = conflist::list_name(name, &config);
     let mut data = serde_json::to_vec_pretty(&updated).context("serialise the conflist")?;
     data.push(b'\n');
+    // The primary plugin may have rewritten it meanwhile: then the next
+    // look edits its new content rather than this one overwriting it.
+    if fs::read(&path).ok().as_deref() != Some(text.as_slice()) {
+        return Ok(State::Changing(name.to_string()));
+    }
     write_atomic(conf_dir, &new_name, &data, 0o644)?;
     if new_name != name {
         fs::remove_file(&path).with_context(|| format!("remove {} (now {new_name})", path.display()))?;
@@ -271,6 +280,7 @@ pub fn install(args: &Args) -> Result<()> {
                     )
                 }
                 State::Installed(name) => tracing::info!(file = %name, "weft-cni is chained"),
+                State::Changing(name) => tracing::debug!(file = %name, "being rewritten; looking again"),
                 State::Error(e) => tracing::error!("cannot chain weft-cni: {e}"),
             }
             state = Some(now);

@@ -234,3 +234,19 @@ fn bad_arguments_and_missing_dirs_fail_cleanly() {
     assert_eq!(status.code(), Some(1));
     assert!(node.log().contains("is the host path mounted"), "{}", node.log());
 }
+
+#[test]
+fn a_symlinked_conflist_is_chained() {
+    let node = Node::new("cni-install-link");
+    fs::copy(fixture("kindnet/10-kindnet.conflist"), node.dir.join("kindnet.json")).expect("copy");
+    std::os::unix::fs::symlink(node.dir.join("kindnet.json"), node.conf("10-kindnet.conflist"))
+        .expect("symlink");
+    let mut child = node.command("install").spawn().expect("spawn");
+    node.wait("chained", || node.read_json("10-kindnet.conflist").is_some_and(|c| weft_entries(&c) == 1));
+    assert_eq!(
+        node.read_json("10-kindnet.conflist").map(|c| c["plugins"][0]["type"].clone()),
+        Some("ptp".into())
+    );
+    assert!(sigterm(&mut child).success());
+    assert_eq!(node.read_json("10-kindnet.conflist").map(|c| weft_entries(&c)), Some(0));
+}
