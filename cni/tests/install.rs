@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+use weft_e2e::apiserver::{Answer, ApiServer, State};
 use weft_e2e::temp::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-cni");
@@ -36,18 +37,25 @@ impl Node {
     }
 
     fn command(&self, sub: &str) -> Command {
+        self.command_for(sub, "/etc/cni/net.d", "10.96.0.1", "443")
+    }
+
+    /// With the host's net.d at `host_conf_dir` and the API at `host:port`.
+    fn command_for(&self, sub: &str, host_conf_dir: &str, host: &str, port: &str) -> Command {
         let mut c = Command::new(BIN);
         c.arg(sub)
             .arg("--bin-dir")
             .arg(self.dir.join("bin"))
             .arg("--conf-dir")
             .arg(self.dir.join("net.d"))
-            .args(["--host-conf-dir", "/etc/cni/net.d", "--poll-millis", "100"])
+            .args(["--host-conf-dir", host_conf_dir, "--poll-millis", "100"])
+            .arg("--log-file")
+            .arg(self.dir.join("plugin.log"))
             .arg("--service-account-dir")
             .arg(self.dir.join("sa"))
             .env_clear()
-            .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
-            .env("KUBERNETES_SERVICE_PORT", "443")
+            .env("KUBERNETES_SERVICE_HOST", host)
+            .env("KUBERNETES_SERVICE_PORT", port)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(self.dir.join("installer.log")).expect("log"));
@@ -249,4 +257,66 @@ fn a_symlinked_conflist_is_chained() {
     );
     assert!(sigterm(&mut child).success());
     assert_eq!(node.read_json("10-kindnet.conflist").map(|c| weft_entries(&c)), Some(0));
+}
+
+/// The installed plugin, run as a runtime runs the chain's last entry,
+/// reaches the API with the kubeconfig the installer wrote (server, CA and
+/// token from the pod's service account).
+#[test]
+fn the_installed_plugin_reaches_the_api_with_the_written_kubeconfig() {
+    let api = ApiServer::start(State::default());
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": "web", "namespace": "plain", "uid": "u-1"},
+                     "spec": {"containers": [{"name": "app", "image": "web"}]}});
+    api.set("/api/v1/namespaces/plain/pods/web", Answer::json(200, &pod));
+    let node = Node::new("cni-install-api");
+    fs::write(node.dir.join("sa/ca.crt"), &api.ca_pem).expect("ca");
+    fs::copy(fixture("flannel/10-flannel.conflist"), node.conf("10-flannel.conflist")).expect("copy");
+    let net_d = node.dir.join("net.d");
+    let port = api.addr.port().to_string();
+    let mut child = node
+        .command_for("install", net_d.to_str().expect("UTF-8 path"), "127.0.0.1", &port)
+        .spawn()
+        .expect("spawn");
+    node.wait("chained", || node.read_json("10-flannel.conflist").is_some_and(|c| weft_entries(&c) == 1));
+    node.wait("kubeconfig", || node.conf("weft-cni-kubeconfig").is_file());
+
+    let list = node.read_json("10-flannel.conflist").expect("conflist");
+    let mut conf = list["plugins"].as_array().and_then(|p| p.last()).cloned().expect("weft's entry");
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["name"] = list["name"].clone();
+    conf["prevResult"] = json!({"cniVersion": "0.3.1", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
+                                "ips": [{"version": "4", "address": "10.244.0.5/24", "interface": 0}]});
+    let mut plugin = Command::new(node.dir.join("bin/weft-cni"))
+        .env_clear()
+        .envs([
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c-install"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/weft-cni-install-gone"),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=plain;K8S_POD_NAME=web"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the installed plugin");
+    std::io::Write::write_all(&mut plugin.stdin.take().expect("stdin"), conf.to_string().as_bytes())
+        .expect("stdin");
+    let out = plugin.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ADD failed: {stdout}\n{}",
+        fs::read_to_string(node.dir.join("plugin.log")).unwrap_or_default()
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).expect("a CNI result");
+    assert_eq!(result, conf["prevResult"], "an unmeshed pod: prevResult passed on");
+    let seen = api.seen();
+    assert!(
+        seen.iter().any(|r| r.contains("/api/v1/namespaces/plain/pods/web")),
+        "the API was asked: {seen:?}"
+    );
+    assert!(sigterm(&mut child).success());
 }
