@@ -459,14 +459,14 @@ fn restricted_security_context(uid: u32) -> Value {
     })
 }
 
-/// The address the validator connects to: TEST-NET-1, on the first port
-/// from 4149 that the pod's skip-outbound-ports leave redirected.
-fn validator_connect_addr(o: &ProxyOverrides) -> String {
+/// The port the validator connects to (on never-routed TEST-NET
+/// addresses): the first from 4149 that the pod's skip-outbound-ports leave
+/// redirected.
+fn validator_connect_port(o: &ProxyOverrides) -> u16 {
     let rules = redirect_config(o);
-    let port = (4149..=u16::MAX)
+    (4149..=u16::MAX)
         .find(|p| !rules.skip_outbound_ports.iter().any(|r| (r.first..=r.last).contains(p)))
-        .unwrap_or(4149);
-    format!("192.0.2.1:{port}")
+        .unwrap_or(4149)
 }
 
 /// CNI mode's first init container: `weft-proxy validate`, from the proxy
@@ -476,7 +476,7 @@ fn validator_container(config: &InjectorConfig, o: &ProxyOverrides) -> Value {
         "name": VALIDATOR_CONTAINER,
         "image": config.proxy_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["validate", "--timeout=10s", format!("--connect-addr={}", validator_connect_addr(o))],
+        "args": ["validate", "--timeout=10s", format!("--connect-port={}", validator_connect_port(o))],
         "resources": {
             "requests": {"cpu": "10m", "memory": "10Mi"},
             "limits": {"cpu": "100m", "memory": "50Mi"},

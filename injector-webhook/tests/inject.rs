@@ -333,7 +333,7 @@ fn cni_mode_adds_the_validator_instead_of_proxy_init() {
             if native { &["weft-network-validator", "weft-proxy"] } else { &["weft-network-validator"] };
         assert_eq!(inits, expected, "{file}");
         let v = find(&injected, "initContainers", "weft-network-validator").unwrap();
-        assert_eq!(v["args"], json!(["validate", "--timeout=10s", "--connect-addr=192.0.2.1:4149"]));
+        assert_eq!(v["args"], json!(["validate", "--timeout=10s", "--connect-port=4149"]));
         assert_eq!(v["image"], "example.test/weft-proxy:v1");
         // No iptables lock volume: nothing runs iptables in the pod.
         let volumes: Vec<&str> = injected["spec"]["volumes"]
@@ -375,5 +375,5 @@ fn cni_validator_avoids_skipped_outbound_ports() {
     );
     let injected = apply(&pod, &inject(&pod, &enabled_ns(), &cni_config()).unwrap().patch);
     let v = find(&injected, "initContainers", "weft-network-validator").unwrap();
-    assert_eq!(v["args"][2], "--connect-addr=192.0.2.1:4151");
+    assert_eq!(v["args"][2], "--connect-port=4151");
 }

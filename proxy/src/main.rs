@@ -33,15 +33,20 @@ fn await_ready(args: &[String]) -> ExitCode {
 }
 
 fn validate(args: &[String]) -> ExitCode {
-    use weft_proxy::validate::{Validation, DEFAULT_CONNECT_ADDR, DEFAULT_OUTBOUND_PORT};
+    use weft_proxy::validate::{
+        Validation, DEFAULT_CONNECT_IPS, DEFAULT_CONNECT_PORT, DEFAULT_OUTBOUND_PORT,
+    };
     let mut timeout = std::time::Duration::from_secs(10);
-    let mut connect = DEFAULT_CONNECT_ADDR;
+    let mut port = DEFAULT_CONNECT_PORT;
+    let mut connect: Vec<std::net::SocketAddr> = Vec::new();
     let mut outbound_port = DEFAULT_OUTBOUND_PORT;
     for arg in args {
         let ok = if let Some(v) = arg.strip_prefix("--timeout=") {
             parse_duration(v).map(|t| timeout = t).is_some()
+        } else if let Some(v) = arg.strip_prefix("--connect-port=") {
+            v.parse().map(|p| port = p).is_ok()
         } else if let Some(v) = arg.strip_prefix("--connect-addr=") {
-            v.parse().map(|a| connect = a).is_ok()
+            v.parse().map(|a| connect.push(a)).is_ok()
         } else if let Some(v) = arg.strip_prefix("--outbound-port=") {
             v.parse().map(|p| outbound_port = p).is_ok()
         } else {
@@ -49,16 +54,19 @@ fn validate(args: &[String]) -> ExitCode {
         };
         if !ok {
             eprintln!(
-                "weft-proxy validate: unexpected argument {arg:?}: expected --timeout=DURATION, --connect-addr=IP:PORT or --outbound-port=PORT"
+                "weft-proxy validate: unexpected argument {arg:?}: expected --timeout=DURATION, --connect-port=PORT, --connect-addr=IP:PORT or --outbound-port=PORT"
             );
             return ExitCode::from(2);
         }
     }
+    if connect.is_empty() {
+        connect = DEFAULT_CONNECT_IPS.iter().map(|ip| std::net::SocketAddr::new(*ip, port)).collect();
+    }
     match weft_proxy::validate::validate(&Validation::new(outbound_port, connect, timeout)) {
-        Ok(at) => {
-            println!(
-                "weft-proxy validate: outbound TCP is redirected to the proxy ({connect} arrived at {at})"
-            );
+        Ok(checked) => {
+            for (connect, at) in checked {
+                println!("weft-proxy validate: outbound TCP is redirected to the proxy ({connect} arrived at {at})");
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -75,13 +83,16 @@ USAGE:
     weft-proxy                       run the proxy, configured by WEFT_PROXY_* environment variables
     weft-proxy await [--timeout=DUR] wait until the local proxy's /ready answers 200 (default 120s);
                                      for a postStart hook when the proxy is not a native sidecar
-    weft-proxy validate [--timeout=DUR] [--connect-addr=IP:PORT] [--outbound-port=PORT]
+    weft-proxy validate [--timeout=DUR] [--connect-port=PORT] [--connect-addr=IP:PORT]...
+                        [--outbound-port=PORT]
                                      the CNI-mode init container: check that this pod's outbound TCP
                                      is redirected to the proxy's port (default 4140) by connecting
-                                     to a never-routed address (default 192.0.2.1:4149) and
-                                     accepting the connection itself; exits 1, saying why, if the
-                                     weft-cni plugin did not write the rules (default 10s); run it
-                                     as a non-root UID other than the proxy's 2102
+                                     to never-routed addresses (192.0.2.1 and 2001:db8::1, each
+                                     family the pod has a route for, port 4149; or the
+                                     --connect-addr given) and accepting the connections itself;
+                                     exits 1, saying why, if the weft-cni plugin did not write the
+                                     rules (default timeout 10s each); run it as a non-root UID
+                                     other than the proxy's 2102
 
 Every environment variable is documented in proxy/README.md.
 ";

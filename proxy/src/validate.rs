@@ -18,14 +18,19 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-/// TEST-NET-1 (RFC 5737): reserved for documentation, never routed, so a
-/// connection to it only succeeds when the redirect catches it.
-pub const DEFAULT_CONNECT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 4149);
+/// Where the validator connects: TEST-NET-1 (RFC 5737) and the IPv6
+/// documentation prefix (RFC 3849), reserved and never routed, so a
+/// connection to them only succeeds when the redirect catches it. Each
+/// family is checked when the pod has a route for it (an IPv6-only pod has
+/// none for IPv4).
+pub const DEFAULT_CONNECT_IPS: [IpAddr; 2] =
+    [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))];
+pub const DEFAULT_CONNECT_PORT: u16 = 4149;
 /// The proxy's outbound port, where weft-proxy-init's (and weft-cni's)
 /// rules send the pod's outbound TCP.
 pub const DEFAULT_OUTBOUND_PORT: u16 = 4140;
@@ -45,15 +50,16 @@ fixed, delete the pod once the plugin runs, or inject without CNI mode";
 pub struct Validation {
     /// Listened on, as the proxy's outbound listener would be.
     pub listen: Vec<SocketAddr>,
-    /// Connected to; must be an address the redirect catches.
-    pub connect: SocketAddr,
+    /// Connected to, those the pod has a route for; each must be an address
+    /// the redirect catches.
+    pub connect: Vec<SocketAddr>,
     pub timeout: Duration,
 }
 
 impl Validation {
     /// `127.0.0.1:PORT` and `[::1]:PORT`, as the proxy's default outbound
     /// listeners (the IPv6 one is skipped on a pod without IPv6).
-    pub fn new(outbound_port: u16, connect: SocketAddr, timeout: Duration) -> Self {
+    pub fn new(outbound_port: u16, connect: Vec<SocketAddr>, timeout: Duration) -> Self {
         Self {
             listen: vec![
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), outbound_port),
@@ -71,23 +77,51 @@ pub enum ValidateError {
     ProxyUid,
     #[error("cannot listen on {addr} (is something already on the proxy's outbound port?): {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("the pod has no route to any of {}: it has no network to check", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    NoRoute { addrs: Vec<SocketAddr> },
     #[error("outbound TCP is not redirected to the proxy: connecting to {addr} {cause}; {HELP}")]
     NotRedirected { addr: SocketAddr, cause: String },
     #[error("the connection to {addr} reached something other than this validator ({cause}): outbound TCP is not redirected to the proxy's port {port}; {HELP}")]
     Elsewhere { addr: SocketAddr, port: u16, cause: String },
 }
 
-/// Runs the check; `Ok` carries the local address the redirected
-/// connection arrived at.
-pub fn validate(v: &Validation) -> Result<SocketAddr, ValidateError> {
+/// Runs the check; `Ok` carries, for each address checked, the local
+/// address its redirected connection arrived at.
+pub fn validate(v: &Validation) -> Result<Vec<(SocketAddr, SocketAddr)>, ValidateError> {
     if current_uid() == PROXY_UID {
         return Err(ValidateError::ProxyUid);
     }
+    let targets: Vec<SocketAddr> = v.connect.iter().copied().filter(|a| routed(*a)).collect();
+    if targets.is_empty() {
+        return Err(ValidateError::NoRoute { addrs: v.connect.clone() });
+    }
     let listeners = listen(&v.listen)?;
+    targets.into_iter().map(|t| check(&listeners, t, v.timeout).map(|at| (t, at))).collect()
+}
+
+/// Whether the pod has a route to `addr`: a UDP connect looks the route up
+/// and sends nothing.
+fn routed(addr: SocketAddr) -> bool {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let routed = UdpSocket::bind(local).and_then(|s| s.connect(addr)).is_ok();
+    if !routed {
+        tracing::debug!(%addr, "no route: not checked");
+    }
+    routed
+}
+
+/// One connection to `connect`, which must arrive at one of `listeners`.
+fn check(
+    listeners: &[TcpListener],
+    connect: SocketAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, ValidateError> {
     let port = listeners.first().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
     let token: [u8; TOKEN_LEN] = rand::random();
     let (done_tx, done_rx) = mpsc::channel();
-    let (connect, timeout) = (v.connect, v.timeout);
     std::thread::spawn(move || {
         // The receiver outlives this thread unless the caller is gone.
         let _ = done_tx.send(connect_and_read(connect, timeout));
@@ -96,7 +130,7 @@ pub fn validate(v: &Validation) -> Result<SocketAddr, ValidateError> {
     let mut accepted = Vec::new();
     let mut arrived_at = None;
     let outcome = loop {
-        for l in &listeners {
+        for l in listeners {
             match l.accept() {
                 Ok((mut stream, peer)) => {
                     let local = stream.local_addr().ok();
@@ -122,14 +156,14 @@ pub fn validate(v: &Validation) -> Result<SocketAddr, ValidateError> {
         }
     };
     match outcome {
-        Ok(received) if received == token => Ok(arrived_at.unwrap_or(v.connect)),
+        Ok(received) if received == token => Ok(arrived_at.unwrap_or(connect)),
         Ok(_) => Err(ValidateError::Elsewhere {
-            addr: v.connect,
+            addr: connect,
             port,
             cause: "it did not answer with this validator's token".into(),
         }),
-        Err(Failure::Connect(cause)) => Err(ValidateError::NotRedirected { addr: v.connect, cause }),
-        Err(Failure::Read(cause)) => Err(ValidateError::Elsewhere { addr: v.connect, port, cause }),
+        Err(Failure::Connect(cause)) => Err(ValidateError::NotRedirected { addr: connect, cause }),
+        Err(Failure::Read(cause)) => Err(ValidateError::Elsewhere { addr: connect, port, cause }),
     }
 }
 
@@ -196,9 +230,10 @@ mod tests {
         // What the redirect does, without it: the "remote" address is the
         // validator's own listener.
         let port = loopback_listener_port();
-        let v = Validation::new(port, SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5));
-        let at = validate(&v).expect("validates");
-        assert_eq!(at.port(), port);
+        let v = Validation::new(port, vec![SocketAddr::from(([127, 0, 0, 1], port))], Duration::from_secs(5));
+        let checked = validate(&v).expect("validates");
+        assert_eq!(checked.len(), 1);
+        assert_eq!(checked[0].1.port(), port);
     }
 
     #[test]
@@ -210,7 +245,8 @@ mod tests {
         // Another free port: refused, as an unredirected connection would be
         // lost; the error says why and what to do.
         let other = loopback_listener_port();
-        let v = Validation::new(port, SocketAddr::from(([127, 0, 0, 2], other)), Duration::from_secs(2));
+        let v =
+            Validation::new(port, vec![SocketAddr::from(([127, 0, 0, 2], other))], Duration::from_secs(2));
         let e = validate(&v).expect_err("must fail").to_string();
         assert!(e.contains("outbound TCP is not redirected"), "{e}");
         assert!(e.contains("weft-cni"), "{e}");
@@ -221,11 +257,25 @@ mod tests {
     fn fails_when_the_outbound_port_is_taken() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let v = Validation::new(port, DEFAULT_CONNECT_ADDR, Duration::from_secs(1));
+        let v = Validation::new(port, vec![SocketAddr::from(([127, 0, 0, 1], port))], Duration::from_secs(1));
         if current_uid() == PROXY_UID {
             return;
         }
         let e = validate(&v).expect_err("port taken").to_string();
         assert!(e.contains("cannot listen on 127.0.0.1"), "{e}");
+    }
+
+    #[test]
+    fn a_family_without_a_route_is_not_checked() {
+        // fe80::/10 needs an interface: no route for a bare address.
+        let unroutable = SocketAddr::from((Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 4149));
+        assert!(!routed(unroutable));
+        assert!(routed(SocketAddr::from(([127, 0, 0, 1], 4149))));
+        if current_uid() == PROXY_UID {
+            return;
+        }
+        let v = Validation::new(0, vec![unroutable], Duration::from_secs(1));
+        let e = validate(&v).expect_err("nothing to check").to_string();
+        assert!(e.contains("no route to any of [fe80::1]:4149"), "{e}");
     }
 }

@@ -620,7 +620,7 @@ impl Pod {
             "--clear-groups".into(),
         ])
         .arg(bin("weft-proxy"))
-        .args(["validate", "--timeout=10s", "--connect-addr=192.0.2.1:4149"])
+        .args(["validate", "--timeout=10s", "--connect-port=4149"])
         .args(extra);
         cmd
     }

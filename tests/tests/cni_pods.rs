@@ -63,15 +63,14 @@ async fn cni_pods_talk_over_mtls() {
         }
 
         // The validator init container ran in each meshed pod, as UID 2103
-        // before its proxy, and found its connection redirected.
+        // before its proxy, and found its connections redirected, IPv4 and
+        // IPv6 (the pods are dual-stack).
         for pod in [&server, &client] {
-            assert!(
-                pod.validator_output
-                    .contains("outbound TCP is redirected to the proxy (192.0.2.1:4149 arrived at"),
-                "{}: {}",
-                pod.name,
-                pod.validator_output
-            );
+            for arrival in
+                ["(192.0.2.1:4149 arrived at 127.0.0.1:4140)", "([2001:db8::1]:4149 arrived at [::1]:4140)"]
+            {
+                assert!(pod.validator_output.contains(arrival), "{}: {}", pod.name, pod.validator_output);
+            }
         }
         // Where weft-cni wrote no rules, it fails the pod and says why.
         let out = validate(&plain, &["--timeout=2s"]).await;
