@@ -51,6 +51,16 @@ async fn binary_serves_admission_reviews() {
 }
 
 #[tokio::test]
+async fn binary_in_cni_mode_adds_the_validator() {
+    // WEFT_INJECTOR_CNI=true, as the chart sets --cni: the validator, no
+    // weft-proxy-init (assert_injected checks which, and the validator).
+    let resp = admit_with(None, fixture("admissionreview-pod-create-replicaset.json"), "cni").await;
+    let patch = response_patch(&resp).expect("patch");
+    let text = serde_json::to_string(&patch).expect("patch");
+    assert!(text.contains("weft-network-validator") && !text.contains("weft-proxy-init"), "{text}");
+}
+
+#[tokio::test]
 async fn binary_injects_plain_sidecars_below_kubernetes_1_29() {
     let mut version = fixture("version.json");
     version["minor"] = "28".into();
@@ -64,7 +74,8 @@ async fn binary_injects_plain_sidecars_below_kubernetes_1_29() {
 
 /// Runs the injector against a replaying API server whose `GET /version`
 /// answers `version`, sends it `review` and returns its answer, checking the
-/// proxy was injected (`native` or `plain`).
+/// proxy was injected (`native` or `plain`, or `cni`: native, in CNI mode;
+/// the others run with `WEFT_INJECTOR_CNI=false`).
 async fn admit_with(version: Option<Value>, review: Value, how: &str) -> Value {
     let dir = std::env::temp_dir().join(format!("weft-injector-bin-{}-{how}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -90,6 +101,7 @@ async fn admit_with(version: Option<Value>, review: Value, how: &str) -> Value {
         .arg(dir.join("ca.crt"))
         .args(["--proxy-image", "example.test/weft-proxy:v1"])
         .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("WEFT_INJECTOR_CNI", if how == "cni" { "true" } else { "false" })
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -134,7 +146,7 @@ async fn admit_with(version: Option<Value>, review: Value, how: &str) -> Value {
     assert_eq!(resp["response"]["uid"], review["request"]["uid"]);
     let ops = response_patch(&resp).expect("patch");
     let injected = apply(&review["request"]["object"], &ops);
-    let proxy = assert_injected(&injected, how == "native");
+    let proxy = assert_injected(&injected, how != "plain");
     assert_eq!(proxy["image"], "example.test/weft-proxy:v1");
     // The trust anchors file reached the proxy's environment.
     assert_eq!(
