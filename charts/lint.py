@@ -628,7 +628,7 @@ def check_cni(required: dict, defaults: dict, tmp: str) -> None:
     k3s = {"cni": {"enabled": True, "binDir": "/var/lib/rancher/k3s/data/cni",
                    "confDir": "/var/lib/rancher/k3s/agent/etc/cni/net.d",
                    "logFile": "/var/log/weft/cni.log"},
-           "webhook": {"excludeNamespaces": ["legacy"]}}
+           "webhook": {"excludeNamespaces": ["legacy"]}, "imagePullSecrets": [{"name": "regcred"}]}
     for label, over in (("cni", {"cni": {"enabled": True}}), ("cni-k3s", k3s)):
         created, manifest, err = render(label, merge(required, over), tmp)
         if err:
@@ -642,6 +642,8 @@ def check_cni(required: dict, defaults: dict, tmp: str) -> None:
             args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
             if "--exclude-namespaces=kube-system,legacy" not in args:
                 fail(f"[{label}] webhook.excludeNamespaces should reach the plugin: {args}")
+            if ds["spec"]["template"]["spec"].get("imagePullSecrets") != [{"name": "regcred"}]:
+                fail(f"[{label}] imagePullSecrets should reach DaemonSet/weft-cni")
     _, _, err = render("cni-relative", merge(required, {"cni": {"enabled": True, "binDir": "opt/cni/bin"}}), tmp)
     if err is None or "must be absolute paths" not in err:
         fail(f"[cni-relative] a relative cni.binDir should be refused: {err}")
