@@ -216,7 +216,11 @@ impl Node {
         let n = node.netns.as_str();
         let cidr = format!("{NODE_IP}/24");
         sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        sh(&["ip", "-n", n, "link", "add", "weft0", "type", "bridge"]);
+        // A MAC of its own: a bridge without one takes the lowest of its
+        // ports', so a pod plugged in later could change the gateway's MAC
+        // under the pods' ARP caches and blackhole their traffic to the
+        // control plane for seconds (a discovery timeout, then plaintext).
+        sh(&["ip", "-n", n, "link", "add", "weft0", "address", "02:77:00:00:00:01", "type", "bridge"]);
         sh(&["ip", "-n", n, "addr", "add", &cidr, "dev", "weft0"]);
         add_ipv6(n, "weft0", NODE_IP6);
         sh(&["ip", "-n", n, "link", "set", "weft0", "up"]);
