@@ -523,6 +523,21 @@ fn pre_passes_on_a_cluster_without_weft() {
         psa.starts_with('×') && psa.contains("emojivoto (restricted)") && psa.contains("NET_ADMIN"),
         "{psa}"
     );
+
+    // The same namespace once weft runs in CNI mode (the weft-cni DaemonSet
+    // exists): the injector adds no NET_ADMIN container there.
+    let mut state = fresh_cluster();
+    state.routes.insert("/api/v1/namespaces".into(), Answer::json(200, &namespaces));
+    state.routes.insert(
+        "/apis/apps/v1/namespaces/weft/daemonsets/weft-cni".into(),
+        Answer::json(
+            200,
+            &json!({"kind": "DaemonSet", "apiVersion": "apps/v1", "metadata": {"name": "weft-cni", "namespace": "weft"}}),
+        ),
+    );
+    let (out, _api) = run(state, &["--pre"]);
+    let psa = entry(&out, "no meshed namespace enforces a Pod Security level that rejects weft-proxy-init");
+    assert!(psa.starts_with('√'), "{psa}\n{}", out.stdout);
 }
 
 #[test]

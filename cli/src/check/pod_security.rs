@@ -1,6 +1,8 @@
 //! `pre-pod-security`: namespaces whose Pod Security admission enforces
 //! `baseline` or `restricted` reject weft-proxy-init, which adds the
 //! NET_ADMIN and NET_RAW capabilities to write the pod's iptables rules.
+//! Where weft already runs in CNI mode (the weft-cni DaemonSet exists), the
+//! injector adds no such container and meshed pods pass `restricted`.
 
 use std::io::Write;
 
@@ -23,13 +25,21 @@ pub async fn check<W: Write>(report: &mut Report<W>, ctx: &Ctx) {
             return;
         }
     };
-    report.add(description, finding(items(&list)));
+    let cni_mode = ctx
+        .api
+        .get::<Value>(&format!("/apis/apps/v1/namespaces/{}/daemonsets/weft-cni", ctx.cpns), "daemonsets")
+        .await
+        .is_ok();
+    report.add(description, finding(items(&list), cni_mode));
 }
 
 /// Meshed (annotated `weft.io/inject: enabled`) namespaces enforcing
 /// baseline or restricted are errors; other enforcing namespaces a warning,
 /// since meshing them later would fail the same way.
-pub fn finding(namespaces: &[Value]) -> Finding {
+pub fn finding(namespaces: &[Value], cni_mode: bool) -> Finding {
+    if cni_mode {
+        return Finding::ok();
+    }
     let mut meshed = Vec::new();
     let mut others = Vec::new();
     for ns in namespaces {
@@ -77,16 +87,18 @@ mod tests {
     fn enforcing_namespaces_are_reported() {
         let list: Value = crate::check::fixture("namespaces.list.json");
         let mut namespaces = items(&list).to_vec();
-        assert_eq!(finding(&namespaces), Finding::ok());
+        assert_eq!(finding(&namespaces, false), Finding::ok());
         namespaces.push(json!({"metadata": {"name": "locked", "labels": {ENFORCE_LABEL: "restricted"}}}));
-        let f = finding(&namespaces);
+        let f = finding(&namespaces, false);
         assert_eq!(f.outcome, Outcome::Warning);
         assert!(f.message.unwrap().contains("locked (restricted)"));
         let emojivoto = namespaces.iter_mut().find(|n| n["metadata"]["name"] == "emojivoto").unwrap();
         emojivoto["metadata"]["labels"][ENFORCE_LABEL] = json!("baseline");
-        let f = finding(&namespaces);
+        let f = finding(&namespaces, false);
         assert_eq!(f.outcome, Outcome::Error);
         assert!(f.message.unwrap().contains("emojivoto (baseline)"));
         assert!(f.hint.unwrap_or_default().contains("cni.enabled=true"));
+        // In CNI mode the same namespaces take meshed pods.
+        assert_eq!(finding(&namespaces, true), Finding::ok());
     }
 }
