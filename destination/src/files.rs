@@ -220,9 +220,11 @@ pub fn parse_manifests(text: &str, cfg: &MeshConfig) -> (Option<Vec<Object>>, Ve
                 continue;
             }
         };
-        // `kubectl get -o yaml` writes a `List` of objects.
-        let items = match json.get("kind").and_then(|k| k.as_str()) {
-            Some("List") => json.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default(),
+        // `kubectl get -o yaml` writes a `List` of objects; the API's own
+        // LIST response (`kubectl get --raw`) a `ServerList`, `PodList`, ...
+        let items = match (json.get("kind").and_then(|k| k.as_str()), json.get("items")) {
+            (Some("List"), items) => items.and_then(|i| i.as_array()).cloned().unwrap_or_default(),
+            (Some(k), Some(serde_json::Value::Array(items))) if k.ends_with("List") => items.clone(),
             _ => vec![json],
         };
         for item in items {
@@ -230,6 +232,11 @@ pub fn parse_manifests(text: &str, cfg: &MeshConfig) -> (Option<Vec<Object>>, Ve
                 Ok(Some(obj)) => objects.push(obj),
                 Ok(None) => debug!(kind = ?item.get("kind"), "ignoring a kind discovery does not use"),
                 Err(e) => {
+                    let kind = item.get("kind").and_then(|k| k.as_str());
+                    if let Some(kind) = Kind::ALL.into_iter().find(|k| Some(k.as_str()) == kind) {
+                        metrics::counter!("destination_invalid_objects_total", "kind" => kind.as_str())
+                            .increment(1);
+                    }
                     let what = describe(&item);
                     problems.push(format!("document {n} ({what}): {e}"));
                 }

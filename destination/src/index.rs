@@ -14,7 +14,12 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::model::{Kind, ObjKey, Object, PodRec, ProfileRec, ServiceRec, SliceRec, SplitRec, StaticRec};
+use crate::{
+    model::{Kind, ObjKey, Object, PodRec, ProfileRec, ServiceRec, SliceRec, SplitRec, StaticRec},
+    policy::{
+        AuthorizationPolicyRec, MeshTlsAuthenticationRec, NetworkAuthenticationRec, RateLimitRec, ServerRec,
+    },
+};
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -28,6 +33,13 @@ pub struct State {
     pub splits: BTreeMap<ObjKey, SplitRec>,
     pub profiles: BTreeMap<ObjKey, ProfileRec>,
     pub statics: BTreeMap<ObjKey, StaticRec>,
+    // Inbound policy (policy.linkerd.io), read by later work as a pure
+    // function of the index, like endpoints and profiles.
+    pub servers: BTreeMap<ObjKey, ServerRec>,
+    pub authorization_policies: BTreeMap<ObjKey, AuthorizationPolicyRec>,
+    pub meshtls_authentications: BTreeMap<ObjKey, MeshTlsAuthenticationRec>,
+    pub network_authentications: BTreeMap<ObjKey, NetworkAuthenticationRec>,
+    pub rate_limits: BTreeMap<ObjKey, RateLimitRec>,
     // Secondary indexes, maintained on every write.
     slices_by_service: HashMap<ObjKey, BTreeSet<String>>,
     splits_by_service: HashMap<ObjKey, BTreeSet<String>>,
@@ -67,6 +79,11 @@ impl State {
             Kind::TrafficSplit => self.splits.len(),
             Kind::ServiceProfile => self.profiles.len(),
             Kind::StaticEndpoints => self.statics.len(),
+            Kind::Server => self.servers.len(),
+            Kind::AuthorizationPolicy => self.authorization_policies.len(),
+            Kind::MeshTLSAuthentication => self.meshtls_authentications.len(),
+            Kind::NetworkAuthentication => self.network_authentications.len(),
+            Kind::HTTPLocalRateLimitPolicy => self.rate_limits.len(),
         }
     }
 
@@ -112,6 +129,21 @@ impl State {
             Object::StaticEndpoints(r) => {
                 self.statics.insert(key, r);
             }
+            Object::Server(r) => {
+                self.servers.insert(key, r);
+            }
+            Object::AuthorizationPolicy(r) => {
+                self.authorization_policies.insert(key, r);
+            }
+            Object::MeshTLSAuthentication(r) => {
+                self.meshtls_authentications.insert(key, r);
+            }
+            Object::NetworkAuthentication(r) => {
+                self.network_authentications.insert(key, r);
+            }
+            Object::HTTPLocalRateLimitPolicy(r) => {
+                self.rate_limits.insert(key, r);
+            }
         }
         true
     }
@@ -124,6 +156,19 @@ impl State {
             Kind::TrafficSplit => Object::TrafficSplit(self.splits.get(key)?.clone()),
             Kind::ServiceProfile => Object::ServiceProfile(self.profiles.get(key)?.clone()),
             Kind::StaticEndpoints => Object::StaticEndpoints(self.statics.get(key)?.clone()),
+            Kind::Server => Object::Server(self.servers.get(key)?.clone()),
+            Kind::AuthorizationPolicy => {
+                Object::AuthorizationPolicy(self.authorization_policies.get(key)?.clone())
+            }
+            Kind::MeshTLSAuthentication => {
+                Object::MeshTLSAuthentication(self.meshtls_authentications.get(key)?.clone())
+            }
+            Kind::NetworkAuthentication => {
+                Object::NetworkAuthentication(self.network_authentications.get(key)?.clone())
+            }
+            Kind::HTTPLocalRateLimitPolicy => {
+                Object::HTTPLocalRateLimitPolicy(self.rate_limits.get(key)?.clone())
+            }
         })
     }
 
@@ -172,6 +217,11 @@ impl State {
             }
             Kind::ServiceProfile => return self.profiles.remove(key).is_some(),
             Kind::StaticEndpoints => return self.statics.remove(key).is_some(),
+            Kind::Server => return self.servers.remove(key).is_some(),
+            Kind::AuthorizationPolicy => return self.authorization_policies.remove(key).is_some(),
+            Kind::MeshTLSAuthentication => return self.meshtls_authentications.remove(key).is_some(),
+            Kind::NetworkAuthentication => return self.network_authentications.remove(key).is_some(),
+            Kind::HTTPLocalRateLimitPolicy => return self.rate_limits.remove(key).is_some(),
         }
         true
     }
@@ -184,6 +234,11 @@ impl State {
             Kind::TrafficSplit => self.splits.keys().cloned().collect(),
             Kind::ServiceProfile => self.profiles.keys().cloned().collect(),
             Kind::StaticEndpoints => self.statics.keys().cloned().collect(),
+            Kind::Server => self.servers.keys().cloned().collect(),
+            Kind::AuthorizationPolicy => self.authorization_policies.keys().cloned().collect(),
+            Kind::MeshTLSAuthentication => self.meshtls_authentications.keys().cloned().collect(),
+            Kind::NetworkAuthentication => self.network_authentications.keys().cloned().collect(),
+            Kind::HTTPLocalRateLimitPolicy => self.rate_limits.keys().cloned().collect(),
         }
     }
 

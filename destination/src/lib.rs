@@ -17,6 +17,7 @@ pub mod files;
 pub mod index;
 pub mod k8s;
 pub mod model;
+pub mod policy;
 pub mod profile;
 pub mod server;
 pub mod target;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tracing::warn;
 use weft_tls::name::IdentityName;
 
-use crate::MeshConfig;
+use crate::{policy, MeshConfig};
 
 /// The pod container whose presence marks a pod as meshed.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -46,7 +46,7 @@ pub enum ModelError {
     Spec(#[from] serde_json::Error),
 }
 
-fn invalid(what: &'static str, reason: impl Into<String>) -> ModelError {
+pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> ModelError {
     ModelError::Invalid { what, reason: reason.into() }
 }
 
@@ -58,16 +58,26 @@ pub enum Kind {
     TrafficSplit,
     ServiceProfile,
     StaticEndpoints,
+    Server,
+    AuthorizationPolicy,
+    MeshTLSAuthentication,
+    NetworkAuthentication,
+    HTTPLocalRateLimitPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
         Kind::TrafficSplit,
         Kind::ServiceProfile,
         Kind::StaticEndpoints,
+        Kind::Server,
+        Kind::AuthorizationPolicy,
+        Kind::MeshTLSAuthentication,
+        Kind::NetworkAuthentication,
+        Kind::HTTPLocalRateLimitPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +88,11 @@ impl Kind {
             Kind::TrafficSplit => "TrafficSplit",
             Kind::ServiceProfile => "ServiceProfile",
             Kind::StaticEndpoints => "StaticEndpoints",
+            Kind::Server => "Server",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshTLSAuthentication => "MeshTLSAuthentication",
+            Kind::NetworkAuthentication => "NetworkAuthentication",
+            Kind::HTTPLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
         }
     }
 }
@@ -736,6 +751,11 @@ pub enum Object {
     TrafficSplit(SplitRec),
     ServiceProfile(ProfileRec),
     StaticEndpoints(StaticRec),
+    Server(policy::ServerRec),
+    AuthorizationPolicy(policy::AuthorizationPolicyRec),
+    MeshTLSAuthentication(policy::MeshTlsAuthenticationRec),
+    NetworkAuthentication(policy::NetworkAuthenticationRec),
+    HTTPLocalRateLimitPolicy(policy::RateLimitRec),
 }
 
 impl Object {
@@ -747,6 +767,11 @@ impl Object {
             Object::TrafficSplit(_) => Kind::TrafficSplit,
             Object::ServiceProfile(_) => Kind::ServiceProfile,
             Object::StaticEndpoints(_) => Kind::StaticEndpoints,
+            Object::Server(_) => Kind::Server,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::MeshTLSAuthentication(_) => Kind::MeshTLSAuthentication,
+            Object::NetworkAuthentication(_) => Kind::NetworkAuthentication,
+            Object::HTTPLocalRateLimitPolicy(_) => Kind::HTTPLocalRateLimitPolicy,
         }
     }
 
@@ -758,6 +783,11 @@ impl Object {
             Object::TrafficSplit(r) => &r.key,
             Object::ServiceProfile(r) => &r.key,
             Object::StaticEndpoints(r) => &r.key,
+            Object::Server(r) => &r.key,
+            Object::AuthorizationPolicy(r) => &r.key,
+            Object::MeshTLSAuthentication(r) => &r.key,
+            Object::NetworkAuthentication(r) => &r.key,
+            Object::HTTPLocalRateLimitPolicy(r) => &r.key,
         }
     }
 }
@@ -790,7 +820,34 @@ pub fn from_manifest(doc: &serde_json::Value, cfg: &MeshConfig) -> Result<Option
         (_, "weft.io", "StaticEndpoints") => {
             Object::StaticEndpoints(static_endpoints(crd_key()?, &spec(), cfg)?)
         }
+        (_, "policy.linkerd.io", _) => match policy_object(kind, crd_key()?, &spec(), cfg)? {
+            Some(obj) => obj,
+            None => return Ok(None),
+        },
         ("", _, _) | (_, _, "") => return Err(invalid("manifest", "missing apiVersion or kind")),
+        _ => return Ok(None),
+    }))
+}
+
+/// A `policy.linkerd.io` object of `kind` (its `spec`), from a watch or a
+/// file. `Ok(None)`: a policy kind weft does not index yet (ServerAuthorization,
+/// HTTPRoute, EgressNetwork).
+pub fn policy_object(
+    kind: &str,
+    key: ObjKey,
+    spec: &serde_json::Value,
+    cfg: &MeshConfig,
+) -> Result<Option<Object>, ModelError> {
+    Ok(Some(match kind {
+        "Server" => Object::Server(policy::server(key, spec)?),
+        "AuthorizationPolicy" => Object::AuthorizationPolicy(policy::authorization_policy(key, spec)?),
+        "MeshTLSAuthentication" => {
+            Object::MeshTLSAuthentication(policy::meshtls_authentication(key, spec, cfg)?)
+        }
+        "NetworkAuthentication" => Object::NetworkAuthentication(policy::network_authentication(key, spec)?),
+        "HTTPLocalRateLimitPolicy" => {
+            Object::HTTPLocalRateLimitPolicy(policy::http_local_rate_limit(key, spec)?)
+        }
         _ => return Ok(None),
     }))
 }

@@ -355,3 +355,57 @@ spec:
     assert!(profile.profile_ref.is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Linkerd's policy resources load from files exactly as the API served
+/// them (the fixtures' LIST responses, copied as they are); the objects the
+/// apiserver accepted but weft refuses are reported by name and reason and
+/// skipped, and the rest loads.
+#[test]
+fn policy_resources_load_and_invalid_ones_are_refused() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
+    let dir = temp_dir("policy");
+    for name in [
+        "servers.policy.linkerd.io-emojivoto.list.json",
+        "authorizationpolicies.policy.linkerd.io-emojivoto.list.json",
+        "meshtlsauthentications.policy.linkerd.io-emojivoto.list.json",
+        "networkauthentications.policy.linkerd.io-emojivoto.list.json",
+        "httplocalratelimitpolicies.policy.linkerd.io-emojivoto.list.json",
+        "accepted-networkauthentication-not-a-cidr.request.json",
+        "accepted-server-unknown-proxyprotocol.request.json",
+        "accepted-httplocalratelimitpolicy-identity-above-total.request.json",
+        // Kinds not indexed yet are ignored, not errors.
+        "httproutes.policy.linkerd.io-emojivoto.list.json",
+        "egressnetworks.policy.linkerd.io-emojivoto.list.json",
+    ] {
+        std::fs::copy(fixtures.join(name), dir.join(name)).unwrap();
+    }
+    let mut loader = files::Loader::new(&dir, MeshConfig::default());
+    let scan = loader.scan();
+    let mut reported: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
+    reported.sort();
+    assert_eq!(reported.len(), 3, "{reported:#?}");
+    assert!(reported[0].contains("HTTPLocalRateLimitPolicy emojivoto/web-rl-inverted"), "{}", reported[0]);
+    assert!(reported[1].contains("NetworkAuthentication emojivoto/bogus-network"), "{}", reported[1]);
+    assert!(reported[1].contains("not-a-cidr"), "{}", reported[1]);
+    assert!(
+        reported[2].contains("Server emojivoto/web-http3") && reported[2].contains("HTTP/3"),
+        "{}",
+        reported[2]
+    );
+
+    let index = Index::new();
+    index.replace_all(loader.objects());
+    let state = index.subscribe();
+    let state = state.borrow();
+    let names =
+        |keys: Vec<&weft_destination::model::ObjKey>| keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(state.servers.keys().collect()), ["voting-grpc", "voting-prom", "web-http"]);
+    assert_eq!(
+        names(state.authorization_policies.keys().collect()),
+        ["emojivoto-cluster-network", "voting-grpc", "web-api"]
+    );
+    assert_eq!(names(state.meshtls_authentications.keys().collect()), ["emojivoto-accounts", "web-only"]);
+    assert_eq!(names(state.network_authentications.keys().collect()), ["cluster-network"]);
+    assert_eq!(names(state.rate_limits.keys().collect()), ["web-rl"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
