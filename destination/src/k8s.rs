@@ -62,12 +62,10 @@ impl SyncTracker {
 
 /// Starts every watcher; they run until the runtime shuts down.
 pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: SplitVersion) {
-    let sync = Arc::new(SyncTracker {
-        pending: Mutex::new(
-            [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::TrafficSplit, Kind::ServiceProfile].into(),
-        ),
-        index: index.clone(),
-    });
+    let mut pending: HashSet<Kind> =
+        [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::TrafficSplit, Kind::ServiceProfile].into();
+    pending.extend(POLICY_KINDS);
+    let sync = Arc::new(SyncTracker { pending: Mutex::new(pending), index: index.clone() });
 
     tokio::spawn(
         watch_kind(
@@ -97,19 +95,44 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
         .instrument(info_span!("watch", kind = "Pod")),
     );
     tokio::spawn(
-        watch_crd(client.clone(), CrdKind::TrafficSplit(split_version), index.clone(), sync.clone())
-            .instrument(info_span!("watch", kind = "TrafficSplit")),
+        watch_crd(
+            client.clone(),
+            CrdKind::TrafficSplit(split_version),
+            index.clone(),
+            sync.clone(),
+            cfg.clone(),
+        )
+        .instrument(info_span!("watch", kind = "TrafficSplit")),
     );
     tokio::spawn(
-        watch_crd(client, CrdKind::ServiceProfile, index, sync)
+        watch_crd(client.clone(), CrdKind::ServiceProfile, index.clone(), sync.clone(), cfg.clone())
             .instrument(info_span!("watch", kind = "ServiceProfile")),
     );
+    // Linkerd's policy resources: each CRD on its own, so a cluster serving
+    // some of them (or none) still watches the rest.
+    for kind in POLICY_KINDS {
+        tokio::spawn(
+            watch_crd(client.clone(), CrdKind::Policy(kind), index.clone(), sync.clone(), cfg.clone())
+                .instrument(info_span!("watch", kind = kind.as_str())),
+        );
+    }
 }
+
+/// The `policy.linkerd.io` kinds indexed, each watched in its storage version.
+const POLICY_KINDS: [Kind; 5] = [
+    Kind::Server,
+    Kind::AuthorizationPolicy,
+    Kind::MeshTLSAuthentication,
+    Kind::NetworkAuthentication,
+    Kind::HTTPLocalRateLimitPolicy,
+];
 
 #[derive(Clone, Copy)]
 enum CrdKind {
     TrafficSplit(SplitVersion),
     ServiceProfile,
+    /// One of [`POLICY_KINDS`].
+    Policy(Kind),
 }
 
 impl CrdKind {
@@ -117,6 +140,7 @@ impl CrdKind {
         match self {
             CrdKind::TrafficSplit(_) => Kind::TrafficSplit,
             CrdKind::ServiceProfile => Kind::ServiceProfile,
+            CrdKind::Policy(kind) => kind,
         }
     }
 
@@ -129,6 +153,8 @@ impl CrdKind {
             CrdKind::TrafficSplit(SplitVersion::V1alpha4) => &[("split.smi-spec.io", "v1alpha4")],
             CrdKind::TrafficSplit(SplitVersion::V1alpha2) => &[("split.smi-spec.io", "v1alpha2")],
             CrdKind::ServiceProfile => &[("linkerd.io", "v1alpha2")],
+            CrdKind::Policy(Kind::Server) => &[("policy.linkerd.io", "v1beta3")],
+            CrdKind::Policy(_) => &[("policy.linkerd.io", "v1alpha1")],
         }
     }
 
@@ -136,6 +162,13 @@ impl CrdKind {
         match self {
             CrdKind::TrafficSplit(_) => "trafficsplits",
             CrdKind::ServiceProfile => "serviceprofiles",
+            CrdKind::Policy(Kind::Server) => "servers",
+            CrdKind::Policy(Kind::AuthorizationPolicy) => "authorizationpolicies",
+            CrdKind::Policy(Kind::MeshTLSAuthentication) => "meshtlsauthentications",
+            CrdKind::Policy(Kind::NetworkAuthentication) => "networkauthentications",
+            CrdKind::Policy(Kind::HTTPLocalRateLimitPolicy) => "httplocalratelimitpolicies",
+            // Not a policy kind: never constructed (spawn passes POLICY_KINDS only).
+            CrdKind::Policy(_) => "",
         }
     }
 }
@@ -152,7 +185,7 @@ async fn served(client: &Client, group: &str, version: &str, plural: &str) -> Re
 /// Watches a custom resource once its CRD is found. Until then the kind
 /// counts as synced and empty: a cluster without SMI or ServiceProfiles is a
 /// normal cluster, and must not keep discovery from becoming ready.
-async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTracker>) {
+async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTracker>, cfg: MeshConfig) {
     let kind = crd.kind();
     let (group, version) = loop {
         let mut found = None;
@@ -189,6 +222,10 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
         Ok(Some(match crd {
             CrdKind::TrafficSplit(_) => Object::TrafficSplit(model::traffic_split(key, &spec)?),
             CrdKind::ServiceProfile => Object::ServiceProfile(model::service_profile(key, &spec)?),
+            CrdKind::Policy(kind) => match model::policy_object(kind.as_str(), key, &spec, &cfg)? {
+                Some(obj) => obj,
+                None => return Ok(None),
+            },
         }))
     })
     .await

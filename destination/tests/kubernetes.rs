@@ -72,12 +72,19 @@ impl Replay {
     /// `expire_first_split_watch`: the first TrafficSplit watch gets the
     /// captured `410 Expired` ERROR event instead of events.
     async fn start(split_version: &'static str, expire_first_split_watch: bool) -> Self {
+        Self::start_with(split_version, expire_first_split_watch, false).await
+    }
+
+    /// `policy`: whether the `policy.linkerd.io` CRDs are served (otherwise
+    /// their discovery is a 404, as on a cluster without them).
+    async fn start_with(split_version: &'static str, expire_first_split_watch: bool, policy: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut watches = HashMap::new();
         watches.insert("endpointslices", Gated::new("endpointslices-emojivoto.watch.jsonl"));
         watches.insert("trafficsplits", Gated::new(&format!("trafficsplits-{split_version}.watch.jsonl")));
+        watches.insert("servers", Gated::new("servers.policy.linkerd.io-emojivoto.watch.jsonl"));
         let watches = Arc::new(watches);
         let expired = Arc::new(Mutex::new(expire_first_split_watch));
         let (log2, watches2) = (log.clone(), watches.clone());
@@ -88,7 +95,7 @@ impl Replay {
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let rsp = route(&req, &log, &watches, &expired);
+                            let rsp = route(&req, &log, &watches, &expired, policy);
                             async move { Ok::<_, Infallible>(rsp) }
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -129,6 +136,7 @@ fn route(
     log: &Mutex<Vec<String>>,
     watches: &Arc<HashMap<&'static str, Gated>>,
     expired: &Mutex<bool>,
+    policy: bool,
 ) -> hyper::Response<Body> {
     let path = req.uri().path().to_owned();
     let query: HashMap<String, String> = req
@@ -157,6 +165,25 @@ fn route(
         "/apis/split.smi-spec.io/v1alpha2/trafficsplits" => ("trafficsplits-v1alpha2.list.json", Some("trafficsplits")),
         "/apis/split.smi-spec.io/v1alpha4/trafficsplits" => ("trafficsplits-v1alpha4.list.json", Some("trafficsplits")),
         "/apis/linkerd.io/v1alpha2/serviceprofiles" => ("serviceprofiles.list.json", None),
+        "/apis/policy.linkerd.io/v1beta3" if policy => {
+            return json(200, fixture("discovery-apis-policy.linkerd.io-v1beta3.json"))
+        }
+        "/apis/policy.linkerd.io/v1alpha1" if policy => {
+            return json(200, fixture("discovery-apis-policy.linkerd.io-v1alpha1.json"))
+        }
+        "/apis/policy.linkerd.io/v1beta3/servers" => ("servers.policy.linkerd.io-emojivoto.list.json", Some("servers")),
+        "/apis/policy.linkerd.io/v1alpha1/authorizationpolicies" => {
+            ("authorizationpolicies.policy.linkerd.io-emojivoto.list.json", None)
+        }
+        "/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications" => {
+            ("meshtlsauthentications.policy.linkerd.io-emojivoto.list.json", None)
+        }
+        "/apis/policy.linkerd.io/v1alpha1/networkauthentications" => {
+            ("networkauthentications.policy.linkerd.io-emojivoto.list.json", None)
+        }
+        "/apis/policy.linkerd.io/v1alpha1/httplocalratelimitpolicies" => {
+            ("httplocalratelimitpolicies.policy.linkerd.io-emojivoto.list.json", None)
+        }
         _ => {
             return json(
                 404,
@@ -357,4 +384,63 @@ fn captured_history_slices_with_null_fields_convert() {
         }
     }
     assert_eq!(empty, 4, "the four slices are created empty");
+}
+
+/// Linkerd's policy resources through the real kube-rs client: the
+/// captured LISTs, then the Server watch (emoji-grpc added, voting-grpc's
+/// accessPolicy patched to all-authenticated, emoji-grpc deleted, two
+/// bookmarks) released one event at a time, each reaching the index.
+#[tokio::test]
+async fn policy_resources_list_and_watch_into_the_index() {
+    use weft_destination::{model::ObjKey, policy::AccessPolicy};
+    let replay = Replay::start_with("v1alpha4", false, true).await;
+    let index = Index::new();
+    k8s::spawn(replay.client(), index.clone(), MeshConfig::default(), SplitVersion::Auto);
+    let mut state = index.subscribe();
+    let names = |keys: Vec<&ObjKey>| keys.iter().map(|k| k.name.clone()).collect::<Vec<_>>();
+    let wait = |state: &mut watch::Receiver<weft_destination::index::State>,
+                what: &'static str,
+                f: fn(&weft_destination::index::State) -> bool| {
+        let mut state = state.clone();
+        async move {
+            tokio::time::timeout(STEP, state.wait_for(f))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not within {STEP:?}"))
+                .map(|_| ())
+                .unwrap_or_else(|_| panic!("{what}: index dropped"));
+        }
+    };
+    wait(&mut state, "synced", |s| s.synced).await;
+    {
+        let s = state.borrow();
+        assert_eq!(names(s.servers.keys().collect()), ["voting-grpc", "voting-prom", "web-http"]);
+        assert_eq!(
+            names(s.authorization_policies.keys().collect()),
+            ["emojivoto-cluster-network", "voting-grpc", "web-api"]
+        );
+        assert_eq!(names(s.meshtls_authentications.keys().collect()), ["emojivoto-accounts", "web-only"]);
+        assert_eq!(names(s.network_authentications.keys().collect()), ["cluster-network"]);
+        assert_eq!(names(s.rate_limits.keys().collect()), ["web-rl"]);
+        let voting = &s.servers[&ObjKey::new("emojivoto", "voting-grpc")];
+        assert_eq!(voting.access_policy, AccessPolicy::Deny);
+    }
+    replay.release("servers", 1);
+    wait(&mut state, "emoji-grpc added", |s| s.servers.contains_key(&ObjKey::new("emojivoto", "emoji-grpc")))
+        .await;
+    replay.release("servers", 1);
+    wait(&mut state, "voting-grpc patched", |s| {
+        s.servers
+            .get(&ObjKey::new("emojivoto", "voting-grpc"))
+            .is_some_and(|v| v.access_policy == AccessPolicy::AllAuthenticated)
+    })
+    .await;
+    replay.release("servers", 1);
+    wait(&mut state, "emoji-grpc deleted", |s| {
+        !s.servers.contains_key(&ObjKey::new("emojivoto", "emoji-grpc"))
+    })
+    .await;
+    replay.release("servers", 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(names(state.borrow().servers.keys().collect()), ["voting-grpc", "voting-prom", "web-http"]);
+    assert_eq!(replay.count("WATCH /apis/policy.linkerd.io/v1beta3/servers"), 1);
 }
