@@ -337,6 +337,9 @@ mod tests {
             opaque_ports: Default::default(),
             skip_inbound_ports: crate::model::PortSet::parse("7000-7001", "test", &"test"),
             terminal: false,
+            labels: Default::default(),
+            named_ports: Vec::new(),
+            default_inbound_policy: None,
         };
         let proxied = pod_meta(Some(&pod), 8080, None);
         assert_eq!(proxied.hint, Hint::H2);

@@ -224,7 +224,24 @@ pub fn parse_manifests(text: &str, cfg: &MeshConfig) -> (Option<Vec<Object>>, Ve
         // LIST response (`kubectl get --raw`) a `ServerList`, `PodList`, ...
         let items = match (json.get("kind").and_then(|k| k.as_str()), json.get("items")) {
             (Some("List"), items) => items.and_then(|i| i.as_array()).cloned().unwrap_or_default(),
-            (Some(k), Some(serde_json::Value::Array(items))) if k.ends_with("List") => items.clone(),
+            (Some(k), Some(serde_json::Value::Array(items))) if k.ends_with("List") => {
+                // The API leaves out the items' own apiVersion and kind for
+                // built-in kinds: they are the list's.
+                let (kind, api_version) = (k.trim_end_matches("List"), json.get("apiVersion"));
+                items
+                    .iter()
+                    .cloned()
+                    .map(|mut item| {
+                        if let Some(obj) = item.as_object_mut() {
+                            obj.entry("kind").or_insert_with(|| kind.into());
+                            if let Some(v) = api_version {
+                                obj.entry("apiVersion").or_insert_with(|| v.clone());
+                            }
+                        }
+                        item
+                    })
+                    .collect()
+            }
             _ => vec![json],
         };
         for item in items {

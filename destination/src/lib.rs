@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod endpoints;
 pub mod files;
+pub mod inbound;
 pub mod index;
 pub mod k8s;
 pub mod model;

@@ -286,7 +286,18 @@ pub struct PodRec {
     /// Succeeded/Failed pods keep their IP in the API but the IP may already
     /// belong to a new pod, so they are never found by IP.
     pub terminal: bool,
+    /// What inbound policy needs: the labels Servers select on, the named
+    /// container ports (TCP) a Server's `port: NAME` resolves to, and the
+    /// pod's own default policy (`config.weft.io/default-inbound-policy`).
+    pub labels: BTreeMap<String, String>,
+    pub named_ports: Vec<(String, u16)>,
+    pub default_inbound_policy: Option<crate::policy::AccessPolicy>,
 }
+
+/// Annotation (on a Pod) naming the access policy of its ports that no
+/// Server covers. Linkerd's annotation is honoured too.
+pub const DEFAULT_INBOUND_POLICY_ANNOTATIONS: [&str; 2] =
+    ["config.weft.io/default-inbound-policy", "config.linkerd.io/default-inbound-policy"];
 
 pub fn pod(pod: &core::Pod, cfg: &MeshConfig) -> Result<PodRec, ModelError> {
     let key = ObjKey::from_meta(&pod.metadata)?;
@@ -325,7 +336,36 @@ pub fn pod(pod: &core::Pod, cfg: &MeshConfig) -> Result<PodRec, ModelError> {
     let opaque_ports = PortSet::from_annotations(pod.metadata.annotations.as_ref(), &key);
     let skip_inbound_ports =
         PortSet::from_annotation(pod.metadata.annotations.as_ref(), &SKIP_INBOUND_PORTS_ANNOTATIONS, &key);
-    Ok(PodRec { key, ips, service_account, identity, meshed, opaque_ports, skip_inbound_ports, terminal })
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let named_ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+        .collect();
+    let default_inbound_policy = pod.metadata.annotations.as_ref().and_then(|a| {
+        let (annotation, value) =
+            DEFAULT_INBOUND_POLICY_ANNOTATIONS.iter().find_map(|k| a.get(*k).map(|v| (*k, v)))?;
+        let policy = crate::policy::AccessPolicy::parse(value.trim());
+        if policy.is_none() {
+            warn!(pod = %key, annotation, value = %value, "ignoring an unknown default inbound policy");
+        }
+        policy
+    });
+    Ok(PodRec {
+        key,
+        ips,
+        service_account,
+        identity,
+        meshed,
+        opaque_ports,
+        skip_inbound_ports,
+        terminal,
+        labels,
+        named_ports,
+        default_inbound_policy,
+    })
 }
 
 // === TrafficSplit (split.smi-spec.io v1alpha1..v1alpha4) ===
