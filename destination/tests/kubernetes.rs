@@ -192,6 +192,16 @@ fn route(
         }
     };
     if !watching {
+        if list.starts_with("networkauthentications.") {
+            // The list as the apiserver would give it had the object it
+            // accepted (`cidr: not-a-cidr`) stayed: weft must skip it alone.
+            let mut l: serde_json::Value = serde_json::from_str(&fixture(list)).unwrap();
+            let bogus: serde_json::Value =
+                serde_json::from_str(&fixture("accepted-networkauthentication-not-a-cidr.response.json"))
+                    .unwrap();
+            l["items"].as_array_mut().unwrap().push(bogus);
+            return json(200, l.to_string());
+        }
         return json(200, fixture(list));
     }
     if resource == Some("trafficsplits") && std::mem::take(&mut *expired.lock().unwrap()) {
@@ -419,6 +429,7 @@ async fn policy_resources_list_and_watch_into_the_index() {
             ["emojivoto-cluster-network", "voting-grpc", "web-api"]
         );
         assert_eq!(names(s.meshtls_authentications.keys().collect()), ["emojivoto-accounts", "web-only"]);
+        // bogus-network (not a CIDR) is refused; the rest of its kind loads.
         assert_eq!(names(s.network_authentications.keys().collect()), ["cluster-network"]);
         assert_eq!(names(s.rate_limits.keys().collect()), ["web-rl"]);
         let voting = &s.servers[&ObjKey::new("emojivoto", "voting-grpc")];
