@@ -18,7 +18,8 @@ takes no values and it has no `template` action, so:
 - negative cases: rendering without the trust anchor/issuer fails with a
   message naming `weft identity create-ca`.
 - the CRDs in charts/weft/crds/ parse, and their spec still equals the
-  CRDs the apiserver served in tests/fixtures/kubernetes.
+  CRDs the apiserver served in tests/fixtures/kubernetes; so do the Gateway
+  API CRDs that gatewayAPI.install renders (and nothing without it).
 
 Exit status 0 when everything passes; otherwise 1 with every failure listed.
 Usage: python3 charts/lint.py
@@ -706,6 +707,40 @@ def check_crds() -> None:
             fail(f"CRD {name}: the served CRD {fx} is missing")
 
 
+GATEWAY_CRDS = {"httproutes.gateway.networking.k8s.io": {"v1": True, "v1beta1": False},
+                "grpcroutes.gateway.networking.k8s.io": {"v1": True, "v1alpha2": False}}
+
+
+def check_gateway_api(required: dict, tmp: str) -> None:
+    """gatewayAPI.install: off by default (no CRD rendered); on, the Gateway API CRDs the
+    apiserver served, spec equal to the fixtures', kept on uninstall, api-approved."""
+    fixtures = os.environ.get("WEFT_K8S_FIXTURES") or os.path.join(REPO, "tests", "fixtures", "kubernetes")
+    created, manifest, err = render("gateway-api-off", required, tmp)
+    if err or any(d and d.get("kind") == "CustomResourceDefinition" for d in yaml.safe_load_all(manifest)):
+        return fail(f"[gateway-api-off] no CRD should be rendered by default: {err}")
+    created, manifest, err = render("gateway-api", merge(required, {"gatewayAPI": {"install": True}}), tmp)
+    if err:
+        return fail(f"[gateway-api] render failed: {err}")
+    crds = {d["metadata"]["name"]: d for d in yaml.safe_load_all(manifest)
+            if d and d.get("kind") == "CustomResourceDefinition"}
+    if set(crds) != set(GATEWAY_CRDS):
+        return fail(f"[gateway-api] rendered CRDs {sorted(crds)}, want {sorted(GATEWAY_CRDS)}")
+    for name, versions in GATEWAY_CRDS.items():
+        crd = crds[name]
+        have = {v["name"]: v.get("storage") for v in crd["spec"]["versions"] if v.get("served")}
+        ann = crd["metadata"].get("annotations") or {}
+        with open(os.path.join(fixtures, f"crd-{name}.json")) as f:
+            served = json.load(f)
+        if have != versions:
+            fail(f"[gateway-api] {name}: served versions (storage) {have}, want {versions}")
+        elif served["spec"] != crd["spec"]:
+            fail(f"[gateway-api] {name}: spec differs from the one the apiserver served")
+        elif ann.get("helm.sh/resource-policy") != "keep" or "api-approved.kubernetes.io" not in ann:
+            fail(f"[gateway-api] {name}: needs helm.sh/resource-policy: keep and api-approved.kubernetes.io: {ann}")
+        else:
+            ok(f"[gateway-api] {name}: spec equals the apiserver's, versions {versions}, kept on uninstall")
+
+
 def check_pod_monitors(required: dict, tmp: str) -> None:
     """Off by default; on, two PodMonitors for the proxies and the control plane, and a
     clear refusal on a cluster without prometheus-operator's CRDs."""
@@ -852,6 +887,7 @@ def main() -> int:
         check_cni(required, defaults, tmp)
         check_notes(required, tmp)
         check_crds()
+        check_gateway_api(required, tmp)
         check_app_version()
 
     if failures:
