@@ -64,7 +64,7 @@ impl SyncTracker {
 pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: SplitVersion) {
     let mut pending: HashSet<Kind> =
         [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::TrafficSplit, Kind::ServiceProfile].into();
-    pending.extend(POLICY_KINDS);
+    pending.extend(POLICY_CRDS.iter().map(|crd| crd.kind));
     let sync = Arc::new(SyncTracker { pending: Mutex::new(pending), index: index.clone() });
 
     tokio::spawn(
@@ -110,29 +110,38 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
     );
     // Linkerd's policy resources: each CRD on its own, so a cluster serving
     // some of them (or none) still watches the rest.
-    for kind in POLICY_KINDS {
+    for crd in &POLICY_CRDS {
         tokio::spawn(
-            watch_crd(client.clone(), CrdKind::Policy(kind), index.clone(), sync.clone(), cfg.clone())
-                .instrument(info_span!("watch", kind = kind.as_str())),
+            watch_crd(client.clone(), CrdKind::Policy(crd), index.clone(), sync.clone(), cfg.clone())
+                .instrument(info_span!("watch", kind = crd.kind.as_str())),
         );
     }
 }
 
-/// The `policy.linkerd.io` kinds indexed, each watched in its storage version.
-const POLICY_KINDS: [Kind; 5] = [
-    Kind::Server,
-    Kind::AuthorizationPolicy,
-    Kind::MeshTLSAuthentication,
-    Kind::NetworkAuthentication,
-    Kind::HTTPLocalRateLimitPolicy,
+/// A `policy.linkerd.io` kind indexed, watched in its storage version.
+struct PolicyCrd {
+    kind: Kind,
+    group_version: (&'static str, &'static str),
+    plural: &'static str,
+}
+
+const fn policy_crd(kind: Kind, version: &'static str, plural: &'static str) -> PolicyCrd {
+    PolicyCrd { kind, group_version: ("policy.linkerd.io", version), plural }
+}
+
+static POLICY_CRDS: [PolicyCrd; 5] = [
+    policy_crd(Kind::Server, "v1beta3", "servers"),
+    policy_crd(Kind::AuthorizationPolicy, "v1alpha1", "authorizationpolicies"),
+    policy_crd(Kind::MeshTLSAuthentication, "v1alpha1", "meshtlsauthentications"),
+    policy_crd(Kind::NetworkAuthentication, "v1alpha1", "networkauthentications"),
+    policy_crd(Kind::HTTPLocalRateLimitPolicy, "v1alpha1", "httplocalratelimitpolicies"),
 ];
 
 #[derive(Clone, Copy)]
 enum CrdKind {
     TrafficSplit(SplitVersion),
     ServiceProfile,
-    /// One of [`POLICY_KINDS`].
-    Policy(Kind),
+    Policy(&'static PolicyCrd),
 }
 
 impl CrdKind {
@@ -140,7 +149,7 @@ impl CrdKind {
         match self {
             CrdKind::TrafficSplit(_) => Kind::TrafficSplit,
             CrdKind::ServiceProfile => Kind::ServiceProfile,
-            CrdKind::Policy(kind) => kind,
+            CrdKind::Policy(crd) => crd.kind,
         }
     }
 
@@ -153,8 +162,7 @@ impl CrdKind {
             CrdKind::TrafficSplit(SplitVersion::V1alpha4) => &[("split.smi-spec.io", "v1alpha4")],
             CrdKind::TrafficSplit(SplitVersion::V1alpha2) => &[("split.smi-spec.io", "v1alpha2")],
             CrdKind::ServiceProfile => &[("linkerd.io", "v1alpha2")],
-            CrdKind::Policy(Kind::Server) => &[("policy.linkerd.io", "v1beta3")],
-            CrdKind::Policy(_) => &[("policy.linkerd.io", "v1alpha1")],
+            CrdKind::Policy(crd) => std::slice::from_ref(&crd.group_version),
         }
     }
 
@@ -162,13 +170,7 @@ impl CrdKind {
         match self {
             CrdKind::TrafficSplit(_) => "trafficsplits",
             CrdKind::ServiceProfile => "serviceprofiles",
-            CrdKind::Policy(Kind::Server) => "servers",
-            CrdKind::Policy(Kind::AuthorizationPolicy) => "authorizationpolicies",
-            CrdKind::Policy(Kind::MeshTLSAuthentication) => "meshtlsauthentications",
-            CrdKind::Policy(Kind::NetworkAuthentication) => "networkauthentications",
-            CrdKind::Policy(Kind::HTTPLocalRateLimitPolicy) => "httplocalratelimitpolicies",
-            // Not a policy kind: never constructed (spawn passes POLICY_KINDS only).
-            CrdKind::Policy(_) => "",
+            CrdKind::Policy(crd) => crd.plural,
         }
     }
 }
@@ -222,7 +224,7 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
         Ok(Some(match crd {
             CrdKind::TrafficSplit(_) => Object::TrafficSplit(model::traffic_split(key, &spec)?),
             CrdKind::ServiceProfile => Object::ServiceProfile(model::service_profile(key, &spec)?),
-            CrdKind::Policy(kind) => match model::policy_object(kind.as_str(), key, &spec, &cfg)? {
+            CrdKind::Policy(crd) => match model::policy_object(crd.kind.as_str(), key, &spec, &cfg)? {
                 Some(obj) => obj,
                 None => return Ok(None),
             },
