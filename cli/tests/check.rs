@@ -229,6 +229,11 @@ fn installed_cluster(faults: &Faults) -> State {
     for crd in [
         "trafficsplits.split.smi-spec.io",
         "serviceprofiles.linkerd.io",
+        "servers.policy.linkerd.io",
+        "authorizationpolicies.policy.linkerd.io",
+        "meshtlsauthentications.policy.linkerd.io",
+        "networkauthentications.policy.linkerd.io",
+        "httplocalratelimitpolicies.policy.linkerd.io",
         "httproutes.gateway.networking.k8s.io",
         "grpcroutes.gateway.networking.k8s.io",
     ] {

@@ -13,6 +13,12 @@ use super::Ctx;
 const REQUIRED: &[(&str, &[&str])] = &[
     ("trafficsplits.split.smi-spec.io", &["v1alpha2", "v1alpha4"]),
     ("serviceprofiles.linkerd.io", &["v1alpha2"]),
+    // Linkerd's policy resources, in the versions weft-destination watches.
+    ("servers.policy.linkerd.io", &["v1beta3"]),
+    ("authorizationpolicies.policy.linkerd.io", &["v1alpha1"]),
+    ("meshtlsauthentications.policy.linkerd.io", &["v1alpha1"]),
+    ("networkauthentications.policy.linkerd.io", &["v1alpha1"]),
+    ("httplocalratelimitpolicies.policy.linkerd.io", &["v1alpha1"]),
 ];
 
 const GATEWAY_API: &[&str] =
