@@ -44,6 +44,7 @@ pub mod control;
 pub mod metrics;
 pub mod net;
 pub mod pod;
+pub mod policy;
 pub mod process;
 pub mod proxy;
 pub mod temp;
@@ -58,7 +59,7 @@ pub use control::{
     IdentityService, StaticEndpoint, Workload, CONTROL_PLANE_NS, TRUST_DOMAIN,
 };
 pub use metrics::Metrics;
-pub use net::{free_addr, free_port, http_get, loopback, RawResponse};
+pub use net::{free_addr, free_port, http_get, http_request, loopback, RawResponse};
 pub use process::Process;
 pub use proxy::{Certified, MeshedPair, Proxy, ProxyBuilder};
 pub use temp::TempDir;

@@ -1,11 +1,14 @@
 //! Loopback addresses and a minimal one-shot HTTP/1.1 client for admin
 //! endpoints.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -42,9 +45,30 @@ impl RawResponse {
 /// 10 s. Meant for admin endpoints (`/ready`, `/metrics`), which answer
 /// with a Content-Length; chunked bodies are returned undecoded.
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<RawResponse> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_request(None, addr, "GET", path).await
+}
+
+/// `method path` like [`http_get`], from source address `src` when given
+/// (any 127.0.0.0/8 address works on loopback), so a test can be a client
+/// of another network. A connection closed before any response is an
+/// `UnexpectedEof` error.
+pub async fn http_request(
+    src: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<RawResponse> {
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     let raw = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut s = TcpStream::connect(addr).await?;
+        let mut s = match src {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         s.write_all(request.as_bytes()).await?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;
@@ -52,8 +76,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<RawRespon
     })
     .await
     .map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("GET {addr}{path} timed out"))
+        std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{method} {addr}{path} timed out"))
     })??;
+    if raw.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{addr} closed the connection without a response to {method} {path}"),
+        ));
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

@@ -640,6 +640,20 @@ impl Pod {
         }
     }
 
+    /// curl in the pod with `args`: (exit code, body, HTTP status);
+    /// curl's complaints go to stderr.
+    pub async fn curl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["-sS", "--max-time", "20", "-w", "\n%{http_code}"];
+        all.extend_from_slice(args);
+        let out = self.exec("curl", &all).await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        if !out.status.success() {
+            eprintln!("curl {args:?} in {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+        (out.status.code().unwrap_or(-1), body.to_string(), code.to_string())
+    }
+
     /// Runs `fut` on the pod's app thread, inside its network namespace:
     /// every socket it binds or dials is the pod's (so outbound connections
     /// go through the proxy). Spawned tasks keep running there until the pod
@@ -746,6 +760,9 @@ impl Pod {
             ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", trust_anchors_pem.to_string()),
             ("WEFT_PROXY_DESTINATION_SVC_ADDR", format!("{DESTINATION_HOST}:{DESTINATION_PORT}")),
             ("WEFT_PROXY_DESTINATION_SVC_NAME", identity_name(CONTROL_PLANE_NS, "destination")),
+            ("WEFT_PROXY_POLICY_SVC_ADDR", format!("{DESTINATION_HOST}:{DESTINATION_PORT}")),
+            ("WEFT_PROXY_POLICY_WORKLOAD", format!(r#"{{"ns":"{}","pod":"{}"}}"#, s.namespace, s.name)),
+            ("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

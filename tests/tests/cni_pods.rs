@@ -91,12 +91,9 @@ async fn cni_pods_talk_over_mtls() {
         // over mTLS and the server app sees the client's identity.
         let web = server.run(async { TestServer::start("server").await }).await;
         let url = format!("http://{}/hello", server.addr(web.addr.port()));
-        let out = client.exec("curl", &["-sS", "--max-time", "20", "-w", "\n%{http_code}", &url]).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
-        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-        assert_eq!(status, "200", "{body}");
-        let seen: serde_json::Value = serde_json::from_str(body).expect("echo body");
+        let (code, body, status) = client.curl(&[&url]).await;
+        assert_eq!((code, status.as_str()), (0, "200"), "{body}");
+        let seen: serde_json::Value = serde_json::from_str(&body).expect("echo body");
         assert_eq!(seen["headers"]["l5d-client-id"].as_str(), Some(client.identity().as_str()), "{body}");
         client
             .wait_metric("request_total", &[("direction", "outbound"), ("tls", "true")], |v| v >= 1.0)

@@ -199,20 +199,6 @@ async fn grpc_call(dst: SocketAddr, name: &str) -> Result<(String, String), Stri
     tokio::time::timeout(STEP, call).await.map_err(|_| format!("gRPC call to {dst} timed out"))?
 }
 
-/// curl in `pod`: (exit code, body, HTTP status).
-async fn curl(pod: &Pod, args: &[&str]) -> (i32, String, String) {
-    let mut all = vec!["-sS", "--max-time", "20", "-w", "\n%{http_code}"];
-    all.extend_from_slice(args);
-    let out = pod.exec("curl", &all).await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    let code_s = code.to_string();
-    if !out.status.success() {
-        eprintln!("curl {args:?} in {}: {}", pod.name, String::from_utf8_lossy(&out.stderr));
-    }
-    (out.status.code().unwrap_or(-1), body.to_string(), code_s)
-}
-
 fn seen_header(body: &str, name: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     v.get("headers")?.get(name)?.as_str().map(str::to_string)
@@ -242,7 +228,7 @@ async fn two_pods_talk_transparently_over_mtls() {
         let web_url = format!("http://{}/hello", server.addr(web.addr.port()));
 
         // HTTP/1.1, the client app just dialling the server pod's IP.
-        let (code, body, status) = curl(&client, &[&web_url]).await;
+        let (code, body, status) = client.curl(&[&web_url]).await;
         assert_eq!((code, status.as_str()), (0, "200"), "HTTP/1.1: {body}");
         assert_eq!(
             seen_header(&body, "l5d-client-id").as_deref(),
@@ -250,7 +236,7 @@ async fn two_pods_talk_transparently_over_mtls() {
             "{body}"
         );
         // HTTP/2 with prior knowledge.
-        let (code, body, status) = curl(&client, &["--http2-prior-knowledge", &web_url]).await;
+        let (code, body, status) = client.curl(&["--http2-prior-knowledge", &web_url]).await;
         assert_eq!((code, status.as_str()), (0, "200"), "HTTP/2: {body}");
         assert_eq!(
             seen_header(&body, "l5d-client-id").as_deref(),
@@ -343,7 +329,7 @@ async fn two_pods_talk_over_ipv6_and_ipv4_through_both_proxies() {
         let reached = [(&web6, server.addr6(web6.addr.port())), (&web4, server.addr(web4.addr.port()))];
         for (web, dst) in reached {
             // -g: the brackets of an IPv6 URL are not a curl glob.
-            let (code, body, status) = curl(&client, &["-g", &format!("http://{dst}/dual")]).await;
+            let (code, body, status) = client.curl(&["-g", &format!("http://{dst}/dual")]).await;
             assert_eq!((code, status.as_str()), (0, "200"), "{dst}: {body}");
             assert_eq!(
                 seen_header(&body, "l5d-client-id").as_deref(),
@@ -364,7 +350,7 @@ async fn two_pods_talk_over_ipv6_and_ipv4_through_both_proxies() {
         // nothing on that loopback and answers for it), as without the mesh.
         let missed = [(&web6, server.addr(web6.addr.port())), (&web4, server.addr6(web4.addr.port()))];
         for (web, dst) in missed {
-            let (_, body, status) = curl(&client, &["-g", &format!("http://{dst}/other-family")]).await;
+            let (_, body, status) = client.curl(&["-g", &format!("http://{dst}/other-family")]).await;
             assert_ne!(status, "200", "{dst} reached {}: {body}", web.name);
             assert_eq!(web.connection_count(), 1, "{} was reached over the other family", web.name);
         }
@@ -491,7 +477,7 @@ async fn the_proxys_own_traffic_is_not_looped_back() {
         const N: usize = 5;
         let url = format!("http://{}/n", server.addr(web.addr.port()));
         for i in 0..N {
-            let (code, body, status) = curl(&client, &[&url]).await;
+            let (code, body, status) = client.curl(&[&url]).await;
             assert_eq!((code, status.as_str()), (0, "200"), "request {i}: {body}");
         }
         assert_eq!(web.request_count(), N);
