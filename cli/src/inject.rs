@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use weft_injector::config::Resources;
+use weft_injector::config::{parse_cluster_networks, DefaultInboundPolicy, Resources};
 use weft_injector::kube_version::KubeVersion;
 use weft_injector::InjectorConfig;
 
@@ -86,6 +86,18 @@ pub struct Args {
     /// weft-proxy-init.
     #[arg(long)]
     cni: bool,
+
+    /// The proxies' inbound policy for ports no Server covers (and until a
+    /// port's policy arrives), unless a pod's or namespace's
+    /// config.weft.io/default-inbound-policy says otherwise; as the webhook's
+    /// --default-inbound-policy.
+    #[arg(long, default_value = "all-unauthenticated", value_name = "POLICY")]
+    default_inbound_policy: DefaultInboundPolicy,
+
+    /// Comma-separated CIDRs the `cluster-*` policies count as the cluster,
+    /// as the webhook's --cluster-networks.
+    #[arg(long, default_value = weft_injector::config::DEFAULT_CLUSTER_NETWORKS, value_name = "CIDRS")]
+    cluster_networks: String,
 }
 
 fn parse_kubernetes_version(s: &str) -> Result<KubeVersion, String> {
@@ -135,6 +147,8 @@ fn config(args: &Args) -> Result<InjectorConfig> {
         default_resources: resources,
         kubernetes_version: args.kubernetes_version,
         cni: args.cni,
+        default_inbound_policy: args.default_inbound_policy,
+        cluster_networks: parse_cluster_networks(&args.cluster_networks).context("--cluster-networks")?,
         ..InjectorConfig::default()
     })
 }

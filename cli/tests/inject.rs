@@ -225,3 +225,47 @@ fn bad_input_names_the_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--proxy-memory-limit"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn inbound_policy_flags_reach_the_proxy() {
+    let dir = tmp_dir("inject-policy");
+    let anchors = anchors(&dir.join("ca"));
+    let proxy_env = |args: &[&str]| -> Vec<(String, String)> {
+        let mut all = vec!["-", "--trust-anchors", anchors.as_str()];
+        all.extend_from_slice(args);
+        let out = inject(&all, APP);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let d = docs(&String::from_utf8(out.stdout).unwrap());
+        let web = &d[1]["spec"]["template"]["spec"];
+        let proxy = web["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str() == Some("weft-proxy"))
+            .unwrap()
+            .clone();
+        proxy["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+            .collect()
+    };
+    let get = |env: &[(String, String)], name: &str| {
+        env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    let env = proxy_env(&[]);
+    assert_eq!(get(&env, "WEFT_PROXY_INBOUND_DEFAULT_POLICY"), "all-unauthenticated");
+    assert_eq!(get(&env, "WEFT_PROXY_POLICY_WORKLOAD"), r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#);
+    let env = proxy_env(&["--default-inbound-policy", "deny", "--cluster-networks", "10.42.0.0/16"]);
+    assert_eq!(get(&env, "WEFT_PROXY_INBOUND_DEFAULT_POLICY"), "deny");
+    assert_eq!(get(&env, "WEFT_PROXY_POLICY_CLUSTER_NETWORKS"), "10.42.0.0/16");
+
+    let out = inject(&["-", "--trust-anchors", &anchors, "--default-inbound-policy", "allow"], APP);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--default-inbound-policy"));
+    let out = inject(&["-", "--trust-anchors", &anchors, "--cluster-networks", "10.0.0.0/33"], APP);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cluster-networks"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

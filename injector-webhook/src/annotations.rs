@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use weft_proxy_init::ports::parse_port_list;
 use weft_proxy_init::PortRange;
 
-use crate::config::{InjectorConfig, Resources};
+use crate::config::{DefaultInboundPolicy, InjectorConfig, Resources};
 use crate::quantity;
 
 pub const INJECT: &str = "weft.io/inject";
@@ -23,6 +23,10 @@ pub const PROXY_MEMORY_REQUEST: &str = "config.weft.io/proxy-memory-request";
 pub const PROXY_MEMORY_LIMIT: &str = "config.weft.io/proxy-memory-limit";
 pub const PROXY_LOG_LEVEL: &str = "config.weft.io/proxy-log-level";
 pub const NATIVE_SIDECAR: &str = "config.weft.io/native-sidecar";
+pub const DEFAULT_INBOUND_POLICY: &str = "config.weft.io/default-inbound-policy";
+/// Linkerd's name for it, honoured as weft-destination honours it, so
+/// workloads annotated for Linkerd keep their policy.
+pub const LINKERD_DEFAULT_INBOUND_POLICY: &str = "config.linkerd.io/default-inbound-policy";
 
 const KNOWN: &[&str] = &[
     SKIP_INBOUND_PORTS,
@@ -34,6 +38,7 @@ const KNOWN: &[&str] = &[
     PROXY_MEMORY_LIMIT,
     PROXY_LOG_LEVEL,
     NATIVE_SIDECAR,
+    DEFAULT_INBOUND_POLICY,
 ];
 
 pub type Annotations = BTreeMap<String, String>;
@@ -47,6 +52,7 @@ pub struct ProxyOverrides {
     pub resources: Resources,
     pub log_level: String,
     pub native_sidecar: bool,
+    pub default_inbound_policy: DefaultInboundPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +171,8 @@ pub fn parse(pod: &Annotations, namespace: &Annotations, config: &InjectorConfig
         }
     };
 
+    let default_inbound_policy = default_inbound_policy(pod, namespace, config, &mut warnings);
+
     let overrides = if errors.is_empty() {
         Ok(ProxyOverrides {
             skip_inbound_ports,
@@ -173,11 +181,52 @@ pub fn parse(pod: &Annotations, namespace: &Annotations, config: &InjectorConfig
             resources: Resources { cpu_request, cpu_limit, memory_request, memory_limit },
             log_level,
             native_sidecar,
+            default_inbound_policy,
         })
     } else {
         Err(errors)
     };
     Parsed { overrides, warnings }
+}
+
+/// The pod's annotation, else its namespace's, else the injector's flag;
+/// weft's annotation before Linkerd's at each level. An invalid value does
+/// not stop injection (weft-destination skips it the same way, and the proxy
+/// only uses this until the port's policy arrives): it is passed over, with a
+/// warning naming it, for the next level down, so a typo on a pod in a `deny`
+/// namespace does not open the pod to everyone.
+fn default_inbound_policy(
+    pod: &Annotations,
+    namespace: &Annotations,
+    config: &InjectorConfig,
+    warnings: &mut Vec<String>,
+) -> DefaultInboundPolicy {
+    let levels = [
+        (pod, "pod", DEFAULT_INBOUND_POLICY),
+        (pod, "pod", LINKERD_DEFAULT_INBOUND_POLICY),
+        (namespace, "namespace", DEFAULT_INBOUND_POLICY),
+        (namespace, "namespace", LINKERD_DEFAULT_INBOUND_POLICY),
+    ];
+    let mut invalid = Vec::new();
+    let mut chosen = None;
+    for (annotations, source, key) in levels {
+        let Some(value) = annotations.get(key) else { continue };
+        match value.parse::<DefaultInboundPolicy>() {
+            Ok(p) => {
+                chosen = Some((p, format!("the {source} annotation {key}")));
+                break;
+            }
+            Err(e) => invalid.push((source, key, e)),
+        }
+    }
+    let (policy, from) =
+        chosen.unwrap_or_else(|| (config.default_inbound_policy, "the cluster default".into()));
+    for (source, key, e) in invalid {
+        warnings.push(format!(
+            "{source} annotation {key} ignored: {e}; default inbound policy {policy} ({from}) used"
+        ));
+    }
+    policy
 }
 
 /// Accepts the tracing filter subset the proxy documents: comma-separated
@@ -264,6 +313,47 @@ mod tests {
         let o = parse(&pod, &ann(&[]), &InjectorConfig::default()).overrides.unwrap();
         assert_eq!(o.resources.cpu_request.as_deref(), Some("250m"));
         assert_eq!(o.resources.cpu_limit.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn default_inbound_policy_precedence() {
+        let config =
+            InjectorConfig { default_inbound_policy: DefaultInboundPolicy::Audit, ..Default::default() };
+        let policy = |pod: &[(&str, &str)], ns: &[(&str, &str)]| {
+            let p = parse(&ann(pod), &ann(ns), &config);
+            (p.overrides.unwrap().default_inbound_policy, p.warnings)
+        };
+        assert_eq!(policy(&[], &[]), (DefaultInboundPolicy::Audit, vec![]));
+        assert_eq!(policy(&[], &[(DEFAULT_INBOUND_POLICY, "deny")]).0, DefaultInboundPolicy::Deny);
+        assert_eq!(
+            policy(
+                &[(LINKERD_DEFAULT_INBOUND_POLICY, "all-authenticated")],
+                &[(DEFAULT_INBOUND_POLICY, "deny")]
+            )
+            .0,
+            DefaultInboundPolicy::AllAuthenticated
+        );
+        assert_eq!(
+            policy(
+                &[
+                    (DEFAULT_INBOUND_POLICY, "cluster-authenticated"),
+                    (LINKERD_DEFAULT_INBOUND_POLICY, "deny")
+                ],
+                &[]
+            )
+            .0,
+            DefaultInboundPolicy::ClusterAuthenticated
+        );
+
+        // A typo on the pod: the namespace's still holds, and the user hears which annotation.
+        let (p, warnings) = policy(&[(DEFAULT_INBOUND_POLICY, "denny")], &[(DEFAULT_INBOUND_POLICY, "deny")]);
+        assert_eq!(p, DefaultInboundPolicy::Deny);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("pod annotation config.weft.io/default-inbound-policy"), "{warnings:?}");
+        assert!(warnings[0].contains("\"denny\""), "{warnings:?}");
+        let (p, warnings) = policy(&[], &[(DEFAULT_INBOUND_POLICY, "nope")]);
+        assert_eq!(p, DefaultInboundPolicy::Audit);
+        assert!(warnings[0].contains("cluster default"), "{warnings:?}");
     }
 
     #[test]

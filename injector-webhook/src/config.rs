@@ -1,6 +1,8 @@
 //! The injector's own configuration: where the control plane lives and what
 //! to inject. Everything a pod can override comes from annotations instead.
 
+use weft_proxy_init::cidr::{parse_cidr_list, Cidr, CidrError};
+
 use crate::kube_version::KubeVersion;
 
 /// The proxy's ports and UID. They are the contract between the injector,
@@ -60,6 +62,78 @@ pub const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/weft-mesh/weft-proxy:", e
 pub const DEFAULT_PROXY_INIT_IMAGE: &str =
     concat!("ghcr.io/weft-mesh/weft-proxy-init:", env!("CARGO_PKG_VERSION"));
 
+/// What the proxy allows on a port before (or without) its policy from
+/// weft-destination: the names Linkerd's `default-inbound-policy` takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultInboundPolicy {
+    #[default]
+    AllUnauthenticated,
+    AllAuthenticated,
+    ClusterUnauthenticated,
+    ClusterAuthenticated,
+    Deny,
+    Audit,
+}
+
+impl DefaultInboundPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::ClusterUnauthenticated => "cluster-unauthenticated",
+            Self::ClusterAuthenticated => "cluster-authenticated",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a default inbound policy: expected one of all-unauthenticated, all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit")]
+pub struct UnknownPolicy(pub String);
+
+impl std::str::FromStr for DefaultInboundPolicy {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim() {
+            "all-unauthenticated" => Self::AllUnauthenticated,
+            "all-authenticated" => Self::AllAuthenticated,
+            "cluster-unauthenticated" => Self::ClusterUnauthenticated,
+            "cluster-authenticated" => Self::ClusterAuthenticated,
+            "deny" => Self::Deny,
+            "audit" => Self::Audit,
+            _ => return Err(UnknownPolicy(s.to_string())),
+        })
+    }
+}
+
+impl std::fmt::Display for DefaultInboundPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Linkerd's `clusterNetworks`: what `cluster-*` policies count as in-cluster.
+pub const DEFAULT_CLUSTER_NETWORKS: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterNetworksError {
+    #[error(transparent)]
+    Cidr(#[from] CidrError),
+    #[error("no network given (default: {DEFAULT_CLUSTER_NETWORKS})")]
+    Empty,
+}
+
+/// A comma-separated CIDR list (`--cluster-networks`); at least one network.
+pub fn parse_cluster_networks(s: &str) -> Result<Vec<Cidr>, ClusterNetworksError> {
+    let nets = parse_cidr_list(s)?;
+    if nets.is_empty() {
+        return Err(ClusterNetworksError::Empty);
+    }
+    Ok(nets)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InjectorConfig {
     /// Namespace of the control plane; its pods are never injected.
@@ -88,6 +162,11 @@ pub struct InjectorConfig {
     /// `weft-network-validator` (`weft-proxy validate`) that fails the pod
     /// when the rules are missing. Off: weft-proxy-init, the default.
     pub cni: bool,
+    /// The proxies' default inbound policy unless the pod's or its
+    /// namespace's `config.weft.io/default-inbound-policy` says otherwise.
+    pub default_inbound_policy: DefaultInboundPolicy,
+    /// The networks `cluster-*` policies admit.
+    pub cluster_networks: Vec<Cidr>,
 }
 
 impl Default for InjectorConfig {
@@ -104,6 +183,8 @@ impl Default for InjectorConfig {
             await_command: vec!["weft-proxy".into(), "await".into(), "--timeout=120s".into()],
             kubernetes_version: None,
             cni: false,
+            default_inbound_policy: DefaultInboundPolicy::default(),
+            cluster_networks: parse_cidr_list(DEFAULT_CLUSTER_NETWORKS).unwrap_or_default(),
         }
     }
 }
@@ -133,6 +214,12 @@ impl InjectorConfig {
 
     pub fn destination_svc_addr(&self) -> String {
         format!("weft-destination.{}.svc.{}:8086", self.control_plane_namespace, self.cluster_domain)
+    }
+
+    /// Where the proxy asks for inbound policy: weft-destination serves
+    /// InboundServerPolicies next to Destination.
+    pub fn policy_svc_addr(&self) -> String {
+        self.destination_svc_addr()
     }
 
     pub fn destination_svc_name(&self) -> String {

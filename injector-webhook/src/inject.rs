@@ -216,7 +216,8 @@ pub fn inject(
     }
 
     let grace = spec.get("terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
-    let proxy = proxy_container(config, &overrides, &app_ports, grace);
+    let probes = http_probes(all_containers(), &redirect_config(&overrides).skip_inbound_ports);
+    let proxy = proxy_container(config, &overrides, &app_ports, &probes, grace);
     // CNI mode: weft-cni writes the rules from the node (it keys on the
     // weft-proxy container and weft.io/injected, and leaves alone a pod that
     // has weft-proxy-init); the validator fails the pod if it did not.
@@ -329,6 +330,59 @@ fn container_ports<'a>(containers: impl Iterator<Item = &'a Value>) -> Result<Ve
     Ok(ports.into_iter().collect())
 }
 
+/// The kubelet's httpGet probes of the pod's containers as `PORT:PATH`,
+/// sorted and deduplicated: the proxy authorizes them under its local
+/// default policy, so a pod whose policy forbids unauthenticated clients
+/// still passes its probes. A port given by name is the container's own
+/// port of that name. Left out: probes on ports that skip the proxy (the
+/// kubelet reaches the app directly), HTTPS probes (the proxy sees TLS, not
+/// requests), and what the comma list cannot carry.
+fn http_probes<'a>(
+    containers: impl Iterator<Item = &'a Value>,
+    skip_inbound: &[PortRange],
+) -> Vec<(u16, String)> {
+    let mut probes = BTreeSet::new();
+    for c in containers {
+        for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+            let Some(get) = c.get(kind).and_then(|p| p.get("httpGet")) else { continue };
+            if get.get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP")) {
+                continue;
+            }
+            let port = match get.get("port") {
+                Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                Some(Value::String(name)) => named_port(c, name),
+                _ => None,
+            };
+            let Some(port) = port.filter(|p| *p != 0) else { continue };
+            if skip_inbound.iter().any(|r| (r.first..=r.last).contains(&port)) {
+                continue;
+            }
+            // The proxy matches the path alone; the kubelet sends any query as given.
+            let path = get.get("path").and_then(Value::as_str).unwrap_or("/");
+            let path = path.split('?').next().unwrap_or_default();
+            let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
+            if !path.starts_with('/') || path.contains(',') || path.chars().any(char::is_whitespace) {
+                continue;
+            }
+            probes.insert((port, path));
+        }
+    }
+    probes.into_iter().collect()
+}
+
+/// A container's port by name; a numeric string is the port itself, as the
+/// kubelet reads an IntOrString.
+fn named_port(container: &Value, name: &str) -> Option<u16> {
+    if let Ok(n) = name.parse::<u16>() {
+        return Some(n);
+    }
+    container.get("ports").and_then(Value::as_array)?.iter().find_map(|p| {
+        (p.get("name").and_then(Value::as_str) == Some(name))
+            .then(|| p.get("containerPort").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()))
+            .flatten()
+    })
+}
+
 /// `a,b,c-d`, the syntax of the annotations, proxy-init and the proxy's env.
 fn port_list(ports: &[PortRange]) -> String {
     let mut ports = ports.to_vec();
@@ -379,9 +433,13 @@ fn proxy_container(
     config: &InjectorConfig,
     o: &ProxyOverrides,
     app_ports: &[u16],
+    probes: &[(u16, String)],
     grace_seconds: u64,
 ) -> Value {
     let inbound_ports = app_ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let probes = probes.iter().map(|(port, path)| format!("{port}:{path}")).collect::<Vec<_>>().join(",");
+    let cluster_networks =
+        config.cluster_networks.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     let env = vec![
         // Downward API first: later values refer to them as $(...).
         env_field("_pod_name", "metadata.name"),
@@ -404,6 +462,13 @@ fn proxy_container(
         env("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", config.trust_anchors_pem.clone()),
         env("WEFT_PROXY_DESTINATION_SVC_ADDR", config.destination_svc_addr()),
         env("WEFT_PROXY_DESTINATION_SVC_NAME", config.destination_svc_name()),
+        // Inbound policy (InboundServerPolicies on weft-destination): the
+        // kubelet expands $(_pod_ns) and $(_pod_name) declared above.
+        env("WEFT_PROXY_POLICY_SVC_ADDR", config.policy_svc_addr()),
+        env("WEFT_PROXY_POLICY_WORKLOAD", r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#),
+        env("WEFT_PROXY_INBOUND_DEFAULT_POLICY", o.default_inbound_policy.as_str()),
+        env("WEFT_PROXY_POLICY_CLUSTER_NETWORKS", cluster_networks),
+        env("WEFT_PROXY_INBOUND_PROBES", probes),
     ];
     let mut readiness = http_probe("/ready");
     readiness["initialDelaySeconds"] = json!(2);

@@ -11,7 +11,10 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use weft_injector::config::{Resources, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_INIT_IMAGE};
+use weft_injector::config::{
+    parse_cluster_networks, DefaultInboundPolicy, Resources, DEFAULT_CLUSTER_NETWORKS, DEFAULT_PROXY_IMAGE,
+    DEFAULT_PROXY_INIT_IMAGE,
+};
 use weft_injector::kube_version;
 use weft_injector::namespaces::KubeNamespaces;
 use weft_injector::tls::CertReloader;
@@ -73,6 +76,15 @@ struct Args {
     /// instead of the NET_ADMIN weft-proxy-init (Pod Security `restricted`).
     #[arg(long, env = "WEFT_INJECTOR_CNI")]
     cni: bool,
+    /// The proxies' inbound policy for ports no Server covers (and until a
+    /// port's policy arrives), unless the pod's or its namespace's
+    /// config.weft.io/default-inbound-policy says otherwise: all-unauthenticated,
+    /// all-authenticated, cluster-unauthenticated, cluster-authenticated, deny, audit.
+    #[arg(long, env = "WEFT_INJECTOR_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated")]
+    default_inbound_policy: DefaultInboundPolicy,
+    /// Comma-separated CIDRs the `cluster-*` policies count as the cluster.
+    #[arg(long, env = "WEFT_INJECTOR_CLUSTER_NETWORKS", default_value = DEFAULT_CLUSTER_NETWORKS)]
+    cluster_networks: String,
     /// Log filter of the injector itself.
     #[arg(long, env = "WEFT_INJECTOR_LOG", default_value = "info")]
     log: String,
@@ -111,6 +123,8 @@ fn config(args: &Args) -> Result<InjectorConfig> {
         default_log_level: args.proxy_log_level.clone(),
         default_resources: resources,
         cni: args.cni,
+        default_inbound_policy: args.default_inbound_policy,
+        cluster_networks: parse_cluster_networks(&args.cluster_networks).context("--cluster-networks")?,
         ..InjectorConfig::default()
     })
 }

@@ -377,3 +377,140 @@ fn cni_validator_avoids_skipped_outbound_ports() {
     let v = find(&injected, "initContainers", "weft-network-validator").unwrap();
     assert_eq!(v["args"][2], "--connect-port=4151");
 }
+
+fn injected_proxy(
+    pod: &Value,
+    ns: &NamespaceInfo,
+    config: &weft_injector::InjectorConfig,
+) -> (Value, Vec<String>) {
+    let o = inject(pod, ns, config).expect("inject");
+    assert_eq!(o.decision, Decision::Injected, "{:?}", o.warnings);
+    let injected = apply(pod, &o.patch);
+    (assert_injected(&injected, true), o.warnings)
+}
+
+#[test]
+fn the_proxy_is_told_where_and_what_its_inbound_policy_is() {
+    let pod = request_pod("admissionreview-pod-create-replicaset.json");
+    let (proxy, warnings) = injected_proxy(&pod, &enabled_ns(), &config());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_POLICY_SVC_ADDR").as_deref(),
+        Some("weft-destination.weft.svc.cluster.local:8086")
+    );
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_POLICY_WORKLOAD").as_deref(),
+        Some(r#"{"ns":"$(_pod_ns)","pod":"$(_pod_name)"}"#)
+    );
+    // The kubelet expands $(VAR) only from entries declared earlier.
+    let names: Vec<String> = env_of(&proxy).into_iter().map(|(n, _)| n).collect();
+    let at = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("{n} missing: {names:?}"));
+    assert!(at("_pod_ns") < at("WEFT_PROXY_POLICY_WORKLOAD"));
+    assert!(at("_pod_name") < at("WEFT_PROXY_POLICY_WORKLOAD"));
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_INBOUND_DEFAULT_POLICY").as_deref(),
+        Some("all-unauthenticated")
+    );
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_POLICY_CLUSTER_NETWORKS").as_deref(),
+        Some("10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8")
+    );
+    // The captured pod has no probes.
+    assert_eq!(env_value(&proxy, "WEFT_PROXY_INBOUND_PROBES").as_deref(), Some(""));
+
+    // The injector's flags.
+    let config = weft_injector::InjectorConfig {
+        default_inbound_policy: "cluster-authenticated".parse().unwrap(),
+        cluster_networks: weft_injector::config::parse_cluster_networks("10.42.0.0/16, fd00:10::/56")
+            .unwrap(),
+        control_plane_namespace: "mesh".into(),
+        ..config()
+    };
+    let (proxy, _) = injected_proxy(&pod, &enabled_ns(), &config);
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_INBOUND_DEFAULT_POLICY").as_deref(),
+        Some("cluster-authenticated")
+    );
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_POLICY_CLUSTER_NETWORKS").as_deref(),
+        Some("10.42.0.0/16,fd00:10::/56")
+    );
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_POLICY_SVC_ADDR").as_deref(),
+        Some("weft-destination.mesh.svc.cluster.local:8086")
+    );
+}
+
+#[test]
+fn default_inbound_policy_annotations_pod_over_namespace_over_flag() {
+    let pod = request_pod("admissionreview-pod-create-plain.json");
+    let ns = |policy: &str| NamespaceInfo {
+        annotations: [
+            ("weft.io/inject".to_string(), "enabled".to_string()),
+            ("config.weft.io/default-inbound-policy".to_string(), policy.to_string()),
+        ]
+        .into(),
+        ..enabled_ns()
+    };
+    let policy = |proxy: &Value| env_value(proxy, "WEFT_PROXY_INBOUND_DEFAULT_POLICY").unwrap();
+
+    let (proxy, _) = injected_proxy(&pod, &ns("deny"), &config());
+    assert_eq!(policy(&proxy), "deny");
+    let annotated = with_annotations(pod.clone(), &[("config.weft.io/default-inbound-policy", "audit")]);
+    let (proxy, _) = injected_proxy(&annotated, &ns("deny"), &config());
+    assert_eq!(policy(&proxy), "audit");
+    // Linkerd's annotation is honoured too.
+    let linkerd =
+        with_annotations(pod.clone(), &[("config.linkerd.io/default-inbound-policy", "all-authenticated")]);
+    let (proxy, _) = injected_proxy(&linkerd, &enabled_ns(), &config());
+    assert_eq!(policy(&proxy), "all-authenticated");
+
+    // Invalid: still injected, the user told which annotation was ignored.
+    let typo = with_annotations(pod.clone(), &[("config.weft.io/default-inbound-policy", "allow")]);
+    let (proxy, warnings) = injected_proxy(&typo, &enabled_ns(), &config());
+    assert_eq!(policy(&proxy), "all-unauthenticated");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("config.weft.io/default-inbound-policy"), "{warnings:?}");
+    assert!(warnings[0].contains("\"allow\""), "{warnings:?}");
+    // ... and a typo on the pod does not open a pod its namespace denies.
+    let (proxy, warnings) = injected_proxy(&typo, &ns("deny"), &config());
+    assert_eq!(policy(&proxy), "deny");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
+
+#[test]
+fn kubelet_http_probes_are_handed_to_the_proxy() {
+    let mut pod = request_pod("admissionreview-pod-create-deployment.json");
+    let app = &mut pod["spec"]["containers"][0];
+    // Ports: grpc 8080, prom 8801.
+    app["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080}});
+    app["readinessProbe"] = json!({"httpGet": {"path": "/ready?full=1", "port": "prom", "scheme": "HTTP"}});
+    app["startupProbe"] = json!({"httpGet": {"port": "grpc"}});
+    // A second container: its named port resolves through its own ports;
+    // an exec probe, an HTTPS probe and a skipped port are left out.
+    pod["spec"]["containers"].as_array_mut().unwrap().push(json!({
+        "name": "sidecar",
+        "image": "example.test/sidecar:v1",
+        "ports": [{"name": "grpc", "containerPort": 9000}, {"name": "admin", "containerPort": 9901}],
+        "livenessProbe": {"httpGet": {"path": "/live", "port": "grpc"}},
+        "readinessProbe": {"exec": {"command": ["true"]}},
+        "startupProbe": {"httpGet": {"path": "/tls", "port": 9443, "scheme": "HTTPS"}},
+    }));
+    pod["spec"]["containers"][1]["ports"].as_array_mut().unwrap().push(json!({"containerPort": 9443}));
+    let mut skipped = pod.clone();
+    let with_admin = &mut skipped["spec"]["containers"][1];
+    with_admin["readinessProbe"] = json!({"httpGet": {"path": "/admin", "port": "admin"}});
+    let skipped = with_annotations(skipped, &[("config.weft.io/skip-inbound-ports", "9901")]);
+
+    let (proxy, _) = injected_proxy(&pod, &enabled_ns(), &config());
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_INBOUND_PROBES").as_deref(),
+        Some("8080:/,8080:/healthz,8801:/ready,9000:/live")
+    );
+    let (proxy, _) = injected_proxy(&skipped, &enabled_ns(), &config());
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_INBOUND_PROBES").as_deref(),
+        Some("8080:/,8080:/healthz,8801:/ready,9000:/live"),
+        "the probe on skipped port 9901 goes straight to the app"
+    );
+}

@@ -262,3 +262,23 @@ async fn admin_endpoints_follow_readiness() {
     assert_eq!(get(addr, "/ready").await, StatusCode::OK);
     assert_eq!(get(addr, "/metrics").await, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_invalid_default_inbound_policy_still_injects_with_a_warning() {
+    let hook = start().await;
+    let mut pod = fixture("admissionreview-pod-create-plain.json")["request"]["object"].clone();
+    pod["metadata"]["annotations"] = json!({"config.weft.io/default-inbound-policy": "allow-all"});
+    let review = review_with_object("admissionreview-pod-create-plain.json", "p1", pod.clone());
+    let resp = hook.review(&review).await;
+    assert_eq!(resp["response"]["allowed"], true);
+    let injected = apply(&pod, &response_patch(&resp).expect("injected all the same"));
+    let proxy = assert_injected(&injected, true);
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_INBOUND_DEFAULT_POLICY").as_deref(),
+        Some("all-unauthenticated")
+    );
+    let warnings = resp["response"]["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(w.contains("config.weft.io/default-inbound-policy") && w.contains("allow-all"), "{w}");
+}
