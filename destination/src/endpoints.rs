@@ -340,6 +340,7 @@ mod tests {
             labels: Default::default(),
             named_ports: Vec::new(),
             default_inbound_policy: None,
+            probe_paths: Vec::new(),
         };
         let proxied = pod_meta(Some(&pod), 8080, None);
         assert_eq!(proxied.hint, Hint::H2);

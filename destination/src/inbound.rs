@@ -1,17 +1,19 @@
 //! A pod's inbound policy for one port, as a pure function of the index
 //! (like [`crate::endpoints`] and [`crate::profile`]): which Server covers the
-//! port, what it allows, and who its AuthorizationPolicies authorize. The
-//! `InboundServerPolicies` API will serve this; nothing serves it yet.
+//! port, what it allows, who its AuthorizationPolicies authorize, and its
+//! inbound HTTPRoutes. [`crate::policy_api`] serves it as Linkerd's
+//! `InboundServerPolicies` API.
 
 use std::net::IpAddr;
 
 use crate::{
     index::State,
-    model::{ObjKey, PodRec},
+    model::{namespace_key, ObjKey, PodRec},
     policy::{
         AccessPolicy, AuthenticationRef, IdentityMatch, Network, PolicyTarget, PortRef, ProxyProtocol,
         RateLimitRec, ServerRec, WorkloadSelector,
     },
+    route::HttpRouteRec,
     MeshConfig,
 };
 
@@ -65,6 +67,18 @@ pub struct InboundPolicy {
     /// index: they authorize nobody (as in Linkerd), and are reported.
     pub unresolved: Vec<(ObjKey, String)>,
     pub rate_limit: Option<RateLimitRec>,
+    /// HTTPRoutes whose parent is the Server, each with the policies
+    /// targeting it, by (group, name).
+    pub routes: Vec<InboundRoute>,
+    /// Paths of the kubelet's httpGet probes on this port.
+    pub probe_paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundRoute {
+    pub route: HttpRouteRec,
+    pub authorizations: Vec<Authorization>,
+    pub unresolved: Vec<(ObjKey, String)>,
 }
 
 /// The Server covering `pod`'s `port`: a Pod-selecting Server of the pod's
@@ -83,8 +97,17 @@ pub fn server_for<'a>(state: &'a State, pod: &PodRec, port: u16) -> Option<&'a S
     })
 }
 
+/// The default policy of `pod`'s ports no Server covers: the pod's
+/// annotation, else its Namespace's, else `cluster_default`.
+pub fn default_policy(state: &State, pod: &PodRec, cluster_default: AccessPolicy) -> AccessPolicy {
+    pod.default_inbound_policy
+        .or_else(|| state.namespaces.get(&namespace_key(&pod.key.namespace))?.default_inbound_policy)
+        .unwrap_or(cluster_default)
+}
+
 /// `pod`'s inbound policy on `port`. `cluster_default` applies where no
-/// Server covers the port and the pod has no default of its own.
+/// Server covers the port and neither the pod nor its Namespace names a
+/// default of its own.
 pub fn inbound_policy(
     state: &State,
     cfg: &MeshConfig,
@@ -92,29 +115,81 @@ pub fn inbound_policy(
     port: u16,
     cluster_default: AccessPolicy,
 ) -> InboundPolicy {
-    let default = pod.default_inbound_policy.unwrap_or(cluster_default);
+    let probe_paths =
+        pod.probe_paths.iter().filter(|(p, _)| *p == port).map(|(_, path)| path.clone()).collect();
     let Some(server) = server_for(state, pod, port) else {
         return InboundPolicy {
             server: None,
-            protocol: ProxyProtocol::Unknown,
-            access: default,
+            protocol: if pod.opaque_ports.contains(port) {
+                ProxyProtocol::Opaque
+            } else {
+                ProxyProtocol::Unknown
+            },
+            access: default_policy(state, pod, cluster_default),
             authorizations: Vec::new(),
             unresolved: Vec::new(),
             rate_limit: None,
+            routes: Vec::new(),
+            probe_paths,
         };
     };
     let ns = &server.key.namespace;
-    let mut authorizations = Vec::new();
-    let mut unresolved = Vec::new();
-    for ap in state.authorization_policies.values().filter(|ap| &ap.key.namespace == ns) {
-        let applies = match &ap.target {
+    let in_ns = || state.authorization_policies.values().filter(move |ap| &ap.key.namespace == ns);
+    let (authorizations, unresolved) = resolve_all(
+        state,
+        cfg,
+        in_ns().filter(|ap| match &ap.target {
             PolicyTarget::Server(name) => *name == server.key.name,
             PolicyTarget::Namespace => true,
             PolicyTarget::HttpRoute { .. } => false,
-        };
-        if !applies {
-            continue;
-        }
+        }),
+    );
+    let routes = state
+        .http_routes
+        .values()
+        .chain(state.gateway_http_routes.values())
+        .filter(|r| &r.key.namespace == ns && r.parents.iter().any(|p| p.is_server(&server.key)))
+        .map(|route| {
+            let (authorizations, unresolved) = resolve_all(
+                state,
+                cfg,
+                in_ns().filter(|ap| {
+                    matches!(&ap.target, PolicyTarget::HttpRoute { group, name }
+                        if *group == route.group && *name == route.key.name)
+                }),
+            );
+            InboundRoute { route: route.clone(), authorizations, unresolved }
+        })
+        .collect();
+    let rate_limit = state
+        .rate_limits
+        .values()
+        .find(|rl| &rl.key.namespace == ns && rl.server == server.key.name)
+        .cloned();
+    InboundPolicy {
+        server: Some(server.key.clone()),
+        protocol: server.proxy_protocol,
+        access: server.access_policy,
+        authorizations,
+        unresolved,
+        rate_limit,
+        routes,
+        probe_paths,
+    }
+}
+
+type Resolved = (Vec<Authorization>, Vec<(ObjKey, String)>);
+
+/// Resolves each policy's authentication references; a policy naming one
+/// missing from the index authorizes nobody (as in Linkerd) and is reported.
+fn resolve_all<'a>(
+    state: &State,
+    cfg: &MeshConfig,
+    policies: impl Iterator<Item = &'a crate::policy::AuthorizationPolicyRec>,
+) -> Resolved {
+    let mut authorizations = Vec::new();
+    let mut unresolved = Vec::new();
+    for ap in policies {
         let resolved: Result<Vec<_>, String> = ap
             .required
             .iter()
@@ -144,19 +219,7 @@ pub fn inbound_policy(
             Err(reason) => unresolved.push((ap.key.clone(), reason)),
         }
     }
-    let rate_limit = state
-        .rate_limits
-        .values()
-        .find(|rl| &rl.key.namespace == ns && rl.server == server.key.name)
-        .cloned();
-    InboundPolicy {
-        server: Some(server.key.clone()),
-        protocol: server.proxy_protocol,
-        access: server.access_policy,
-        authorizations,
-        unresolved,
-        rate_limit,
-    }
+    (authorizations, unresolved)
 }
 
 #[cfg(test)]

@@ -15,10 +15,13 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    model::{Kind, ObjKey, Object, PodRec, ProfileRec, ServiceRec, SliceRec, SplitRec, StaticRec},
+    model::{
+        Kind, NamespaceRec, ObjKey, Object, PodRec, ProfileRec, ServiceRec, SliceRec, SplitRec, StaticRec,
+    },
     policy::{
         AuthorizationPolicyRec, MeshTlsAuthenticationRec, NetworkAuthenticationRec, RateLimitRec, ServerRec,
     },
+    route::HttpRouteRec,
 };
 
 #[derive(Debug, Default)]
@@ -40,6 +43,11 @@ pub struct State {
     pub meshtls_authentications: BTreeMap<ObjKey, MeshTlsAuthenticationRec>,
     pub network_authentications: BTreeMap<ObjKey, NetworkAuthenticationRec>,
     pub rate_limits: BTreeMap<ObjKey, RateLimitRec>,
+    /// Keyed by [`crate::model::namespace_key`].
+    pub namespaces: BTreeMap<ObjKey, NamespaceRec>,
+    /// HTTPRoutes of `policy.linkerd.io`, then of `gateway.networking.k8s.io`.
+    pub http_routes: BTreeMap<ObjKey, HttpRouteRec>,
+    pub gateway_http_routes: BTreeMap<ObjKey, HttpRouteRec>,
     // Secondary indexes, maintained on every write.
     slices_by_service: HashMap<ObjKey, BTreeSet<String>>,
     splits_by_service: HashMap<ObjKey, BTreeSet<String>>,
@@ -84,6 +92,9 @@ impl State {
             Kind::MeshTLSAuthentication => self.meshtls_authentications.len(),
             Kind::NetworkAuthentication => self.network_authentications.len(),
             Kind::HTTPLocalRateLimitPolicy => self.rate_limits.len(),
+            Kind::Namespace => self.namespaces.len(),
+            Kind::HTTPRoute => self.http_routes.len(),
+            Kind::GatewayHTTPRoute => self.gateway_http_routes.len(),
         }
     }
 
@@ -144,6 +155,15 @@ impl State {
             Object::HTTPLocalRateLimitPolicy(r) => {
                 self.rate_limits.insert(key, r);
             }
+            Object::Namespace(r) => {
+                self.namespaces.insert(key, r);
+            }
+            Object::HTTPRoute(r) => {
+                self.http_routes.insert(key, r);
+            }
+            Object::GatewayHTTPRoute(r) => {
+                self.gateway_http_routes.insert(key, r);
+            }
         }
         true
     }
@@ -169,6 +189,9 @@ impl State {
             Kind::HTTPLocalRateLimitPolicy => {
                 Object::HTTPLocalRateLimitPolicy(self.rate_limits.get(key)?.clone())
             }
+            Kind::Namespace => Object::Namespace(self.namespaces.get(key)?.clone()),
+            Kind::HTTPRoute => Object::HTTPRoute(self.http_routes.get(key)?.clone()),
+            Kind::GatewayHTTPRoute => Object::GatewayHTTPRoute(self.gateway_http_routes.get(key)?.clone()),
         })
     }
 
@@ -222,6 +245,9 @@ impl State {
             Kind::MeshTLSAuthentication => return self.meshtls_authentications.remove(key).is_some(),
             Kind::NetworkAuthentication => return self.network_authentications.remove(key).is_some(),
             Kind::HTTPLocalRateLimitPolicy => return self.rate_limits.remove(key).is_some(),
+            Kind::Namespace => return self.namespaces.remove(key).is_some(),
+            Kind::HTTPRoute => return self.http_routes.remove(key).is_some(),
+            Kind::GatewayHTTPRoute => return self.gateway_http_routes.remove(key).is_some(),
         }
         true
     }
@@ -239,6 +265,9 @@ impl State {
             Kind::MeshTLSAuthentication => self.meshtls_authentications.keys().cloned().collect(),
             Kind::NetworkAuthentication => self.network_authentications.keys().cloned().collect(),
             Kind::HTTPLocalRateLimitPolicy => self.rate_limits.keys().cloned().collect(),
+            Kind::Namespace => self.namespaces.keys().cloned().collect(),
+            Kind::HTTPRoute => self.http_routes.keys().cloned().collect(),
+            Kind::GatewayHTTPRoute => self.gateway_http_routes.keys().cloned().collect(),
         }
     }
 

@@ -62,8 +62,15 @@ impl SyncTracker {
 
 /// Starts every watcher; they run until the runtime shuts down.
 pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: SplitVersion) {
-    let mut pending: HashSet<Kind> =
-        [Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::TrafficSplit, Kind::ServiceProfile].into();
+    let mut pending: HashSet<Kind> = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::TrafficSplit,
+        Kind::ServiceProfile,
+    ]
+    .into();
     pending.extend(POLICY_CRDS.iter().map(|crd| crd.kind));
     let sync = Arc::new(SyncTracker { pending: Mutex::new(pending), index: index.clone() });
 
@@ -94,6 +101,17 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
         })
         .instrument(info_span!("watch", kind = "Pod")),
     );
+    // Namespaces carry the namespace-wide default inbound policy.
+    tokio::spawn(
+        watch_kind(
+            Api::<core::Namespace>::all(client.clone()),
+            Kind::Namespace,
+            index.clone(),
+            sync.clone(),
+            |n| model::namespace(n).map(|r| Some(Object::Namespace(r))),
+        )
+        .instrument(info_span!("watch", kind = "Namespace")),
+    );
     tokio::spawn(
         watch_crd(
             client.clone(),
@@ -118,23 +136,42 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
     }
 }
 
-/// A `policy.linkerd.io` kind indexed, watched in its storage version.
+/// A policy or route kind indexed, watched in its storage version.
 struct PolicyCrd {
     kind: Kind,
+    /// The API's kind name (both HTTPRoute groups call it `HTTPRoute`).
+    api_kind: &'static str,
     group_version: (&'static str, &'static str),
     plural: &'static str,
 }
 
-const fn policy_crd(kind: Kind, version: &'static str, plural: &'static str) -> PolicyCrd {
-    PolicyCrd { kind, group_version: ("policy.linkerd.io", version), plural }
+const fn policy_crd(
+    kind: Kind,
+    api_kind: &'static str,
+    version: &'static str,
+    plural: &'static str,
+) -> PolicyCrd {
+    PolicyCrd { kind, api_kind, group_version: ("policy.linkerd.io", version), plural }
 }
 
-static POLICY_CRDS: [PolicyCrd; 5] = [
-    policy_crd(Kind::Server, "v1beta3", "servers"),
-    policy_crd(Kind::AuthorizationPolicy, "v1alpha1", "authorizationpolicies"),
-    policy_crd(Kind::MeshTLSAuthentication, "v1alpha1", "meshtlsauthentications"),
-    policy_crd(Kind::NetworkAuthentication, "v1alpha1", "networkauthentications"),
-    policy_crd(Kind::HTTPLocalRateLimitPolicy, "v1alpha1", "httplocalratelimitpolicies"),
+static POLICY_CRDS: [PolicyCrd; 7] = [
+    policy_crd(Kind::Server, "Server", "v1beta3", "servers"),
+    policy_crd(Kind::AuthorizationPolicy, "AuthorizationPolicy", "v1alpha1", "authorizationpolicies"),
+    policy_crd(Kind::MeshTLSAuthentication, "MeshTLSAuthentication", "v1alpha1", "meshtlsauthentications"),
+    policy_crd(Kind::NetworkAuthentication, "NetworkAuthentication", "v1alpha1", "networkauthentications"),
+    policy_crd(
+        Kind::HTTPLocalRateLimitPolicy,
+        "HTTPLocalRateLimitPolicy",
+        "v1alpha1",
+        "httplocalratelimitpolicies",
+    ),
+    policy_crd(Kind::HTTPRoute, "HTTPRoute", "v1beta3", "httproutes"),
+    PolicyCrd {
+        kind: Kind::GatewayHTTPRoute,
+        api_kind: "HTTPRoute",
+        group_version: ("gateway.networking.k8s.io", "v1"),
+        plural: "httproutes",
+    },
 ];
 
 #[derive(Clone, Copy)]
@@ -216,7 +253,11 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
         tokio::time::sleep(if failed { Duration::from_secs(2) } else { CRD_RECHECK }).await;
     };
     info!(group, version, "watching {}", crd.plural());
-    let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
+    let api_kind = match crd {
+        CrdKind::Policy(crd) => crd.api_kind,
+        _ => kind.as_str(),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, api_kind);
     let api = Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, crd.plural()));
     watch_kind(api, kind, index, sync, move |obj: &DynamicObject| {
         let key = ObjKey::from_meta(&obj.metadata)?;
@@ -224,10 +265,7 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
         Ok(Some(match crd {
             CrdKind::TrafficSplit(_) => Object::TrafficSplit(model::traffic_split(key, &spec)?),
             CrdKind::ServiceProfile => Object::ServiceProfile(model::service_profile(key, &spec)?),
-            CrdKind::Policy(crd) => match model::policy_object(crd.kind.as_str(), key, &spec, &cfg)? {
-                Some(obj) => obj,
-                None => return Ok(None),
-            },
+            CrdKind::Policy(crd) => model::policy_object(crd.kind, key, &spec, &cfg)?,
         }))
     })
     .await
@@ -242,7 +280,11 @@ async fn watch_kind<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let key = |obj: &K| ObjKey::from_meta(obj.meta()).ok();
+    let key = |obj: &K| {
+        let key = ObjKey::from_meta(obj.meta()).ok()?;
+        // Cluster-scoped: from_meta's "default" namespace is not theirs.
+        Some(if kind == Kind::Namespace { model::namespace_key(&key.name) } else { key })
+    };
     let converted = |obj: &K| match convert(obj) {
         Ok(o) => o,
         Err(error) => {

@@ -19,7 +19,9 @@ pub mod index;
 pub mod k8s;
 pub mod model;
 pub mod policy;
+pub mod policy_api;
 pub mod profile;
+pub mod route;
 pub mod server;
 pub mod target;
 

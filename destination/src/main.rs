@@ -7,7 +7,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
-use weft_destination::{admin, files, index::Index, k8s, server, MeshConfig};
+use weft_destination::{admin, files, index::Index, k8s, policy::Cidr, policy_api, server, MeshConfig};
+
+/// A whole list as one flag value (clap would otherwise take it per item).
+type Networks = Vec<Cidr>;
 
 #[derive(Parser, Debug)]
 #[command(name = "weft-destination", version, about = "weft's service discovery (Linkerd Destination API)")]
@@ -41,6 +44,16 @@ struct Args {
 
     #[arg(long, env = "WEFT_DESTINATION_CONTROL_PLANE_NAMESPACE", default_value = "weft")]
     control_plane_namespace: String,
+
+    /// Access policy of ports no Server covers, unless the pod or its
+    /// Namespace says otherwise (`config.weft.io/default-inbound-policy`).
+    #[arg(long, env = "WEFT_DESTINATION_DEFAULT_INBOUND_POLICY", default_value = "all-unauthenticated", value_parser = policy_api::parse_access_policy)]
+    default_inbound_policy: weft_destination::policy::AccessPolicy,
+
+    /// The cluster's pod and node networks (comma-separated CIDRs): what the
+    /// `cluster-*` policies allow.
+    #[arg(long, env = "WEFT_DESTINATION_CLUSTER_NETWORKS", default_value = policy_api::DEFAULT_CLUSTER_NETWORKS, value_parser = policy_api::parse_networks)]
+    cluster_networks: Networks,
 
     /// TrafficSplit API version to watch.
     #[arg(long, env = "WEFT_DESTINATION_TRAFFIC_SPLIT_VERSION", value_enum, default_value = "auto")]
@@ -109,13 +122,22 @@ async fn main() -> anyhow::Result<()> {
     info!(addr = %listener.local_addr().context("local address")?, admin = %admin_addr, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let policies = policy_api::PolicyService::new(
+        index.clone(),
+        cfg.clone(),
+        policy_api::PolicyConfig {
+            default_policy: args.default_inbound_policy,
+            cluster_networks: args.cluster_networks.clone(),
+        },
+        stop_rx.clone(),
+    );
     let service = server::DestinationService::new(index, cfg, stop_rx);
     let shutdown = async move {
         shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
     };
-    server::serve(listener, service, shutdown).await.context("serving the Destination API")?;
+    server::serve(listener, service, policies, shutdown).await.context("serving the Destination API")?;
     Ok(())
 }
 

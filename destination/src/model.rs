@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tracing::warn;
 use weft_tls::name::IdentityName;
 
-use crate::{policy, MeshConfig};
+use crate::{policy, route, MeshConfig};
 
 /// The pod container whose presence marks a pod as meshed.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -63,10 +63,16 @@ pub enum Kind {
     MeshTLSAuthentication,
     NetworkAuthentication,
     HTTPLocalRateLimitPolicy,
+    Namespace,
+    /// `policy.linkerd.io` HTTPRoutes.
+    HTTPRoute,
+    /// `gateway.networking.k8s.io` HTTPRoutes (a kind of their own: both
+    /// groups may hold a route of the same name).
+    GatewayHTTPRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
@@ -78,6 +84,9 @@ impl Kind {
         Kind::MeshTLSAuthentication,
         Kind::NetworkAuthentication,
         Kind::HTTPLocalRateLimitPolicy,
+        Kind::Namespace,
+        Kind::HTTPRoute,
+        Kind::GatewayHTTPRoute,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +102,9 @@ impl Kind {
             Kind::MeshTLSAuthentication => "MeshTLSAuthentication",
             Kind::NetworkAuthentication => "NetworkAuthentication",
             Kind::HTTPLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
+            Kind::Namespace => "Namespace",
+            Kind::HTTPRoute => "HTTPRoute",
+            Kind::GatewayHTTPRoute => "HTTPRoute.gateway.networking.k8s.io",
         }
     }
 }
@@ -292,6 +304,8 @@ pub struct PodRec {
     pub labels: BTreeMap<String, String>,
     pub named_ports: Vec<(String, u16)>,
     pub default_inbound_policy: Option<crate::policy::AccessPolicy>,
+    /// httpGet probes as (container port, path), for the `probe` route.
+    pub probe_paths: Vec<(u16, String)>,
 }
 
 /// Annotation (on a Pod) naming the access policy of its ports that no
@@ -344,15 +358,8 @@ pub fn pod(pod: &core::Pod, cfg: &MeshConfig) -> Result<PodRec, ModelError> {
         .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
         .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
         .collect();
-    let default_inbound_policy = pod.metadata.annotations.as_ref().and_then(|a| {
-        let (annotation, value) =
-            DEFAULT_INBOUND_POLICY_ANNOTATIONS.iter().find_map(|k| a.get(*k).map(|v| (*k, v)))?;
-        let policy = crate::policy::AccessPolicy::parse(value.trim());
-        if policy.is_none() {
-            warn!(pod = %key, annotation, value = %value, "ignoring an unknown default inbound policy");
-        }
-        policy
-    });
+    let default_inbound_policy = default_policy_annotation(pod.metadata.annotations.as_ref(), &key);
+    let probe_paths = probe_paths(&spec);
     Ok(PodRec {
         key,
         ips,
@@ -365,7 +372,37 @@ pub fn pod(pod: &core::Pod, cfg: &MeshConfig) -> Result<PodRec, ModelError> {
         labels,
         named_ports,
         default_inbound_policy,
+        probe_paths,
     })
+}
+
+/// The kubelet's httpGet probes (liveness, readiness, startup) of every
+/// container, as (port, path); a named port resolves among that container's
+/// own ports, as the kubelet does.
+fn probe_paths(spec: &core::PodSpec) -> Vec<(u16, String)> {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut out: Vec<(u16, String)> = Vec::new();
+    for c in &spec.containers {
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().flatten() {
+            let Some(get) = &probe.http_get else { continue };
+            let port = match &get.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => c
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+            };
+            let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+            if let Some(port) = port {
+                if !out.iter().any(|(p, s)| *p == port && *s == path) {
+                    out.push((port, path));
+                }
+            }
+        }
+    }
+    out
 }
 
 // === TrafficSplit (split.smi-spec.io v1alpha1..v1alpha4) ===
@@ -796,6 +833,9 @@ pub enum Object {
     MeshTLSAuthentication(policy::MeshTlsAuthenticationRec),
     NetworkAuthentication(policy::NetworkAuthenticationRec),
     HTTPLocalRateLimitPolicy(policy::RateLimitRec),
+    Namespace(NamespaceRec),
+    HTTPRoute(route::HttpRouteRec),
+    GatewayHTTPRoute(route::HttpRouteRec),
 }
 
 impl Object {
@@ -812,6 +852,9 @@ impl Object {
             Object::MeshTLSAuthentication(_) => Kind::MeshTLSAuthentication,
             Object::NetworkAuthentication(_) => Kind::NetworkAuthentication,
             Object::HTTPLocalRateLimitPolicy(_) => Kind::HTTPLocalRateLimitPolicy,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::HTTPRoute(_) => Kind::HTTPRoute,
+            Object::GatewayHTTPRoute(_) => Kind::GatewayHTTPRoute,
         }
     }
 
@@ -828,6 +871,8 @@ impl Object {
             Object::MeshTLSAuthentication(r) => &r.key,
             Object::NetworkAuthentication(r) => &r.key,
             Object::HTTPLocalRateLimitPolicy(r) => &r.key,
+            Object::Namespace(r) => &r.key,
+            Object::HTTPRoute(r) | Object::GatewayHTTPRoute(r) => &r.key,
         }
     }
 }
@@ -849,6 +894,7 @@ pub fn from_manifest(doc: &serde_json::Value, cfg: &MeshConfig) -> Result<Option
     Ok(Some(match (api_version, group, kind) {
         ("v1", _, "Service") => Object::Service(service(&serde_json::from_value(doc.clone())?)?),
         ("v1", _, "Pod") => Object::Pod(pod(&serde_json::from_value(doc.clone())?, cfg)?),
+        ("v1", _, "Namespace") => Object::Namespace(namespace(&serde_json::from_value(doc.clone())?)?),
         ("discovery.k8s.io/v1", _, "EndpointSlice") => {
             match endpoint_slice(&serde_json::from_value(doc.clone())?)? {
                 Some(rec) => Object::EndpointSlice(rec),
@@ -860,36 +906,92 @@ pub fn from_manifest(doc: &serde_json::Value, cfg: &MeshConfig) -> Result<Option
         (_, "weft.io", "StaticEndpoints") => {
             Object::StaticEndpoints(static_endpoints(crd_key()?, &spec(), cfg)?)
         }
-        (_, "policy.linkerd.io", _) => match policy_object(kind, crd_key()?, &spec(), cfg)? {
-            Some(obj) => obj,
+        (_, "policy.linkerd.io", _) => match policy_kind(kind) {
+            Some(kind) => policy_object(kind, crd_key()?, &spec(), cfg)?,
             None => return Ok(None),
         },
+        (_, route::GATEWAY_GROUP, "HTTPRoute") => {
+            policy_object(Kind::GatewayHTTPRoute, crd_key()?, &spec(), cfg)?
+        }
         ("", _, _) | (_, _, "") => return Err(invalid("manifest", "missing apiVersion or kind")),
         _ => return Ok(None),
     }))
 }
 
-/// A `policy.linkerd.io` object of `kind` (its `spec`), from a watch or a
-/// file. `Ok(None)`: a policy kind weft does not index yet (ServerAuthorization,
-/// HTTPRoute, EgressNetwork).
+/// The indexed kind of a `policy.linkerd.io` kind name; `None` for the
+/// kinds weft does not index yet (ServerAuthorization, EgressNetwork, ...).
+pub fn policy_kind(kind: &str) -> Option<Kind> {
+    Some(match kind {
+        "Server" => Kind::Server,
+        "AuthorizationPolicy" => Kind::AuthorizationPolicy,
+        "MeshTLSAuthentication" => Kind::MeshTLSAuthentication,
+        "NetworkAuthentication" => Kind::NetworkAuthentication,
+        "HTTPLocalRateLimitPolicy" => Kind::HTTPLocalRateLimitPolicy,
+        "HTTPRoute" => Kind::HTTPRoute,
+        _ => return None,
+    })
+}
+
+/// A policy or route object of `kind` (its `spec`), from a watch or a file.
 pub fn policy_object(
-    kind: &str,
+    kind: Kind,
     key: ObjKey,
     spec: &serde_json::Value,
     cfg: &MeshConfig,
-) -> Result<Option<Object>, ModelError> {
-    Ok(Some(match kind {
-        "Server" => Object::Server(policy::server(key, spec)?),
-        "AuthorizationPolicy" => Object::AuthorizationPolicy(policy::authorization_policy(key, spec)?),
-        "MeshTLSAuthentication" => {
+) -> Result<Object, ModelError> {
+    Ok(match kind {
+        Kind::Server => Object::Server(policy::server(key, spec)?),
+        Kind::AuthorizationPolicy => Object::AuthorizationPolicy(policy::authorization_policy(key, spec)?),
+        Kind::MeshTLSAuthentication => {
             Object::MeshTLSAuthentication(policy::meshtls_authentication(key, spec, cfg)?)
         }
-        "NetworkAuthentication" => Object::NetworkAuthentication(policy::network_authentication(key, spec)?),
-        "HTTPLocalRateLimitPolicy" => {
+        Kind::NetworkAuthentication => {
+            Object::NetworkAuthentication(policy::network_authentication(key, spec)?)
+        }
+        Kind::HTTPLocalRateLimitPolicy => {
             Object::HTTPLocalRateLimitPolicy(policy::http_local_rate_limit(key, spec)?)
         }
-        _ => return Ok(None),
-    }))
+        Kind::HTTPRoute => Object::HTTPRoute(route::http_route(route::POLICY_GROUP, key, spec)?),
+        Kind::GatewayHTTPRoute => {
+            Object::GatewayHTTPRoute(route::http_route(route::GATEWAY_GROUP, key, spec)?)
+        }
+        other => return Err(invalid("policy object", format!("{} is not a policy kind", other.as_str()))),
+    })
+}
+
+// === Namespace ===
+
+/// What inbound policy needs of a Namespace: its default inbound policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceRec {
+    /// [`namespace_key`] of the namespace.
+    pub key: ObjKey,
+    pub default_inbound_policy: Option<crate::policy::AccessPolicy>,
+}
+
+/// Namespaces are cluster-scoped: keyed by name with an empty namespace.
+pub fn namespace_key(name: &str) -> ObjKey {
+    ObjKey::new("", name)
+}
+
+pub fn namespace(ns: &core::Namespace) -> Result<NamespaceRec, ModelError> {
+    let name = ns.metadata.name.clone().ok_or(ModelError::MissingName)?;
+    let key = namespace_key(&name);
+    let default_inbound_policy = default_policy_annotation(ns.metadata.annotations.as_ref(), &key);
+    Ok(NamespaceRec { key, default_inbound_policy })
+}
+
+fn default_policy_annotation(
+    annotations: Option<&BTreeMap<String, String>>,
+    owner: &ObjKey,
+) -> Option<crate::policy::AccessPolicy> {
+    let (annotation, value) =
+        DEFAULT_INBOUND_POLICY_ANNOTATIONS.iter().find_map(|k| annotations?.get(*k).map(|v| (*k, v)))?;
+    let policy = crate::policy::AccessPolicy::parse(value.trim());
+    if policy.is_none() {
+        warn!(object = %owner, annotation, value = %value, "ignoring an unknown default inbound policy");
+    }
+    policy
 }
 
 #[cfg(test)]

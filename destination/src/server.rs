@@ -19,12 +19,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::server::TcpIncoming, Request, Response, Status};
 use tracing::{debug, info_span, Instrument};
 
-use crate::{endpoints, index::Index, index::State, profile, target, target::Target, MeshConfig};
+use crate::{
+    endpoints, index::Index, index::State, policy_api::PolicyService, profile, target, target::Target,
+    MeshConfig,
+};
 
 /// Messages buffered per stream. Small on purpose: when a client reads slowly
 /// the task waits, and the index's watch channel coalesces everything that
 /// happens meanwhile into one recomputation.
-const STREAM_BUFFER: usize = 4;
+pub(crate) const STREAM_BUFFER: usize = 4;
 
 #[derive(Clone)]
 pub struct DestinationService {
@@ -63,7 +66,7 @@ impl Drop for StreamGauge {
 }
 
 /// The body of every stream: recompute on each index change, send the diff.
-async fn run<V, M>(
+pub(crate) async fn run<V, M>(
     rpc: &'static str,
     mut index: watch::Receiver<State>,
     mut shutdown: watch::Receiver<bool>,
@@ -176,19 +179,22 @@ impl Destination for DestinationService {
     }
 }
 
-/// Serves the Destination API on `listener` until `shutdown` completes.
+/// Serves the Destination and InboundServerPolicies APIs on `listener` until
+/// `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     service: DestinationService,
+    policies: PolicyService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving the Destination API (plaintext gRPC)");
+    tracing::info!(?addr, "serving the Destination and InboundServerPolicies APIs (plaintext gRPC)");
     tonic::transport::Server::builder()
         // Proxies hold streams for hours; keepalives find the dead ones.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(DestinationServer::new(service))
+        .add_service(policies.into_server())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

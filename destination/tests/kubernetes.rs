@@ -161,6 +161,7 @@ fn route(
         "/apis/linkerd.io/v1alpha2" => return json(200, fixture("discovery-apis-linkerd.io-v1alpha2.json")),
         "/api/v1/services" => ("services-emojivoto.list.json", None),
         "/api/v1/pods" => ("pods-emojivoto.list.json", None),
+        "/api/v1/namespaces" => ("namespaces.list.json", None),
         "/apis/discovery.k8s.io/v1/endpointslices" => ("endpointslices-emojivoto.list.json", Some("endpointslices")),
         "/apis/split.smi-spec.io/v1alpha2/trafficsplits" => ("trafficsplits-v1alpha2.list.json", Some("trafficsplits")),
         "/apis/split.smi-spec.io/v1alpha4/trafficsplits" => ("trafficsplits-v1alpha4.list.json", Some("trafficsplits")),
@@ -170,6 +171,13 @@ fn route(
         }
         "/apis/policy.linkerd.io/v1alpha1" if policy => {
             return json(200, fixture("discovery-apis-policy.linkerd.io-v1alpha1.json"))
+        }
+        "/apis/gateway.networking.k8s.io/v1" if policy => {
+            return json(200, fixture("discovery-apis-gateway.networking.k8s.io-v1.json"))
+        }
+        "/apis/policy.linkerd.io/v1beta3/httproutes" => ("httproutes.policy.linkerd.io-emojivoto.list.json", None),
+        "/apis/gateway.networking.k8s.io/v1/httproutes" => {
+            ("httproutes.gateway.networking.k8s.io-emojivoto.list.json", None)
         }
         "/apis/policy.linkerd.io/v1beta3/servers" => ("servers.policy.linkerd.io-emojivoto.list.json", Some("servers")),
         "/apis/policy.linkerd.io/v1alpha1/authorizationpolicies" => {
@@ -434,6 +442,10 @@ async fn policy_resources_list_and_watch_into_the_index() {
         assert_eq!(names(s.rate_limits.keys().collect()), ["web-rl"]);
         let voting = &s.servers[&ObjKey::new("emojivoto", "voting-grpc")];
         assert_eq!(voting.access_policy, AccessPolicy::Deny);
+        // HTTPRoutes of both groups, each in its own kind, and Namespaces.
+        assert_eq!(names(s.http_routes.keys().collect()), ["web-api"]);
+        assert_eq!(names(s.gateway_http_routes.keys().collect()), ["voting-route"]);
+        assert!(s.namespaces.contains_key(&weft_destination::model::namespace_key("emojivoto")));
     }
     replay.release("servers", 1);
     wait(&mut state, "emoji-grpc added", |s| s.servers.contains_key(&ObjKey::new("emojivoto", "emoji-grpc")))

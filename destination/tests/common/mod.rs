@@ -8,7 +8,7 @@ use linkerd2_proxy_api::destination::{
 };
 use tokio::{net::TcpListener, sync::watch};
 use tonic::{transport::Channel, Streaming};
-use weft_destination::{index::Index, server, MeshConfig};
+use weft_destination::{index::Index, policy_api, server, MeshConfig};
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -19,9 +19,11 @@ pub async fn start(index: Index, cfg: MeshConfig) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = watch::channel(false);
+    let policies =
+        policy_api::PolicyService::new(index.clone(), cfg.clone(), Default::default(), stop_rx.clone());
     let service = server::DestinationService::new(index, cfg, stop_rx.clone());
     let mut stopped = stop_rx;
-    tokio::spawn(server::serve(listener, service, async move {
+    tokio::spawn(server::serve(listener, service, policies, async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Server { addr, _stop: stop }

@@ -1,0 +1,525 @@
+//! Linkerd's `io.linkerd.proxy.inbound.InboundServerPolicies` API: a pod's
+//! inbound policy for one port ([`crate::inbound`]) as the proto `Server`,
+//! built as Linkerd's policy controller builds it, so Linkerd's proxy and
+//! weft's read the same answer.
+//!
+//! `WatchPort` streams run like the Destination streams
+//! ([`crate::server`]): one task per stream, recomputing on every index
+//! change and sending only a `Server` that differs from the last one sent.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use linkerd2_proxy_api::{
+    grpc_route,
+    inbound::{
+        self as pb, authn, http_local_rate_limit as rl,
+        inbound_server_policies_server::{InboundServerPolicies, InboundServerPoliciesServer},
+        proxy_protocol,
+    },
+    meta, net,
+};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::{
+    inbound::{self, Authentication, Authorization, InboundPolicy},
+    index::{Index, State},
+    model::ObjKey,
+    policy::{AccessPolicy, Cidr, IdentityMatch, ProxyProtocol},
+    route::{self, Filter},
+    server::{run, STREAM_BUFFER},
+    MeshConfig,
+};
+
+const POLICY_GROUP: &str = "policy.linkerd.io";
+/// Linkerd's protocol detection timeout for `unknown` ports.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call waits for the backend's first complete load.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// Linkerd's default `clusterNetworks`.
+pub const DEFAULT_CLUSTER_NETWORKS: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+/// What the flags say about inbound policy.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    /// Applies where no Server covers a port and neither the pod nor its
+    /// Namespace names a default.
+    pub default_policy: AccessPolicy,
+    /// The networks of the `cluster-*` policies.
+    pub cluster_networks: Vec<Cidr>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: AccessPolicy::AllUnauthenticated,
+            cluster_networks: parse_networks(DEFAULT_CLUSTER_NETWORKS).unwrap_or_default(),
+        }
+    }
+}
+
+/// `--default-inbound-policy`.
+pub fn parse_access_policy(s: &str) -> Result<AccessPolicy, String> {
+    AccessPolicy::parse(s.trim()).ok_or_else(|| {
+        format!(
+            "{s:?} is not one of all-unauthenticated, all-authenticated, cluster-unauthenticated, \
+             cluster-authenticated, deny, audit"
+        )
+    })
+}
+
+/// `--cluster-networks`: comma-separated CIDRs.
+pub fn parse_networks(s: &str) -> Result<Vec<Cidr>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| Cidr::parse(n).ok_or_else(|| format!("{n:?} is not a CIDR")))
+        .collect()
+}
+
+// === Workloads ===
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WorkloadError {
+    #[error("workload is empty (want {{\"ns\":\"NAMESPACE\",\"pod\":\"NAME\"}} or NAMESPACE:NAME)")]
+    Empty,
+    #[error("workload {0:?} is not valid JSON of the form {{\"ns\":\"NAMESPACE\",\"pod\":\"NAME\"}}: {1}")]
+    Json(String, String),
+    #[error("workload {0:?} names an external workload; only pods are supported")]
+    External(String),
+    #[error("workload {0:?} is neither JSON nor NAMESPACE:NAME")]
+    Format(String),
+    #[error("workload {0:?}: {1:?} is not a valid Kubernetes name")]
+    Name(String, String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadJson {
+    ns: String,
+    pod: Option<String>,
+    external_workload: Option<String>,
+}
+
+/// Linkerd's `{"ns":"emojivoto","pod":"web-0"}`, or the older `emojivoto:web-0`.
+pub fn parse_workload(s: &str) -> Result<ObjKey, WorkloadError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(WorkloadError::Empty);
+    }
+    let (ns, pod) = if s.starts_with('{') {
+        let w: WorkloadJson =
+            serde_json::from_str(s).map_err(|e| WorkloadError::Json(s.to_owned(), e.to_string()))?;
+        match (w.pod, w.external_workload) {
+            (Some(pod), None) => (w.ns, pod),
+            (None, Some(_)) => return Err(WorkloadError::External(s.to_owned())),
+            _ => {
+                return Err(WorkloadError::Json(
+                    s.to_owned(),
+                    "exactly one of pod and external_workload".into(),
+                ))
+            }
+        }
+    } else {
+        match s.split_once(':') {
+            Some((ns, pod)) => (ns.to_owned(), pod.to_owned()),
+            None => return Err(WorkloadError::Format(s.to_owned())),
+        }
+    };
+    for name in [&ns, &pod] {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(WorkloadError::Name(s.to_owned(), name.clone()));
+        }
+    }
+    Ok(ObjKey::new(ns, pod))
+}
+
+// === Conversion ===
+
+fn labels(group: &str, kind: &str, name: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("group".to_owned(), group.to_owned()),
+        ("kind".to_owned(), kind.to_owned()),
+        ("name".to_owned(), name.to_owned()),
+    ])
+}
+
+fn default_meta(name: &str) -> meta::Metadata {
+    meta::Metadata { kind: Some(meta::metadata::Kind::Default(name.to_owned())) }
+}
+
+fn resource_meta(group: &str, kind: &str, key: &ObjKey) -> meta::Metadata {
+    meta::Metadata {
+        kind: Some(meta::metadata::Kind::Resource(meta::Resource {
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn network(cidr: &Cidr, except: &[Cidr]) -> pb::Network {
+    let net = |c: &Cidr| net::IpNetwork { ip: Some(c.addr.into()), prefix_len: u32::from(c.prefix) };
+    pb::Network { net: Some(net(cidr)), except: except.iter().map(net).collect() }
+}
+
+fn all_networks() -> Vec<pb::Network> {
+    let any = |addr: IpAddr| Cidr { addr, prefix: 0 };
+    vec![network(&any(IpAddr::from([0u8; 4])), &[]), network(&any(IpAddr::from([0u16; 8])), &[])]
+}
+
+fn unauthenticated() -> pb::Authn {
+    pb::Authn { permit: Some(authn::Permit::Unauthenticated(authn::PermitUnauthenticated {})) }
+}
+
+fn mesh_tls(identities: Vec<pb::Identity>, suffixes: Vec<pb::IdentitySuffix>) -> pb::Authn {
+    use authn::permit_mesh_tls::{Clients, PermitClientIdentities};
+    pb::Authn {
+        permit: Some(authn::Permit::MeshTls(authn::PermitMeshTls {
+            clients: Some(Clients::Identities(PermitClientIdentities { identities, suffixes })),
+        })),
+    }
+}
+
+/// The authorization a default or access policy stands for; `None` for
+/// `deny`.
+fn policy_authz(policy: AccessPolicy, cluster: &[Cidr]) -> Option<pb::Authz> {
+    let cluster = || cluster.iter().map(|c| network(c, &[])).collect::<Vec<_>>();
+    let any_identity = || mesh_tls(Vec::new(), vec![pb::IdentitySuffix { parts: Vec::new() }]);
+    let (networks, authn) = match policy {
+        AccessPolicy::Deny => return None,
+        AccessPolicy::AllUnauthenticated | AccessPolicy::Audit => (all_networks(), unauthenticated()),
+        AccessPolicy::ClusterUnauthenticated => (cluster(), unauthenticated()),
+        AccessPolicy::AllAuthenticated => (all_networks(), any_identity()),
+        AccessPolicy::ClusterAuthenticated => (cluster(), any_identity()),
+    };
+    let name = policy.as_str();
+    Some(pb::Authz {
+        networks,
+        authentication: Some(authn),
+        labels: labels("", "default", name),
+        metadata: Some(default_meta(name)),
+    })
+}
+
+/// An AuthorizationPolicy as one `Authz`. Its authentications must all hold:
+/// networks come from its NetworkAuthentication and identities from its
+/// MeshTLSAuthentications and ServiceAccounts. Two NetworkAuthentications
+/// cannot be expressed as one network list (their intersection): such a
+/// policy authorizes nobody, like one with a missing reference.
+fn authorization_authz(a: &Authorization) -> Option<pb::Authz> {
+    let mut networks: Option<Vec<pb::Network>> = None;
+    let mut identities = Vec::new();
+    let mut suffixes = Vec::new();
+    let mut mesh = false;
+    for required in &a.required {
+        match required {
+            Authentication::Network(nets) => {
+                if networks.is_some() {
+                    warn!(policy = %a.policy, "more than one NetworkAuthentication required; the policy authorizes nobody");
+                    return None;
+                }
+                networks = Some(nets.iter().map(|n| network(&n.cidr, &n.except)).collect());
+            }
+            Authentication::MeshTls(ids) => {
+                mesh = true;
+                for id in ids {
+                    match id {
+                        IdentityMatch::Any => suffixes.push(pb::IdentitySuffix { parts: Vec::new() }),
+                        IdentityMatch::Suffix(s) => suffixes
+                            .push(pb::IdentitySuffix { parts: s.split('.').map(str::to_owned).collect() }),
+                        IdentityMatch::Exact(name) => identities.push(pb::Identity { name: name.clone() }),
+                    }
+                }
+            }
+        }
+    }
+    let authn = if mesh { mesh_tls(identities, suffixes) } else { unauthenticated() };
+    Some(pb::Authz {
+        networks: networks.unwrap_or_else(all_networks),
+        authentication: Some(authn),
+        labels: labels(POLICY_GROUP, "AuthorizationPolicy", &a.policy.name),
+        metadata: Some(resource_meta(POLICY_GROUP, "AuthorizationPolicy", &a.policy)),
+    })
+}
+
+fn default_route(authorizations: Vec<pb::Authz>) -> pb::HttpRoute {
+    let all = route::RouteMatch {
+        path: Some(route::PathMatch::Prefix("/".into())),
+        headers: Vec::new(),
+        query_params: Vec::new(),
+        method: None,
+    };
+    pb::HttpRoute {
+        metadata: Some(default_meta("default")),
+        hosts: Vec::new(),
+        authorizations,
+        rules: vec![pb::http_route::Rule { matches: vec![route::proto_match(&all)], filters: Vec::new() }],
+    }
+}
+
+/// The kubelet's probes: GET on each exact path, from anyone.
+fn probe_route(paths: &[String]) -> pb::HttpRoute {
+    let matches = paths
+        .iter()
+        .map(|p| {
+            route::proto_match(&route::RouteMatch {
+                path: Some(route::PathMatch::Exact(p.clone())),
+                headers: Vec::new(),
+                query_params: Vec::new(),
+                method: Some("GET".into()),
+            })
+        })
+        .collect();
+    pb::HttpRoute {
+        metadata: Some(default_meta("probe")),
+        hosts: Vec::new(),
+        authorizations: vec![pb::Authz {
+            networks: all_networks(),
+            authentication: Some(unauthenticated()),
+            labels: labels("", "default", "probe"),
+            metadata: Some(default_meta("probe")),
+        }],
+        rules: vec![pb::http_route::Rule { matches, filters: Vec::new() }],
+    }
+}
+
+fn http_route(r: &inbound::InboundRoute) -> pb::HttpRoute {
+    use pb::http_route::{filter::Kind, Filter as PbFilter, Rule};
+    let rules = r
+        .route
+        .rules
+        .iter()
+        .map(|rule| Rule {
+            matches: rule.matches.iter().map(route::proto_match).collect(),
+            filters: rule
+                .filters
+                .iter()
+                .filter_map(|f| match f {
+                    Filter::RequestHeaderModifier(m) => {
+                        Some(Kind::RequestHeaderModifier(route::proto_header_modifier(m)))
+                    }
+                    Filter::RequestRedirect(red) => Some(Kind::Redirect(route::proto_redirect(red))),
+                    // The inbound proto has no place for them.
+                    Filter::ResponseHeaderModifier(_) | Filter::Unsupported(_) => None,
+                })
+                .map(|kind| PbFilter { kind: Some(kind) })
+                .collect(),
+        })
+        .collect();
+    pb::HttpRoute {
+        metadata: Some(resource_meta(&r.route.group, "HTTPRoute", &r.route.key)),
+        hosts: route::proto_hosts(&r.route.hostnames),
+        authorizations: r.authorizations.iter().filter_map(authorization_authz).collect(),
+        rules,
+    }
+}
+
+fn rate_limit(rl: &crate::policy::RateLimitRec, cfg: &MeshConfig) -> pb::HttpLocalRateLimit {
+    let limit = |rps: u32| rl::Limit { requests_per_second: rps };
+    pb::HttpLocalRateLimit {
+        metadata: Some(resource_meta(POLICY_GROUP, "HTTPLocalRateLimitPolicy", &rl.key)),
+        total: rl.total.map(limit),
+        identity: rl.identity.map(limit),
+        overrides: rl
+            .overrides
+            .iter()
+            .map(|o| rl::Override {
+                limit: Some(limit(o.requests_per_second)),
+                clients: Some(rl::r#override::ClientIdentities {
+                    identities: o
+                        .clients
+                        .iter()
+                        .filter_map(|sa| {
+                            weft_tls::name::IdentityName::new(
+                                &sa.name,
+                                &sa.namespace,
+                                &cfg.control_plane_namespace,
+                                &cfg.trust_domain,
+                            )
+                            .map(|n| pb::Identity { name: n.dns_name().to_owned() })
+                            .ok()
+                        })
+                        .collect(),
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// `policy` as Linkerd's `Server` message.
+pub fn server_proto(policy: &InboundPolicy, cfg: &MeshConfig, cluster_networks: &[Cidr]) -> pb::Server {
+    let mut authorizations: Vec<pb::Authz> =
+        policy.authorizations.iter().filter_map(authorization_authz).collect();
+    authorizations.extend(policy_authz(policy.access, cluster_networks));
+    let server_labels = match &policy.server {
+        Some(key) => labels(POLICY_GROUP, "server", &key.name),
+        None => labels("", "default", policy.access.as_str()),
+    };
+    let http_routes = || {
+        if policy.server.is_some() && !policy.routes.is_empty() {
+            return policy.routes.iter().map(http_route).collect();
+        }
+        let mut routes = vec![default_route(authorizations.clone())];
+        if !policy.probe_paths.is_empty() {
+            routes.push(probe_route(&policy.probe_paths));
+        }
+        routes
+    };
+    let limit = || policy.rate_limit.as_ref().map(|rl| rate_limit(rl, cfg));
+    let kind = match policy.protocol {
+        ProxyProtocol::Unknown => proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+            timeout: Some(crate::model::proto_duration(DETECT_TIMEOUT)),
+            http_routes: http_routes(),
+            http_local_rate_limit: limit(),
+        }),
+        ProxyProtocol::Http1 => proxy_protocol::Kind::Http1(proxy_protocol::Http1 {
+            routes: http_routes(),
+            local_rate_limit: limit(),
+        }),
+        ProxyProtocol::Http2 => proxy_protocol::Kind::Http2(proxy_protocol::Http2 {
+            routes: http_routes(),
+            local_rate_limit: limit(),
+        }),
+        // GRPCRoutes are not served inbound yet: one route matching every
+        // call, under the server-level authorizations.
+        ProxyProtocol::Grpc => proxy_protocol::Kind::Grpc(proxy_protocol::Grpc {
+            routes: vec![pb::GrpcRoute {
+                metadata: Some(default_meta("default")),
+                hosts: Vec::new(),
+                authorizations: authorizations.clone(),
+                rules: vec![pb::grpc_route::Rule {
+                    matches: vec![grpc_route::GrpcRouteMatch::default()],
+                    filters: Vec::new(),
+                }],
+            }],
+        }),
+        ProxyProtocol::Opaque => proxy_protocol::Kind::Opaque(proxy_protocol::Opaque {}),
+        ProxyProtocol::Tls => proxy_protocol::Kind::Tls(proxy_protocol::Tls {}),
+    };
+    pb::Server {
+        protocol: Some(pb::ProxyProtocol { kind: Some(kind) }),
+        server_ips: Vec::new(),
+        authorizations,
+        labels: server_labels,
+    }
+}
+
+/// The `Server` for `pod`'s `port`, or `None` while the pod is not indexed.
+pub fn lookup(
+    state: &State,
+    cfg: &MeshConfig,
+    policy: &PolicyConfig,
+    pod: &ObjKey,
+    port: u16,
+) -> Option<pb::Server> {
+    let pod = state.pods.get(pod)?;
+    let p = inbound::inbound_policy(state, cfg, pod, port, policy.default_policy);
+    Some(server_proto(&p, cfg, &policy.cluster_networks))
+}
+
+// === The service ===
+
+#[derive(Clone)]
+pub struct PolicyService {
+    index: Index,
+    cfg: Arc<MeshConfig>,
+    policy: Arc<PolicyConfig>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl PolicyService {
+    /// `shutdown` flipping to `true` ends every open `WatchPort` stream.
+    pub fn new(index: Index, cfg: MeshConfig, policy: PolicyConfig, shutdown: watch::Receiver<bool>) -> Self {
+        Self { index, cfg: Arc::new(cfg), policy: Arc::new(policy), shutdown }
+    }
+
+    pub fn into_server(self) -> InboundServerPoliciesServer<Self> {
+        InboundServerPoliciesServer::new(self)
+    }
+
+    fn spec(req: &pb::PortSpec) -> Result<(ObjKey, u16), Status> {
+        let pod = parse_workload(&req.workload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let port = u16::try_from(req.port).ok().filter(|p| *p != 0).ok_or_else(|| {
+            Status::invalid_argument(format!("port {} is not a TCP port (1-65535)", req.port))
+        })?;
+        Ok((pod, port))
+    }
+
+    /// Waits for the backend's first load, then looks the pod up: an
+    /// answer from a half-loaded index would wrongly say NotFound.
+    async fn first(&self, pod: &ObjKey, port: u16) -> Result<pb::Server, Status> {
+        let mut rx = self.index.subscribe();
+        match tokio::time::timeout(SYNC_WAIT, rx.wait_for(|s| s.synced)).await {
+            Ok(Ok(_)) => {}
+            _ => return Err(Status::unavailable("the index has not loaded yet; retry")),
+        }
+        let state = rx.borrow();
+        lookup(&state, &self.cfg, &self.policy, pod, port)
+            .ok_or_else(|| Status::not_found(format!("pod {pod} not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl InboundServerPolicies for PolicyService {
+    type WatchPortStream = ReceiverStream<Result<pb::Server, Status>>;
+
+    async fn get_port(&self, req: Request<pb::PortSpec>) -> Result<Response<pb::Server>, Status> {
+        let remote = req.remote_addr();
+        let req = req.into_inner();
+        let span = info_span!("get_port", workload = %req.workload, port = req.port, client = ?remote);
+        async {
+            let (pod, port) = Self::spec(&req)?;
+            self.first(&pod, port).await.map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn watch_port(
+        &self,
+        req: Request<pb::PortSpec>,
+    ) -> Result<Response<Self::WatchPortStream>, Status> {
+        let remote = req.remote_addr();
+        let req = req.into_inner();
+        let span = info_span!("watch_port", workload = %req.workload, port = req.port, client = ?remote);
+        let (pod, port) = span.in_scope(|| Self::spec(&req))?;
+        // Like Linkerd: a pod unknown at the start is NotFound (the proxy
+        // keeps its default policy and retries). A pod deleted while watched
+        // keeps its stream, silent, until it exists again.
+        self.first(&pod, port).instrument(span.clone()).await?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (cfg, policy) = (self.cfg.clone(), self.policy.clone());
+        let last_sent = std::sync::Mutex::new(None::<pb::Server>);
+        tokio::spawn(
+            run(
+                "watch_port",
+                self.index.subscribe(),
+                self.shutdown.clone(),
+                tx,
+                move |state| lookup(state, &cfg, &policy, &pod, port),
+                move |_, next: &Option<pb::Server>| {
+                    let Some(next) = next else { return Vec::new() };
+                    let mut last = last_sent.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.as_ref() == Some(next) {
+                        return Vec::new();
+                    }
+                    debug!("policy changed");
+                    *last = Some(next.clone());
+                    vec![next.clone()]
+                },
+                true,
+            )
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,552 @@
+//! HTTPRoutes (`policy.linkerd.io/v1beta3` and `gateway.networking.k8s.io/v1`)
+//! as index records, and their matches and filters as Linkerd's proto types.
+//!
+//! Both groups share one schema for what weft reads: parentRefs, hostnames,
+//! rules with matches, filters and backendRefs. Inbound policy reads routes
+//! whose parent is a Server; outbound routing (Service parents) reads the same
+//! records. The apiserver's schema checks the enums, but not that a
+//! `RegularExpression` compiles: such a route is refused here as a whole
+//! (skipped with a warning and `destination_invalid_objects_total{kind}`),
+//! since serving it without the broken match would widen what it matches.
+
+use linkerd2_proxy_api::{http_route as proto, http_types};
+use serde::Deserialize;
+
+use crate::model::{invalid, ModelError, ObjKey};
+
+pub const POLICY_GROUP: &str = "policy.linkerd.io";
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentRef {
+    pub group: String,
+    pub kind: String,
+    /// Defaults to the route's namespace.
+    pub namespace: String,
+    pub name: String,
+    pub port: Option<u16>,
+    pub section_name: Option<String>,
+}
+
+impl ParentRef {
+    /// Whether this names `server` (a Server of the route's namespace).
+    pub fn is_server(&self, server: &ObjKey) -> bool {
+        self.group == POLICY_GROUP
+            && self.kind == "Server"
+            && self.name == server.name
+            && self.namespace == server.namespace
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    pub headers: Vec<(String, ValueMatch)>,
+    pub query_params: Vec<(String, ValueMatch)>,
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderModifier {
+    pub set: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathModifier {
+    Full(String),
+    Prefix(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    pub status: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filter {
+    RequestHeaderModifier(HeaderModifier),
+    ResponseHeaderModifier(HeaderModifier),
+    RequestRedirect(Redirect),
+    /// A filter type weft does not apply (RequestMirror, URLRewrite,
+    /// ExtensionRef): kept by name so a consumer can report it.
+    Unsupported(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendRef {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Never empty: a rule without matches matches every request (`/` prefix).
+    pub matches: Vec<RouteMatch>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<BackendRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRouteRec {
+    pub key: ObjKey,
+    /// `policy.linkerd.io` or `gateway.networking.k8s.io`.
+    pub group: String,
+    pub parents: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+// === Parsing ===
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    parent_refs: Option<Vec<ParentSpec>>,
+    #[serde(default)]
+    hostnames: Option<Vec<String>>,
+    #[serde(default)]
+    rules: Option<Vec<RuleSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ParentSpec {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    port: Option<u16>,
+    section_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuleSpec {
+    #[serde(default)]
+    matches: Option<Vec<MatchSpec>>,
+    #[serde(default)]
+    filters: Option<Vec<FilterSpec>>,
+    #[serde(default)]
+    backend_refs: Option<Vec<BackendSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MatchSpec {
+    path: Option<TypedValue>,
+    #[serde(default)]
+    headers: Option<Vec<NamedValue>>,
+    #[serde(default)]
+    query_params: Option<Vec<NamedValue>>,
+    method: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TypedValue {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NamedValue {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FilterSpec {
+    #[serde(rename = "type")]
+    kind: String,
+    request_header_modifier: Option<ModifierSpec>,
+    response_header_modifier: Option<ModifierSpec>,
+    request_redirect: Option<RedirectSpec>,
+}
+
+#[derive(Deserialize)]
+struct ModifierSpec {
+    #[serde(default)]
+    set: Option<Vec<HeaderSpec>>,
+    #[serde(default)]
+    add: Option<Vec<HeaderSpec>>,
+    #[serde(default)]
+    remove: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct HeaderSpec {
+    name: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RedirectSpec {
+    scheme: Option<String>,
+    hostname: Option<String>,
+    path: Option<RedirectPathSpec>,
+    port: Option<u16>,
+    status_code: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RedirectPathSpec {
+    #[serde(rename = "type")]
+    kind: String,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BackendSpec {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    port: Option<u16>,
+    weight: Option<u32>,
+}
+
+/// An HTTPRoute of `group` (its `spec`).
+pub fn http_route(group: &str, key: ObjKey, spec: &serde_json::Value) -> Result<HttpRouteRec, ModelError> {
+    let spec: Spec = serde_json::from_value(spec.clone())?;
+    let ns = &key.namespace;
+    let parents = spec
+        .parent_refs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| ParentRef {
+            group: p.group.unwrap_or_else(|| GATEWAY_GROUP.into()),
+            kind: p.kind.unwrap_or_else(|| "Gateway".into()),
+            namespace: p.namespace.unwrap_or_else(|| ns.clone()),
+            name: p.name,
+            port: p.port,
+            section_name: p.section_name,
+        })
+        .collect();
+    let mut rules = Vec::new();
+    for r in spec.rules.unwrap_or_default() {
+        let mut matches =
+            r.matches.unwrap_or_default().into_iter().map(route_match).collect::<Result<Vec<_>, _>>()?;
+        if matches.is_empty() {
+            matches.push(RouteMatch {
+                path: Some(PathMatch::Prefix("/".into())),
+                headers: Vec::new(),
+                query_params: Vec::new(),
+                method: None,
+            });
+        }
+        let filters = r.filters.unwrap_or_default().into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
+        let backends = r
+            .backend_refs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|b| BackendRef {
+                group: b.group.unwrap_or_default(),
+                kind: b.kind.unwrap_or_else(|| "Service".into()),
+                namespace: b.namespace.unwrap_or_else(|| ns.clone()),
+                name: b.name,
+                port: b.port,
+                weight: b.weight.unwrap_or(1),
+            })
+            .collect();
+        rules.push(Rule { matches, filters, backends });
+    }
+    Ok(HttpRouteRec {
+        key,
+        group: group.into(),
+        parents,
+        hostnames: spec.hostnames.unwrap_or_default(),
+        rules,
+    })
+}
+
+fn check_regex(what: &'static str, re: &str) -> Result<(), ModelError> {
+    regex::Regex::new(re).map(|_| ()).map_err(|e| invalid(what, format!("{re:?}: {e}")))
+}
+
+fn route_match(m: MatchSpec) -> Result<RouteMatch, ModelError> {
+    let path = match m.path {
+        None => Some(PathMatch::Prefix("/".into())),
+        Some(p) => {
+            let value = p.value.unwrap_or_else(|| "/".into());
+            Some(match p.kind.as_deref().unwrap_or("PathPrefix") {
+                "Exact" => PathMatch::Exact(value),
+                "PathPrefix" => PathMatch::Prefix(value),
+                "RegularExpression" => {
+                    check_regex("HTTPRoute path regex", &value)?;
+                    PathMatch::Regex(value)
+                }
+                other => return Err(invalid("HTTPRoute path match", format!("type {other:?}"))),
+            })
+        }
+    };
+    let values = |list: Option<Vec<NamedValue>>, what: &'static str| {
+        list.unwrap_or_default()
+            .into_iter()
+            .map(|v| {
+                let m = match v.kind.as_deref().unwrap_or("Exact") {
+                    "Exact" => ValueMatch::Exact(v.value),
+                    "RegularExpression" => {
+                        check_regex(what, &v.value)?;
+                        ValueMatch::Regex(v.value)
+                    }
+                    other => return Err(invalid(what, format!("type {other:?} for {:?}", v.name))),
+                };
+                Ok((v.name, m))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()
+    };
+    let method = match m.method {
+        Some(method) if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() => {
+            return Err(invalid("HTTPRoute method", format!("{method:?}")))
+        }
+        m => m,
+    };
+    Ok(RouteMatch {
+        path,
+        headers: values(m.headers, "HTTPRoute header match")?,
+        query_params: values(m.query_params, "HTTPRoute query parameter match")?,
+        method,
+    })
+}
+
+fn modifier(m: Option<ModifierSpec>, what: &'static str) -> Result<HeaderModifier, ModelError> {
+    let m = m.ok_or_else(|| invalid(what, "missing its configuration"))?;
+    let pairs =
+        |l: Option<Vec<HeaderSpec>>| l.unwrap_or_default().into_iter().map(|h| (h.name, h.value)).collect();
+    Ok(HeaderModifier { set: pairs(m.set), add: pairs(m.add), remove: m.remove.unwrap_or_default() })
+}
+
+fn filter(f: FilterSpec) -> Result<Filter, ModelError> {
+    Ok(match f.kind.as_str() {
+        "RequestHeaderModifier" => Filter::RequestHeaderModifier(modifier(
+            f.request_header_modifier,
+            "HTTPRoute RequestHeaderModifier",
+        )?),
+        "ResponseHeaderModifier" => Filter::ResponseHeaderModifier(modifier(
+            f.response_header_modifier,
+            "HTTPRoute ResponseHeaderModifier",
+        )?),
+        "RequestRedirect" => {
+            let r = f
+                .request_redirect
+                .ok_or_else(|| invalid("HTTPRoute RequestRedirect", "missing requestRedirect"))?;
+            let path = match r.path {
+                None => None,
+                Some(p) => Some(match (p.kind.as_str(), p.replace_full_path, p.replace_prefix_match) {
+                    ("ReplaceFullPath", Some(full), _) => PathModifier::Full(full),
+                    ("ReplacePrefixMatch", _, Some(prefix)) => PathModifier::Prefix(prefix),
+                    (kind, _, _) => {
+                        return Err(invalid(
+                            "HTTPRoute RequestRedirect path",
+                            format!("type {kind:?} without its value"),
+                        ))
+                    }
+                }),
+            };
+            Filter::RequestRedirect(Redirect {
+                scheme: r.scheme,
+                hostname: r.hostname,
+                path,
+                port: r.port,
+                status: r.status_code,
+            })
+        }
+        other => Filter::Unsupported(other.to_owned()),
+    })
+}
+
+// === Proto conversion ===
+
+/// `hostnames` as host matches: `*.example.com` matches by suffix.
+pub fn proto_hosts(hostnames: &[String]) -> Vec<proto::HostMatch> {
+    hostnames
+        .iter()
+        .map(|h| proto::HostMatch {
+            r#match: Some(match h.strip_prefix("*.") {
+                Some(suffix) => proto::host_match::Match::Suffix(proto::host_match::Suffix {
+                    reverse_labels: suffix.split('.').rev().map(str::to_owned).collect(),
+                }),
+                None => proto::host_match::Match::Exact(h.clone()),
+            }),
+        })
+        .collect()
+}
+
+pub fn proto_match(m: &RouteMatch) -> proto::HttpRouteMatch {
+    use proto::{header_match, path_match, query_param_match};
+    proto::HttpRouteMatch {
+        path: m.path.as_ref().map(|p| proto::PathMatch {
+            kind: Some(match p {
+                PathMatch::Exact(s) => path_match::Kind::Exact(s.clone()),
+                PathMatch::Prefix(s) => path_match::Kind::Prefix(s.clone()),
+                PathMatch::Regex(s) => path_match::Kind::Regex(s.clone()),
+            }),
+        }),
+        headers: m
+            .headers
+            .iter()
+            .map(|(name, v)| proto::HeaderMatch {
+                name: name.clone(),
+                value: Some(match v {
+                    ValueMatch::Exact(s) => header_match::Value::Exact(s.clone().into_bytes()),
+                    ValueMatch::Regex(s) => header_match::Value::Regex(s.clone()),
+                }),
+            })
+            .collect(),
+        query_params: m
+            .query_params
+            .iter()
+            .map(|(name, v)| proto::QueryParamMatch {
+                name: name.clone(),
+                value: Some(match v {
+                    ValueMatch::Exact(s) => query_param_match::Value::Exact(s.clone()),
+                    ValueMatch::Regex(s) => query_param_match::Value::Regex(s.clone()),
+                }),
+            })
+            .collect(),
+        method: m.method.as_deref().and_then(|s| http::Method::from_bytes(s.as_bytes()).ok()).map(Into::into),
+    }
+}
+
+fn proto_headers(pairs: &[(String, String)]) -> Option<http_types::Headers> {
+    (!pairs.is_empty()).then(|| http_types::Headers {
+        headers: pairs
+            .iter()
+            .map(|(name, value)| http_types::headers::Header {
+                name: name.clone(),
+                value: value.clone().into_bytes(),
+            })
+            .collect(),
+    })
+}
+
+pub fn proto_header_modifier(m: &HeaderModifier) -> proto::RequestHeaderModifier {
+    proto::RequestHeaderModifier {
+        add: proto_headers(&m.add),
+        set: proto_headers(&m.set),
+        remove: m.remove.clone(),
+    }
+}
+
+pub fn proto_redirect(r: &Redirect) -> proto::RequestRedirect {
+    use http_types::scheme::{Registered, Type};
+    proto::RequestRedirect {
+        scheme: r.scheme.as_deref().map(|s| http_types::Scheme {
+            r#type: Some(match s.to_ascii_lowercase().as_str() {
+                "http" => Type::Registered(Registered::Http.into()),
+                "https" => Type::Registered(Registered::Https.into()),
+                _ => Type::Unregistered(s.to_owned()),
+            }),
+        }),
+        host: r.hostname.clone().unwrap_or_default(),
+        path: r.path.as_ref().map(|p| proto::PathModifier {
+            replace: Some(match p {
+                PathModifier::Full(s) => proto::path_modifier::Replace::Full(s.clone()),
+                PathModifier::Prefix(s) => proto::path_modifier::Replace::Prefix(s.clone()),
+            }),
+        }),
+        port: r.port.map(u32::from).unwrap_or_default(),
+        status: r.status.map(u32::from).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> serde_json::Value {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes").join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
+    }
+
+    fn first(name: &str, group: &str) -> HttpRouteRec {
+        let list = fixture(name);
+        let item = &list["items"][0];
+        let key = ObjKey::new(
+            item["metadata"]["namespace"].as_str().expect("ns"),
+            item["metadata"]["name"].as_str().expect("name"),
+        );
+        http_route(group, key, &item["spec"]).expect("valid route")
+    }
+
+    #[test]
+    fn a_policy_route_with_a_server_parent() {
+        let r = first("httproutes.policy.linkerd.io-emojivoto.list.json", POLICY_GROUP);
+        assert!(r.parents[0].is_server(&ObjKey::new("emojivoto", "web-http")));
+        assert!(!r.parents[0].is_server(&ObjKey::new("other", "web-http")));
+        assert_eq!(r.rules.len(), 2);
+        assert_eq!(r.rules[0].matches[0].path, Some(PathMatch::Exact("/api/list".into())));
+        assert_eq!(r.rules[0].matches[0].method.as_deref(), Some("GET"));
+        assert_eq!(r.rules[1].matches[0].path, Some(PathMatch::Prefix("/api/vote".into())));
+        let m = proto_match(&r.rules[0].matches[0]);
+        assert_eq!(m.method, Some(http::Method::GET.into()));
+    }
+
+    #[test]
+    fn a_gateway_route_with_headers_and_filters() {
+        let r = first("httproutes.gateway.networking.k8s.io-emojivoto.list.json", GATEWAY_GROUP);
+        assert_eq!((r.parents[0].kind.as_str(), r.parents[0].port), ("Service", Some(8080)));
+        assert_eq!(r.rules[0].matches[0].headers, [("x-canary".into(), ValueMatch::Exact("true".into()))]);
+        assert_eq!(r.rules[1].backends.len(), 2);
+        assert_eq!(r.rules[1].backends[0].weight, 90);
+        assert!(
+            matches!(&r.rules[1].filters[0], Filter::RequestHeaderModifier(m) if m.remove == ["x-debug"])
+        );
+        assert_eq!(r.rules[1].filters[1], Filter::Unsupported("RequestMirror".into()));
+    }
+
+    #[test]
+    fn bad_regexes_and_unknown_match_types_are_refused() {
+        let key = ObjKey::new("ns", "r");
+        let bad = [
+            serde_json::json!({"rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/a/(("}}]}]}),
+            serde_json::json!({"rules": [{"matches": [{"path": {"type": "Glob", "value": "/a/*"}}]}]}),
+            serde_json::json!({"rules": [{"matches": [{"headers": [{"type": "RegularExpression", "name": "x", "value": "["}]}]}]}),
+            serde_json::json!({"rules": [{"matches": [{"method": "GE T"}]}]}),
+        ];
+        for spec in bad {
+            assert!(http_route(POLICY_GROUP, key.clone(), &spec).is_err(), "{spec}");
+        }
+        let ok = serde_json::json!({"hostnames": ["*.example.com"], "rules": [{}]});
+        let r = http_route(POLICY_GROUP, key, &ok).expect("valid");
+        assert_eq!(r.rules[0].matches[0].path, Some(PathMatch::Prefix("/".into())));
+        let hosts = proto_hosts(&r.hostnames);
+        assert_eq!(
+            hosts[0].r#match,
+            Some(proto::host_match::Match::Suffix(proto::host_match::Suffix {
+                reverse_labels: vec!["com".into(), "example".into()]
+            }))
+        );
+    }
+}
