@@ -331,6 +331,8 @@ RBAC_ALLOWED = {
     ("weft-identity", "authentication.k8s.io", "tokenreviews"): {"create"},
     ("weft-destination", "", "services"): READ,
     ("weft-destination", "", "pods"): READ,
+    # Namespaces: their config.weft.io/default-inbound-policy annotation (issue 18).
+    ("weft-destination", "", "namespaces"): READ,
     ("weft-destination", "discovery.k8s.io", "endpointslices"): READ,
     ("weft-destination", "split.smi-spec.io", "trafficsplits"): READ,
     ("weft-destination", "linkerd.io", "serviceprofiles"): READ,
@@ -343,6 +345,8 @@ RBAC_ALLOWED = {
     ("weft-destination", "policy.linkerd.io", "httproutes"): READ,
     ("weft-destination", "policy.linkerd.io", "httplocalratelimitpolicies"): READ,
     ("weft-destination", "policy.linkerd.io", "egressnetworks"): READ,
+    # Gateway API HTTPRoutes whose parentRefs name a Server: inbound routes.
+    ("weft-destination", "gateway.networking.k8s.io", "httproutes"): READ,
     ("weft-injector", "", "namespaces"): READ,
     # weft-cni's plugin reads a new sandbox's pod and its namespace (only with cni.enabled).
     ("weft-cni", "", "pods"): {"get"},
@@ -518,6 +522,7 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
                  "--trust-anchors=", f"--control-plane-namespace={NAMESPACE}"):
         if not any(a.startswith(flag) for a in args):
             fail(f"{ctx} weft-injector is not given {flag}...")
+    check_inbound_policy_args(ctx, by, values)
     cni_on = bool((values.get("cni") or {}).get("enabled"))
     if inj and ("--cni" in args) != cni_on:
         fail(f"{ctx} weft-injector must be given --cni exactly when cni.enabled ({cni_on}): {args}")
@@ -575,6 +580,58 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
         fail(f"{ctx} webhook has no caBundle")
     ok(f"{ctx} webhook: service /inject, caBundle verifies the injector certificate, failurePolicy "
        f"{failure_policy}, kube-system and {NAMESPACE} excluded")
+
+
+def container_args(by: dict, deployment: str) -> list[str]:
+    dep = by.get(("Deployment", deployment)) or {}
+    containers = ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
+    return containers[0].get("args") or []
+
+
+def check_inbound_policy_args(ctx: str, by: dict, values: dict) -> None:
+    """proxy.defaultInboundPolicy and clusterNetworks reach weft-injector (the
+    proxies' env) and weft-destination (the policies it serves) alike: if
+    they differed, a port's policy would change when it arrives."""
+    want = {
+        "--default-inbound-policy": (values.get("proxy") or {}).get("defaultInboundPolicy"),
+        "--cluster-networks": values.get("clusterNetworks"),
+    }
+    good = True
+    for dep in ("weft-injector", "weft-destination"):
+        args = container_args(by, dep)
+        for flag, value in want.items():
+            given = [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+            if given != [value]:
+                fail(f"{ctx} Deployment/{dep} should get {flag}={value} once, gets {given}")
+                good = False
+    if good:
+        ok(f"{ctx} proxy.defaultInboundPolicy {want['--default-inbound-policy']} and clusterNetworks reach "
+           f"weft-injector and weft-destination")
+
+
+def check_inbound_policy(required: dict, defaults: dict, tmp: str) -> None:
+    """Non-default values reach both Deployments; a typo is refused at render
+    time rather than crash-looping both components."""
+    over = {"proxy": {"defaultInboundPolicy": "deny"}, "clusterNetworks": "10.42.0.0/16,fd00:10::/56"}
+    created, manifest, err = render("inbound-policy", merge(required, over), tmp)
+    if err:
+        fail(f"[inbound-policy] render failed: {err}")
+    else:
+        docs = [d for d in yaml.safe_load_all(manifest) if d]
+        by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        check_inbound_policy_args("[inbound-policy]", by, merge(defaults, over))
+    for label, bad, needle in (
+        ("bad-inbound-policy", {"proxy": {"defaultInboundPolicy": "allow-all"}},
+         "proxy.defaultInboundPolicy must be one of"),
+        ("empty-cluster-networks", {"clusterNetworks": ""}, "clusterNetworks must name at least one CIDR"),
+    ):
+        _, _, err = render(label, merge(required, bad), tmp)
+        if err is None:
+            fail(f"[{label}] rendering should have failed")
+        elif needle not in err:
+            fail(f"[{label}] failed without saying {needle!r}: {err}")
+        else:
+            ok(f"[{label}] refused: ...{needle}...")
 
 
 def check_cni_daemonset(ctx: str, ds: dict, values: dict) -> None:
@@ -886,6 +943,7 @@ def main() -> int:
         check_pod_monitors(required, tmp)
         check_cni(required, defaults, tmp)
         check_notes(required, tmp)
+        check_inbound_policy(required, defaults, tmp)
         check_crds()
         check_gateway_api(required, tmp)
         check_app_version()

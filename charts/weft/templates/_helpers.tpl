@@ -44,6 +44,27 @@ app.kubernetes.io/component: {{ .component }}
 {{- $p -}}
 {{- end -}}
 
+{{/* proxy.defaultInboundPolicy, checked: weft-injector and weft-destination would refuse to start on a typo. */}}
+{{- define "weft.defaultInboundPolicy" -}}
+{{- $p := .Values.proxy.defaultInboundPolicy | default "all-unauthenticated" -}}
+{{- $all := list "all-unauthenticated" "all-authenticated" "cluster-unauthenticated" "cluster-authenticated" "deny" "audit" -}}
+{{- if not (has $p $all) -}}
+{{- fail (printf "proxy.defaultInboundPolicy must be one of %s, not %q" (join ", " $all) $p) -}}
+{{- end -}}
+{{- $p -}}
+{{- end -}}
+
+{{/* clusterNetworks as one comma-separated flag value (a YAML list is accepted too). */}}
+{{- define "weft.clusterNetworks" -}}
+{{- $n := .Values.clusterNetworks -}}
+{{- if kindIs "slice" $n -}}{{- $n = join "," $n -}}{{- end -}}
+{{- $n = nospace (toString $n) -}}
+{{- if not $n -}}
+{{- fail "clusterNetworks must name at least one CIDR (default: 10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8)" -}}
+{{- end -}}
+{{- $n -}}
+{{- end -}}
+
 {{/* Trust anchors, checked. */}}
 {{- define "weft.trustAnchors" -}}
 {{- $pem := required "identityTrustAnchorsPEM is required: run `weft identity create-ca --out ./ca` and pass --set-file identityTrustAnchorsPEM=ca/trust-anchors.pem (see charts/weft/README.md)" .Values.identityTrustAnchorsPEM -}}
