@@ -12,7 +12,7 @@ use std::{
 
 use weft_tls::{IdentityName, TrustAnchors};
 
-use crate::identity::IdentityConfig;
+use crate::{identity::IdentityConfig, policy::DefaultPolicy};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -48,6 +48,18 @@ pub struct Config {
     /// Inbound ports that refuse connections without a verified client
     /// identity (plaintext, or TLS without a mesh certificate).
     pub inbound_ports_require_identity: PortSet,
+    /// Inbound ports whose policy is watched from start-up; others are
+    /// watched from their first connection.
+    pub inbound_ports: PortSet,
+    /// InboundServerPolicies' `host:port` (default: the destination
+    /// service's); policy discovery also needs `policy_workload`.
+    pub policy_addr: Option<String>,
+    /// PortSpec.workload; unset, the default policy applies on every port.
+    pub policy_workload: Option<String>,
+    pub default_policy: DefaultPolicy,
+    pub cluster_networks: Vec<ipnet::IpNet>,
+    /// The kubelet's httpGet probes, `(port, path)`.
+    pub inbound_probes: Vec<(u16, String)>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -89,6 +101,10 @@ pub struct PortSet(HashSet<u16>);
 impl PortSet {
     pub fn contains(&self, port: u16) -> bool {
         self.0.contains(&port)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().copied()
     }
 }
 
@@ -143,6 +159,33 @@ impl Config {
                 "",
                 PORTS,
             )?,
+            inbound_ports: env.parse("WEFT_PROXY_INBOUND_PORTS", "", PORTS)?,
+            policy_addr: env
+                .get("WEFT_PROXY_POLICY_SVC_ADDR")
+                .or_else(|| env.get("WEFT_PROXY_DESTINATION_SVC_ADDR"))
+                .map(|a| a.trim().to_string()),
+            policy_workload: env.get("WEFT_PROXY_POLICY_WORKLOAD").map(|w| w.trim().to_string()),
+            default_policy: env.parse(
+                "WEFT_PROXY_INBOUND_DEFAULT_POLICY",
+                "all-unauthenticated",
+                DEFAULT_POLICY,
+            )?,
+            cluster_networks: env.list(
+                "WEFT_PROXY_POLICY_CLUSTER_NETWORKS",
+                CLUSTER_NETWORKS_DEFAULT,
+                "comma-separated CIDRs such as 10.0.0.0/8,fd00::/8",
+                |net| net.parse::<ipnet::IpNet>().ok().map(|n| n.trunc()),
+            )?,
+            inbound_probes: env.list(
+                "WEFT_PROXY_INBOUND_PROBES",
+                "",
+                "comma-separated PORT:PATH such as 8080:/healthz,8080:/ready",
+                |probe| {
+                    let (port, path) = probe.split_once(':')?;
+                    let port = port.trim().parse::<u16>().ok().filter(|p| *p != 0)?;
+                    path.starts_with('/').then(|| (port, path.to_string()))
+                },
+            )?,
         };
         if let Some(addr) = &config.destination_addr {
             let valid = addr
@@ -151,6 +194,14 @@ impl Config {
             if !valid {
                 return Err(env.error(
                     "WEFT_PROXY_DESTINATION_SVC_ADDR",
+                    "HOST:PORT, such as weft-destination.weft.svc.cluster.local:8086",
+                ));
+            }
+        }
+        if let Some(addr) = &config.policy_addr {
+            if !is_host_port(addr) {
+                return Err(env.error(
+                    "WEFT_PROXY_POLICY_SVC_ADDR",
                     "HOST:PORT, such as weft-destination.weft.svc.cluster.local:8086",
                 ));
             }
@@ -198,6 +249,12 @@ pub const VARIABLES: &[&str] = &[
     "WEFT_PROXY_DISCOVERY_TIMEOUT",
     "WEFT_PROXY_DISCOVERY_IDLE_TIMEOUT",
     "WEFT_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY",
+    "WEFT_PROXY_INBOUND_PORTS",
+    "WEFT_PROXY_POLICY_SVC_ADDR",
+    "WEFT_PROXY_POLICY_WORKLOAD",
+    "WEFT_PROXY_INBOUND_DEFAULT_POLICY",
+    "WEFT_PROXY_POLICY_CLUSTER_NETWORKS",
+    "WEFT_PROXY_INBOUND_PROBES",
     "WEFT_PROXY_IDENTITY_SVC_ADDR",
     "WEFT_PROXY_IDENTITY_SVC_NAME",
     "WEFT_PROXY_IDENTITY_LOCAL_NAME",
@@ -208,7 +265,7 @@ pub const VARIABLES: &[&str] = &[
 
 /// Variables the injector sets for the proxy that it does not read yet
 /// (proxy/README.md says why): expected, so no warning.
-pub const SET_BY_INJECTOR_UNUSED: &[&str] = &["WEFT_PROXY_INBOUND_PORTS", "WEFT_PROXY_DESTINATION_SVC_NAME"];
+pub const SET_BY_INJECTOR_UNUSED: &[&str] = &["WEFT_PROXY_DESTINATION_SVC_NAME"];
 
 /// A `WEFT_PROXY_*` variable the proxy does not read (a typo, or a setting
 /// of another version), with the known name closest to it.
@@ -258,6 +315,13 @@ const ADDR: &str = "an IP:PORT socket address such as 127.0.0.1:4140 or [::]:414
 const ADDRS: &str = "comma-separated, distinct IP:PORT socket addresses, such as 127.0.0.1:4140,[::1]:4140";
 const PORTS: &str = "comma-separated ports or ranges, such as 25,3306,5432-5439";
 const POSITIVE: &str = "a positive integer";
+const DEFAULT_POLICY: &str = "one of all-unauthenticated, all-authenticated, cluster-authenticated, cluster-unauthenticated, deny, audit";
+/// Linkerd's default `clusterNetworks`.
+const CLUSTER_NETWORKS_DEFAULT: &str = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8";
+
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
 const HEADER_BYTES: &str = "a byte count of at least 8192";
 
 struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -290,6 +354,22 @@ impl Env<'_> {
             None => Ok(None),
             Some(value) => value.trim().parse().map(Some).map_err(|_| ConfigError { var, value, expected }),
         }
+    }
+
+    /// A comma-separated list, each item parsed by `item` (None: invalid).
+    fn list<T>(
+        &self,
+        var: &'static str,
+        default: &str,
+        expected: &'static str,
+        item: impl Fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let value = self.get(var).unwrap_or_else(|| default.to_string());
+        let mut items = Vec::new();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            items.push(item(part).ok_or_else(|| ConfigError { var, value: value.clone(), expected })?);
+        }
+        Ok(items)
     }
 
     fn listen(&self, var: &'static str, default: &[SocketAddr]) -> Result<ListenAddrs, ConfigError> {
@@ -585,6 +665,38 @@ mod tests {
         }
         let err = config(&[("WEFT_PROXY_INBOUND_ADDR", "[::]:4143,localhost:4143")]).unwrap_err();
         assert_eq!(err.var, "WEFT_PROXY_INBOUND_ADDR");
+    }
+
+    #[test]
+    fn policy_variables_parse_and_name_themselves_when_wrong() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.default_policy, DefaultPolicy::AllUnauthenticated);
+        assert_eq!(c.cluster_networks.len(), 5);
+        assert!(c.policy_addr.is_none() && c.policy_workload.is_none());
+        let c = config(&[
+            ("WEFT_PROXY_DESTINATION_SVC_ADDR", "dst:8086"),
+            ("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "deny"),
+            ("WEFT_PROXY_POLICY_CLUSTER_NETWORKS", "127.0.0.0/8, 10.1.2.3/16"),
+            ("WEFT_PROXY_INBOUND_PROBES", "8080:/healthz,8080:/ready"),
+            ("WEFT_PROXY_INBOUND_PORTS", "8080,9090"),
+        ])
+        .unwrap();
+        assert_eq!(c.policy_addr.as_deref(), Some("dst:8086"), "defaults to the destination service");
+        assert_eq!(c.default_policy, DefaultPolicy::Deny);
+        assert_eq!(c.cluster_networks[1].to_string(), "10.1.0.0/16");
+        assert_eq!(c.inbound_probes, vec![(8080, "/healthz".to_string()), (8080, "/ready".to_string())]);
+        assert!(c.inbound_ports.contains(9090));
+        for (var, bad) in [
+            ("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "allow"),
+            ("WEFT_PROXY_POLICY_CLUSTER_NETWORKS", "10.0.0.0/33"),
+            ("WEFT_PROXY_INBOUND_PROBES", "8080/healthz"),
+            ("WEFT_PROXY_INBOUND_PROBES", "0:/x"),
+            ("WEFT_PROXY_POLICY_SVC_ADDR", "nohostport"),
+            ("WEFT_PROXY_INBOUND_PORTS", "x"),
+        ] {
+            let err = config(&[(var, bad)]).unwrap_err();
+            assert_eq!(err.var, var, "{bad}");
+        }
     }
 
     #[test]

@@ -311,7 +311,7 @@ pub fn endpoint_from_api(pb: api::WeightedAddr) -> Option<(SocketAddr, Arc<Endpo
 
 /// Exponential backoff with full jitter, so proxies that lost the control
 /// plane together do not all return at the same instant.
-struct Backoff {
+pub struct Backoff {
     current: Duration,
 }
 
@@ -322,15 +322,15 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.current = BACKOFF_MIN;
     }
 
-    fn max_out(&mut self) {
+    pub fn max_out(&mut self) {
         self.current = BACKOFF_MAX;
     }
 
-    async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         let jittered = rand::rng().random_range(self.current / 2..=self.current);
         tokio::time::sleep(jittered).await;
         self.current = (self.current * 2).min(BACKOFF_MAX);

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod opaque;
 pub mod orig_dst;
 pub mod outbound;
+pub mod policy;
 pub mod profile;
 pub mod stack;
 pub mod tap;

@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tracing::info;
 
 use super::{client::ClientError, full, headers::is_grpc, BoxBody, BoxError};
-use crate::connect::ConnectError;
+use crate::{connect::ConnectError, policy::authorize::PolicyError};
 
 /// Failures decided by the proxy itself rather than by an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,10 @@ where
             Err(error) => {
                 let error: BoxError = error.into();
                 let status = status_for(&*error);
-                info!(%status, error = %ErrorChain(&*error), "request failed");
+                // Policy decisions were logged where they were made.
+                if !error.is::<PolicyError>() {
+                    info!(%status, error = %ErrorChain(&*error), "request failed");
+                }
                 error_response(status, &error, *this.grpc)
             }
         }))
@@ -105,6 +108,13 @@ where
 pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<PolicyError>() {
+            return match e {
+                PolicyError::Unauthorized => StatusCode::FORBIDDEN,
+                PolicyError::NoRoute => StatusCode::NOT_FOUND,
+                PolicyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            };
+        }
         if let Some(e) = e.downcast_ref::<RouteError>() {
             return match e {
                 RouteError::MissingAuthority | RouteError::InvalidAuthority(_) => StatusCode::BAD_REQUEST,
@@ -159,6 +169,9 @@ fn error_response(status: StatusCode, error: &BoxError, grpc: bool) -> Response<
     let mut rsp = if grpc {
         // A trailers-only gRPC response: HTTP 200 with the status in headers.
         let code = match status {
+            StatusCode::FORBIDDEN => "7",
+            StatusCode::NOT_FOUND => "5",
+            StatusCode::TOO_MANY_REQUESTS => "8",
             StatusCode::GATEWAY_TIMEOUT => "4",
             StatusCode::BAD_REQUEST => "13",
             _ => "14",
@@ -176,6 +189,9 @@ fn error_response(status: StatusCode, error: &BoxError, grpc: bool) -> Response<
         rsp
     };
     rsp.headers_mut().insert("l5d-proxy-error", reason);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        rsp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     rsp
 }
 

@@ -1,0 +1,137 @@
+//! The InboundServerPolicies client: one WatchPort stream per inbound port,
+//! its latest policy kept in a `watch` that connections and requests
+//! borrow.
+//!
+//! Like discovery, each stream is owned by a task that reconnects with
+//! jittered backoff and keeps the last good policy while the control plane
+//! is away. A message that does not decode is logged and ignored (the
+//! previous policy stays); NotFound means the control plane has no policy
+//! for the port, and the local default applies.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use linkerd2_proxy_api::inbound::{inbound_server_policies_client::InboundServerPoliciesClient, PortSpec};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{authorize::PolicyRx, decode, DefaultPolicy, ServerPolicy};
+use crate::discovery::{Backoff, InvalidAddr};
+
+/// Every inbound port's policy.
+#[derive(Clone)]
+pub struct Policies {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Option<(InboundServerPoliciesClient<Channel>, String)>,
+    default: DefaultPolicy,
+    probes: Vec<(u16, String)>,
+    cluster_networks: Vec<IpNet>,
+    /// The sender stays here so that a port nobody connects to any more
+    /// keeps its policy (the set of ports is the app's, and small).
+    ports: Mutex<HashMap<u16, watch::Sender<Arc<ServerPolicy>>>>,
+}
+
+impl Policies {
+    /// `api`: the InboundServerPolicies `host:port` and this workload's
+    /// PortSpec.workload; `None`, every port has the default policy.
+    pub fn new(
+        api: Option<(&str, String)>,
+        default: DefaultPolicy,
+        probes: Vec<(u16, String)>,
+        cluster_networks: Vec<IpNet>,
+    ) -> Result<Self, InvalidAddr> {
+        let client = match api {
+            Some((addr, workload)) => {
+                let channel = Channel::from_shared(format!("http://{addr}"))
+                    .map_err(|_| InvalidAddr(addr.to_string()))?
+                    .connect_timeout(Duration::from_secs(3))
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .connect_lazy();
+                Some((InboundServerPoliciesClient::new(channel), workload))
+            }
+            None => None,
+        };
+        Ok(Policies {
+            inner: Arc::new(Inner { client, default, probes, cluster_networks, ports: Mutex::default() }),
+        })
+    }
+
+    /// The local default policy of `port`.
+    pub fn default_for(&self, port: u16) -> Arc<ServerPolicy> {
+        Arc::new(self.inner.default.server(port, &self.inner.probes, &self.inner.cluster_networks))
+    }
+
+    /// `port`'s policy, watched from the control plane from the first call
+    /// on: the default until it answers.
+    pub fn port(&self, port: u16) -> PolicyRx {
+        let mut ports = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = ports.get(&port) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(self.default_for(port));
+        if let Some((client, workload)) = &self.inner.client {
+            let spec = PortSpec { workload: workload.clone(), port: u32::from(port) };
+            tokio::spawn(
+                watch_port(client.clone(), spec, self.clone(), tx.clone())
+                    .instrument(info_span!("policy", port)),
+            );
+        }
+        ports.insert(port, tx);
+        rx
+    }
+}
+
+async fn watch_port(
+    mut client: InboundServerPoliciesClient<Channel>,
+    spec: PortSpec,
+    policies: Policies,
+    tx: watch::Sender<Arc<ServerPolicy>>,
+) {
+    let port = spec.port as u16;
+    let mut backoff = Backoff::default();
+    loop {
+        match client.watch_port(spec.clone()).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(pb)) => {
+                            backoff.reset();
+                            match decode::server(pb) {
+                                Ok(policy) => {
+                                    info!(server = %policy.meta, protocol = ?policy.protocol, "inbound policy updated");
+                                    tx.send_replace(Arc::new(policy));
+                                }
+                                Err(error) => {
+                                    warn!(%error, "ignoring a malformed inbound policy; keeping the previous one")
+                                }
+                            }
+                        }
+                        Ok(None) => break debug!("policy stream ended"),
+                        Err(status) => {
+                            break info!(code = ?status.code(), message = status.message(), "policy stream failed; keeping the last policy")
+                        }
+                    }
+                }
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                info!("the policy controller has no policy for this port; using the default");
+                tx.send_replace(policies.default_for(port));
+                backoff.max_out();
+            }
+            Err(status) => {
+                info!(code = ?status.code(), message = status.message(), "policy controller unavailable; keeping the last policy");
+            }
+        }
+        backoff.wait().await;
+    }
+}
