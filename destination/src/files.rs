@@ -250,7 +250,15 @@ pub fn parse_manifests(text: &str, cfg: &MeshConfig) -> (Option<Vec<Object>>, Ve
                 Ok(None) => debug!(kind = ?item.get("kind"), "ignoring a kind discovery does not use"),
                 Err(e) => {
                     let kind = item.get("kind").and_then(|k| k.as_str());
-                    if let Some(kind) = Kind::ALL.into_iter().find(|k| Some(k.as_str()) == kind) {
+                    let gateway = item
+                        .get("apiVersion")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|v| v.starts_with("gateway.networking.k8s.io/"));
+                    let indexed = match kind {
+                        Some("HTTPRoute") if gateway => Some(Kind::GatewayHTTPRoute),
+                        _ => Kind::ALL.into_iter().find(|k| Some(k.as_str()) == kind),
+                    };
+                    if let Some(kind) = indexed {
                         metrics::counter!("destination_invalid_objects_total", "kind" => kind.as_str())
                             .increment(1);
                     }

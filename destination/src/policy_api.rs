@@ -523,3 +523,357 @@ impl InboundServerPolicies for PolicyService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{files::parse_manifests, index::Index};
+
+    const FIXTURES: [&str; 8] = [
+        "servers.policy.linkerd.io-emojivoto.list.json",
+        "authorizationpolicies.policy.linkerd.io-emojivoto.list.json",
+        "meshtlsauthentications.policy.linkerd.io-emojivoto.list.json",
+        "networkauthentications.policy.linkerd.io-emojivoto.list.json",
+        "httplocalratelimitpolicies.policy.linkerd.io-emojivoto.list.json",
+        "httproutes.policy.linkerd.io-emojivoto.list.json",
+        "pods-emojivoto.list.json",
+        "namespaces.list.json",
+    ];
+
+    /// The fixtures but `skip`, plus `extra` manifests.
+    fn index(skip: &[&str], extra: &str) -> Index {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
+        let cfg = MeshConfig::default();
+        let mut texts: Vec<String> = FIXTURES
+            .iter()
+            .filter(|n| !skip.contains(n))
+            .map(|name| std::fs::read_to_string(dir.join(name)).expect("fixture"))
+            .collect();
+        texts.push(extra.to_owned());
+        let mut objects = Vec::new();
+        for text in texts {
+            let (parsed, problems) = parse_manifests(&text, &cfg);
+            assert!(problems.is_empty(), "{problems:?}");
+            objects.extend(parsed.expect("parsed"));
+        }
+        let index = Index::new();
+        index.replace_all(objects);
+        index
+    }
+
+    fn server(index: &Index, pod: &str, port: u16, default_policy: AccessPolicy) -> pb::Server {
+        let policy = PolicyConfig { default_policy, ..Default::default() };
+        let state = index.subscribe();
+        let state = state.borrow();
+        lookup(&state, &MeshConfig::default(), &policy, &ObjKey::new("emojivoto", pod), port)
+            .expect("pod indexed")
+    }
+
+    fn net(cidr: &str) -> net::IpNetwork {
+        let c = Cidr::parse(cidr).expect("cidr");
+        net::IpNetwork { ip: Some(c.addr.into()), prefix_len: u32::from(c.prefix) }
+    }
+
+    fn nets(a: &pb::Authz) -> Vec<(net::IpNetwork, Vec<net::IpNetwork>)> {
+        a.networks.iter().map(|n| (n.net.expect("net"), n.except.clone())).collect()
+    }
+
+    fn name(m: &Option<meta::Metadata>) -> String {
+        match m.as_ref().and_then(|m| m.kind.as_ref()) {
+            Some(meta::metadata::Kind::Default(d)) => format!("default:{d}"),
+            Some(meta::metadata::Kind::Resource(r)) => {
+                format!("{}:{}:{}/{}", r.group, r.kind, r.namespace, r.name)
+            }
+            None => "none".into(),
+        }
+    }
+
+    fn http1(s: &pb::Server) -> &proxy_protocol::Http1 {
+        match s.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(proxy_protocol::Kind::Http1(h)) => h,
+            other => panic!("not HTTP/1: {other:?}"),
+        }
+    }
+
+    fn detect(s: &pb::Server) -> &proxy_protocol::Detect {
+        match s.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(proxy_protocol::Kind::Detect(d)) => d,
+            other => panic!("not Detect: {other:?}"),
+        }
+    }
+
+    fn all_nets() -> Vec<(net::IpNetwork, Vec<net::IpNetwork>)> {
+        vec![(net("0.0.0.0/0"), vec![]), (net("::/0"), vec![])]
+    }
+
+    #[test]
+    fn a_server_with_a_route_its_authorizations_and_rate_limit() {
+        let index = index(&[], "");
+        let s = server(&index, "web-v1-0", 8080, AccessPolicy::AllUnauthenticated);
+        assert_eq!(s.labels, labels("policy.linkerd.io", "server", "web-http"));
+        // Server-level: the Namespace's NetworkAuthentication policy; the
+        // Server's accessPolicy is deny, so nothing else.
+        assert_eq!(s.authorizations.len(), 1, "{:?}", s.authorizations);
+        let ns = &s.authorizations[0];
+        assert_eq!(
+            name(&ns.metadata),
+            "policy.linkerd.io:AuthorizationPolicy:emojivoto/emojivoto-cluster-network"
+        );
+        assert_eq!(
+            ns.labels,
+            labels("policy.linkerd.io", "AuthorizationPolicy", "emojivoto-cluster-network")
+        );
+        assert_eq!(nets(ns), [(net("10.0.0.0/8"), vec![net("10.1.2.0/24")]), (net("::/0"), vec![])]);
+        assert_eq!(ns.authentication, Some(unauthenticated()));
+
+        let h = http1(&s);
+        // The HTTPRoute replaces the default route; only its own policy
+        // authorizes it (a mesh TLS suffix).
+        assert_eq!(h.routes.len(), 1);
+        let r = &h.routes[0];
+        assert_eq!(name(&r.metadata), "policy.linkerd.io:HTTPRoute:emojivoto/web-api");
+        assert_eq!(r.rules.len(), 2);
+        assert_eq!(r.authorizations.len(), 1);
+        assert_eq!(
+            name(&r.authorizations[0].metadata),
+            "policy.linkerd.io:AuthorizationPolicy:emojivoto/web-api"
+        );
+        assert_eq!(nets(&r.authorizations[0]), all_nets());
+        assert_eq!(
+            r.authorizations[0].authentication,
+            Some(mesh_tls(
+                vec![],
+                vec![pb::IdentitySuffix {
+                    parts: ["emojivoto", "serviceaccount", "identity", "linkerd", "cluster", "local"]
+                        .map(String::from)
+                        .to_vec()
+                }]
+            ))
+        );
+
+        // The rate limit, its override resolved to an identity name.
+        let rl = h.local_rate_limit.as_ref().expect("rate limit");
+        assert_eq!(name(&rl.metadata), "policy.linkerd.io:HTTPLocalRateLimitPolicy:emojivoto/web-rl");
+        assert_eq!(rl.total.map(|l| l.requests_per_second), Some(100));
+        assert_eq!(rl.identity.map(|l| l.requests_per_second), Some(20));
+        assert_eq!(rl.overrides[0].limit.map(|l| l.requests_per_second), Some(50));
+        assert_eq!(
+            rl.overrides[0].clients.as_ref().expect("clients").identities,
+            [pb::Identity { name: "web.emojivoto.serviceaccount.identity.weft.cluster.local".into() }]
+        );
+    }
+
+    #[test]
+    fn without_routes_a_server_gets_default_and_probe_routes() {
+        let probed = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-probed, namespace: emojivoto, labels: {app: web}}
+spec:
+  containers:
+  - name: web
+    ports: [{name: http, containerPort: 8080}]
+    livenessProbe: {httpGet: {path: /live, port: http}}
+    readinessProbe: {httpGet: {path: /ready, port: 8080}}
+    startupProbe: {httpGet: {path: /other-port, port: 9090}}
+"#;
+        let index = index(&["httproutes.policy.linkerd.io-emojivoto.list.json"], probed);
+        let s = server(&index, "web-probed", 8080, AccessPolicy::AllUnauthenticated);
+        let routes = &http1(&s).routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(name(&routes[0].metadata), "default:default");
+        // The default route carries the server-level authorizations.
+        assert_eq!(routes[0].authorizations, s.authorizations);
+        let all = &routes[0].rules[0].matches[0];
+        assert_eq!(
+            all.path.as_ref().and_then(|p| p.kind.clone()),
+            Some(linkerd2_proxy_api::http_route::path_match::Kind::Prefix("/".into()))
+        );
+        let probe = &routes[1];
+        assert_eq!(name(&probe.metadata), "default:probe");
+        let paths: Vec<_> = probe.rules[0]
+            .matches
+            .iter()
+            .map(|m| (m.path.as_ref().and_then(|p| p.kind.clone()), m.method.clone()))
+            .collect();
+        use linkerd2_proxy_api::http_route::path_match::Kind::Exact;
+        let get = Some(http::Method::GET.into());
+        assert_eq!(paths, [(Some(Exact("/live".into())), get.clone()), (Some(Exact("/ready".into())), get)]);
+        assert_eq!(name(&probe.authorizations[0].metadata), "default:probe");
+        assert_eq!(nets(&probe.authorizations[0]), all_nets());
+        assert_eq!(probe.authorizations[0].authentication, Some(unauthenticated()));
+    }
+
+    #[test]
+    fn default_policies_as_authorizations() {
+        let index = index(&[], "");
+        let cluster: Vec<_> = DEFAULT_CLUSTER_NETWORKS.split(',').map(|c| (net(c), vec![])).collect();
+        let any_id = mesh_tls(vec![], vec![pb::IdentitySuffix { parts: vec![] }]);
+        for (policy, networks, authn) in [
+            (AccessPolicy::AllUnauthenticated, all_nets(), unauthenticated()),
+            (AccessPolicy::ClusterUnauthenticated, cluster.clone(), unauthenticated()),
+            (AccessPolicy::AllAuthenticated, all_nets(), any_id.clone()),
+            (AccessPolicy::ClusterAuthenticated, cluster.clone(), any_id.clone()),
+            (AccessPolicy::Audit, all_nets(), unauthenticated()),
+        ] {
+            // web-v1-0's admin port is covered by no Server.
+            let s = server(&index, "web-v1-0", 4191, policy);
+            assert_eq!(s.labels, labels("", "default", policy.as_str()));
+            assert_eq!(s.authorizations.len(), 1, "{policy:?}");
+            let a = &s.authorizations[0];
+            assert_eq!(name(&a.metadata), format!("default:{}", policy.as_str()));
+            assert_eq!(a.labels, labels("", "default", policy.as_str()));
+            assert_eq!((nets(a), a.authentication.clone()), (networks, Some(authn)), "{policy:?}");
+            let d = detect(&s);
+            assert_eq!(d.timeout, Some(crate::model::proto_duration(DETECT_TIMEOUT)));
+            assert_eq!(d.http_routes[0].authorizations, s.authorizations);
+        }
+        let deny = server(&index, "web-v1-0", 4191, AccessPolicy::Deny);
+        assert!(deny.authorizations.is_empty());
+        assert!(detect(&deny).http_routes[0].authorizations.is_empty());
+    }
+
+    #[test]
+    fn default_policy_precedence_and_opaque_ports() {
+        let extra = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: emojivoto, annotations: {config.weft.io/default-inbound-policy: cluster-authenticated}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: own-default
+  namespace: emojivoto
+  annotations: {config.linkerd.io/default-inbound-policy: deny, config.weft.io/opaque-ports: "3306"}
+spec: {containers: [{name: db}]}
+"#;
+        let idx = index(&["namespaces.list.json"], extra);
+        // The Namespace's annotation beats the flag ...
+        let s = server(&idx, "web-v1-0", 4191, AccessPolicy::AllUnauthenticated);
+        assert_eq!(s.labels["name"], "cluster-authenticated");
+        // ... and the pod's beats the Namespace's.
+        let s = server(&idx, "own-default", 3306, AccessPolicy::AllUnauthenticated);
+        assert_eq!(s.labels["name"], "deny");
+        assert!(s.authorizations.is_empty());
+        assert!(matches!(s.protocol.and_then(|p| p.kind), Some(proxy_protocol::Kind::Opaque(_))));
+        // Without either annotation, the flag.
+        let plain = index(&[], "");
+        let s = server(&plain, "web-v1-0", 4191, AccessPolicy::Audit);
+        assert_eq!(s.labels["name"], "audit");
+    }
+
+    #[test]
+    fn grpc_servers_and_service_account_authentications() {
+        // voting-grpc names port `grpc`; give voting a pod that names it so.
+        let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: voting-grpc-0, namespace: emojivoto, labels: {app: voting}}
+spec: {containers: [{name: voting, ports: [{name: grpc, containerPort: 8080}]}]}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: voting-from-sa, namespace: emojivoto}
+spec:
+  targetRef: {group: policy.linkerd.io, kind: Server, name: voting-grpc}
+  requiredAuthenticationRefs:
+  - {kind: ServiceAccount, name: vote-bot}
+  - {group: policy.linkerd.io, kind: NetworkAuthentication, name: cluster-network}
+"#;
+        let index = index(&[], pod);
+        let s = server(&index, "voting-grpc-0", 8080, AccessPolicy::AllUnauthenticated);
+        let Some(proxy_protocol::Kind::Grpc(g)) = s.protocol.as_ref().and_then(|p| p.kind.clone()) else {
+            panic!("not gRPC: {:?}", s.protocol)
+        };
+        assert_eq!(g.routes.len(), 1);
+        assert_eq!(g.routes[0].authorizations, s.authorizations);
+        let by_name: HashMap<_, _> = s.authorizations.iter().map(|a| (a.labels["name"].clone(), a)).collect();
+        assert_eq!(s.authorizations.len(), 3, "{:?}", by_name.keys());
+        let web_only = by_name["voting-grpc"];
+        assert_eq!(
+            web_only.authentication,
+            Some(mesh_tls(
+                vec![pb::Identity {
+                    name: "web.emojivoto.serviceaccount.identity.weft.cluster.local".into()
+                }],
+                vec![]
+            ))
+        );
+        assert_eq!(nets(web_only), all_nets());
+        // A ServiceAccount and a network: both hold at once.
+        let both = by_name["voting-from-sa"];
+        assert_eq!(
+            both.authentication,
+            Some(mesh_tls(
+                vec![pb::Identity {
+                    name: "vote-bot.emojivoto.serviceaccount.identity.weft.cluster.local".into()
+                }],
+                vec![]
+            ))
+        );
+        assert_eq!(nets(both)[0], (net("10.0.0.0/8"), vec![net("10.1.2.0/24")]));
+    }
+
+    #[test]
+    fn gateway_routes_and_their_own_authorizations() {
+        let extra = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-api, namespace: emojivoto}
+spec:
+  parentRefs: [{group: policy.linkerd.io, kind: Server, name: web-http}]
+  hostnames: [web.example.com]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/v[0-9]+/.*"}, headers: [{name: x-env, value: prod}]}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-from, value: gw}]}
+---
+apiVersion: policy.linkerd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: gw-web-api, namespace: emojivoto}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web-api}
+  requiredAuthenticationRefs: [{kind: ServiceAccount, name: web}]
+"#;
+        let index = index(&[], extra);
+        let s = server(&index, "web-v1-0", 8080, AccessPolicy::AllUnauthenticated);
+        let routes = &http1(&s).routes;
+        let names: Vec<_> = routes.iter().map(|r| name(&r.metadata)).collect();
+        assert_eq!(
+            names,
+            [
+                "policy.linkerd.io:HTTPRoute:emojivoto/web-api",
+                "gateway.networking.k8s.io:HTTPRoute:emojivoto/web-api"
+            ]
+        );
+        // Each route is authorized by the policies of its own group only.
+        let authz =
+            |r: &pb::HttpRoute| r.authorizations.iter().map(|a| a.labels["name"].clone()).collect::<Vec<_>>();
+        assert_eq!(authz(&routes[0]), ["web-api"]);
+        assert_eq!(authz(&routes[1]), ["gw-web-api"]);
+        assert_eq!(routes[1].hosts, route::proto_hosts(&["web.example.com".into()]));
+        assert_eq!(routes[1].rules[0].filters.len(), 1);
+    }
+
+    #[test]
+    fn workloads() {
+        assert_eq!(
+            parse_workload(r#"{"ns":"emojivoto","pod":"web-0"}"#),
+            Ok(ObjKey::new("emojivoto", "web-0"))
+        );
+        assert_eq!(parse_workload("emojivoto:web-0"), Ok(ObjKey::new("emojivoto", "web-0")));
+        for bad in ["", "web-0", r#"{"ns":"a"}"#, r#"{"ns":"a","pod":"b","x":1}"#, "A:b", ":b", "{", "a:b:c"]
+        {
+            assert!(parse_workload(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            parse_workload(r#"{"ns":"a","external_workload":"vm"}"#),
+            Err(WorkloadError::External(_))
+        ));
+        assert_eq!(parse_networks("10.0.0.0/8, fd00::/8").map(|n| n.len()), Ok(2));
+        assert!(parse_networks("10.0.0.0/8,nope").is_err());
+        assert!(parse_access_policy("allow").is_err());
+    }
+}
