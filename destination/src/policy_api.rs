@@ -104,29 +104,42 @@ struct WorkloadJson {
     external_workload: Option<String>,
 }
 
+/// At most 64 characters of a client's string, for errors and logs: the
+/// error travels back in the `grpc-message` header, and a 100 kB workload
+/// echoed there made the client's HTTP/2 stack drop the connection.
+fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_owned(),
+    }
+}
+
 /// Linkerd's `{"ns":"emojivoto","pod":"web-0"}`, or the older `emojivoto:web-0`.
-pub fn parse_workload(s: &str) -> Result<ObjKey, WorkloadError> {
-    let s = s.trim();
+pub fn parse_workload(workload: &str) -> Result<ObjKey, WorkloadError> {
+    // A namespace (63) and a pod name (253) in JSON fit well within this.
+    const MAX_LEN: usize = 1024;
+    let s = workload.trim();
     if s.is_empty() {
         return Err(WorkloadError::Empty);
     }
+    if s.len() > MAX_LEN {
+        return Err(WorkloadError::Format(shown(s)));
+    }
     let (ns, pod) = if s.starts_with('{') {
         let w: WorkloadJson =
-            serde_json::from_str(s).map_err(|e| WorkloadError::Json(s.to_owned(), e.to_string()))?;
+            serde_json::from_str(s).map_err(|e| WorkloadError::Json(shown(s), e.to_string()))?;
         match (w.pod, w.external_workload) {
             (Some(pod), None) => (w.ns, pod),
-            (None, Some(_)) => return Err(WorkloadError::External(s.to_owned())),
+            (None, Some(_)) => return Err(WorkloadError::External(shown(s))),
             _ => {
-                return Err(WorkloadError::Json(
-                    s.to_owned(),
-                    "exactly one of pod and external_workload".into(),
-                ))
+                return Err(WorkloadError::Json(shown(s), "exactly one of pod and external_workload".into()))
             }
         }
     } else {
         match s.split_once(':') {
             Some((ns, pod)) => (ns.to_owned(), pod.to_owned()),
-            None => return Err(WorkloadError::Format(s.to_owned())),
+            None => return Err(WorkloadError::Format(shown(s))),
         }
     };
     for name in [&ns, &pod] {
@@ -134,7 +147,7 @@ pub fn parse_workload(s: &str) -> Result<ObjKey, WorkloadError> {
             && name.len() <= 253
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !ok {
-            return Err(WorkloadError::Name(s.to_owned(), name.clone()));
+            return Err(WorkloadError::Name(shown(s), shown(name)));
         }
     }
     Ok(ObjKey::new(ns, pod))
@@ -475,7 +488,8 @@ impl InboundServerPolicies for PolicyService {
     async fn get_port(&self, req: Request<pb::PortSpec>) -> Result<Response<pb::Server>, Status> {
         let remote = req.remote_addr();
         let req = req.into_inner();
-        let span = info_span!("get_port", workload = %req.workload, port = req.port, client = ?remote);
+        let span =
+            info_span!("get_port", workload = %shown(&req.workload), port = req.port, client = ?remote);
         async {
             let (pod, port) = Self::spec(&req)?;
             self.first(&pod, port).await.map(Response::new)
@@ -490,7 +504,8 @@ impl InboundServerPolicies for PolicyService {
     ) -> Result<Response<Self::WatchPortStream>, Status> {
         let remote = req.remote_addr();
         let req = req.into_inner();
-        let span = info_span!("watch_port", workload = %req.workload, port = req.port, client = ?remote);
+        let span =
+            info_span!("watch_port", workload = %shown(&req.workload), port = req.port, client = ?remote);
         let (pod, port) = span.in_scope(|| Self::spec(&req))?;
         // Like Linkerd: a pod unknown at the start is NotFound (the proxy
         // keeps its default policy and retries). A pod deleted while watched
@@ -875,5 +890,11 @@ spec:
         assert_eq!(parse_networks("10.0.0.0/8, fd00::/8").map(|n| n.len()), Ok(2));
         assert!(parse_networks("10.0.0.0/8,nope").is_err());
         assert!(parse_access_policy("allow").is_err());
+        // Long but valid names pass; a huge string is refused, and errors
+        // quote only its start.
+        let long = format!(r#"{{"ns":"{}","pod":"{}"}}"#, "n".repeat(63), "p".repeat(253));
+        assert!(parse_workload(&long).is_ok());
+        let err = parse_workload(&"x".repeat(100_000)).unwrap_err().to_string();
+        assert!(err.len() < 200, "{err}");
     }
 }
