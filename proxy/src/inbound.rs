@@ -2,10 +2,12 @@
 //!
 //! accept → TLS ClientHello for our identity? terminate mTLS (peer identity
 //! recorded; ALPN says HTTP/2 or opaque) : plaintext (refused on ports that
-//! require identity) → detect →
-//!   HTTP: metrics → errors → strip client-set l5d- headers, add
-//!         l5d-client-id, restore HTTP/1 → app → forward
-//!   else: opaque TCP to the app
+//! require identity) → the port's policy says the protocol, or detect →
+//!   HTTP: metrics → errors → authorize (route, authorizations) → rate
+//!         limit → strip client-set l5d- headers, add l5d-client-id,
+//!         restore HTTP/1 → route filters → app → forward
+//!   else: authorize the connection → opaque TCP to the app, closed if a
+//!         policy change denies it
 //!
 //! The app is on the loopback of the original destination's family under
 //! iptables (`127.0.0.1:<original port>`, `[::1]:<original port>` for
@@ -38,6 +40,12 @@ use crate::{
     io::Activity,
     listen::{Accepted, BoundAddrs},
     metrics::Direction,
+    policy::{
+        authorize::{self, AuthorizeLayer, Client, PolicyRx},
+        filters::FiltersLayer,
+        rate_limit::RateLimitLayer,
+        ClientTls, Policies, Protocol,
+    },
     stack::{Detected, Stack},
 };
 
@@ -54,6 +62,7 @@ pub struct Inbound {
     listen_addrs: BoundAddrs,
     mesh: Option<MeshServer>,
     require_identity: PortSet,
+    policies: Policies,
 }
 
 /// How a connection reached us.
@@ -64,6 +73,12 @@ enum Peer {
     Meshed(Option<IdentityName>),
 }
 
+/// One connection's client and its port's policy.
+struct Conn {
+    client: Arc<Client>,
+    policy: PolicyRx,
+}
+
 impl Inbound {
     pub fn new(
         stack: Stack,
@@ -72,8 +87,9 @@ impl Inbound {
         listen_addrs: BoundAddrs,
         mesh: Option<MeshServer>,
         require_identity: PortSet,
+        policies: Policies,
     ) -> Self {
-        Self { stack, dns, app_addr, listen_addrs, mesh, require_identity }
+        Self { stack, dns, app_addr, listen_addrs, mesh, require_identity, policies }
     }
 
     pub async fn handle(self: Arc<Self>, conn: Accepted) {
@@ -86,10 +102,14 @@ impl Inbound {
                 return;
             }
         };
+        // `target_addr`: what the client dialled (the listener itself in
+        // explicit mode).
+        let Some(target) = orig_dst.or_else(|| stream.local_addr().ok()) else { return };
+        let policy = self.policies.port(app.port());
         let activity = Activity::default();
         let Some(mesh) = &self.mesh else {
             let io = self.stack.meter(stream, &activity);
-            return self.plaintext(io, app, client, &activity).await;
+            return self.plaintext(io, app, client, target, policy, &activity).await;
         };
         let io = self.stack.meter_unlabelled(stream, &activity);
         let (sni, mut io) = match client_hello_sni(io, self.stack.detect_timeout).await {
@@ -98,7 +118,7 @@ impl Inbound {
         };
         if sni.as_deref() != Some(mesh.local.name.dns_name()) {
             io.get_mut().label(&self.stack.src_metrics);
-            return self.plaintext(io, app, client, &activity).await;
+            return self.plaintext(io, app, client, target, policy, &activity).await;
         }
         let mut tls = match tokio_rustls::TlsAcceptor::from(mesh.config.clone()).accept(io).await {
             Ok(tls) => tls,
@@ -114,16 +134,27 @@ impl Inbound {
         if peer.is_none() && self.require_identity.contains(app.port()) {
             return info!(port = app.port(), "closing connection: this port requires a client identity");
         }
+        let conn = Conn {
+            client: Client::new(client, target, ClientTls::Mesh(peer.as_ref().map(|p| p.dns_name().into()))),
+            policy,
+        };
         let peer = Peer::Meshed(peer);
         match alpn.as_deref() {
-            Some(p) if p == ALPN_HTTP2 => self.http(tls, Version::Http2, app, client, peer, &activity).await,
-            Some(p) if p == ALPN_OPAQUE => self.stack.forward_opaque(tls, app, None, &activity).await,
-            _ => self.detected(tls, app, client, peer, &activity).await,
+            Some(p) if p == ALPN_HTTP2 => self.http(tls, Version::Http2, app, &conn, peer, &activity).await,
+            Some(p) if p == ALPN_OPAQUE => self.opaque(tls, app, &conn, &activity).await,
+            _ => self.detected(tls, app, &conn, peer, &activity).await,
         }
     }
 
-    async fn plaintext<I>(&self, io: I, app: SocketAddr, client: SocketAddr, activity: &Activity)
-    where
+    async fn plaintext<I>(
+        &self,
+        io: I,
+        app: SocketAddr,
+        client: SocketAddr,
+        target: SocketAddr,
+        policy: PolicyRx,
+        activity: &Activity,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if self.require_identity.contains(app.port()) {
@@ -132,17 +163,44 @@ impl Inbound {
                 "closing plaintext connection: this port requires a client identity"
             );
         }
-        self.detected(io, app, client, Peer::Plaintext, activity).await
+        let conn = Conn { client: Client::new(client, target, ClientTls::Plaintext), policy };
+        self.detected(io, app, &conn, Peer::Plaintext, activity).await
     }
 
-    async fn detected<I>(&self, io: I, app: SocketAddr, client: SocketAddr, peer: Peer, activity: &Activity)
+    /// The port's policy names the protocol (no detection), or says detect.
+    async fn detected<I>(&self, io: I, app: SocketAddr, conn: &Conn, peer: Peer, activity: &Activity)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let protocol = conn.policy.borrow().protocol;
+        match protocol {
+            Protocol::Opaque | Protocol::Tls => return self.opaque(io, app, conn, activity).await,
+            Protocol::Http1 => return self.http(io, Version::Http1, app, conn, peer, activity).await,
+            Protocol::Http2 | Protocol::Grpc => {
+                return self.http(io, Version::Http2, app, conn, peer, activity).await
+            }
+            Protocol::Detect(_) => {}
+        }
         let Some(detected) = self.stack.detect(io, Some(app.port())).await else { return };
         match detected {
-            Detected::Opaque(io) => self.stack.forward_opaque(io, app, None, activity).await,
-            Detected::Http(version, io) => self.http(io, version, app, client, peer, activity).await,
+            Detected::Opaque(io) => self.opaque(io, app, conn, activity).await,
+            Detected::Http(version, io) => self.http(io, version, app, conn, peer, activity).await,
+        }
+    }
+
+    /// Checked once against the server's authorizations; closed when a
+    /// policy change stops permitting it.
+    async fn opaque<I>(&self, io: I, app: SocketAddr, conn: &Conn, activity: &Activity)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let policy = conn.policy.borrow().clone();
+        if !authorize::check_tcp(&policy, &conn.client) {
+            return;
+        }
+        tokio::select! {
+            () = self.stack.forward_opaque(io, app, None, activity) => {}
+            () = authorize::revoked(conn.policy.clone(), &conn.client) => {}
         }
     }
 
@@ -151,12 +209,13 @@ impl Inbound {
         io: I,
         version: Version,
         app: SocketAddr,
-        client: SocketAddr,
+        conn: &Conn,
         peer: Peer,
         activity: &Activity,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let client = conn.client.addr;
         let client_name = match &peer {
             Peer::Meshed(Some(id)) => Some(id.dns_name().to_string()),
             _ => None,
@@ -173,6 +232,8 @@ impl Inbound {
         let service = ServiceBuilder::new()
             .layer(metrics)
             .layer(RespondOnErrorLayer)
+            .layer(AuthorizeLayer::new(conn.policy.clone(), conn.client.clone()))
+            .layer(RateLimitLayer::new(conn.client.clone()))
             .map_request(move |mut req: Request<BoxBody>| {
                 // Only a peer proxy may ask for its request to be restored
                 // to HTTP/1; from anyone else the header is just stripped.
@@ -187,6 +248,7 @@ impl Inbound {
                 }
                 req
             })
+            .layer(FiltersLayer)
             .layer(ResolveLayer::new(Target::Fixed(app), self.dns.clone(), self.listen_addrs.clone()))
             .layer(TapLayer::new(self.stack.taps.clone(), Direction::Inbound, client, client_name.as_deref()))
             .service(Forward::new(self.stack.client.clone(), self.stack.connector.clone(), None));

@@ -144,6 +144,24 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         }
         None => None,
     };
+    let policy_api = match (&config.policy_addr, &config.policy_workload) {
+        (Some(addr), Some(workload)) => {
+            info!(policy = %addr, workload = %workload, "inbound policy discovery enabled");
+            Some((addr.as_str(), workload.clone()))
+        }
+        _ => None,
+    };
+    let policies = policy::Policies::new(
+        policy_api,
+        config.default_policy,
+        config.inbound_probes.clone(),
+        config.cluster_networks.clone(),
+    )?;
+    // Prefetch: the app's declared ports have their policy before their
+    // first connection.
+    for port in config.inbound_ports.iter() {
+        policies.port(port);
+    }
     let inbound = Arc::new(Inbound::new(
         Stack::new(Direction::Inbound, &config, drain.clone(), taps),
         dns,
@@ -151,6 +169,7 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         inbound_addrs.clone(),
         mesh_server,
         config.inbound_ports_require_identity.clone(),
+        policies,
     ));
     let max = config.max_connections;
     tokio::spawn(listen::serve(outbound_listeners, Direction::Outbound, max, drain.clone(), move |conn| {
