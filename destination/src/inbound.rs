@@ -214,6 +214,15 @@ fn resolve_all<'a>(
                 .map_err(|e| format!("ServiceAccount {k}: {e}")),
             })
             .collect();
+        // Two NetworkAuthentications must both hold: their intersection,
+        // which the proxy's network list cannot say.
+        let resolved = resolved.and_then(|required| {
+            let networks = required.iter().filter(|a| matches!(a, Authentication::Network(_))).count();
+            if networks > 1 {
+                return Err(format!("{networks} NetworkAuthentications required; at most one is supported"));
+            }
+            Ok(required)
+        });
         match resolved {
             Ok(required) => authorizations.push(Authorization { policy: ap.key.clone(), required }),
             Err(reason) => unresolved.push((ap.key.clone(), reason)),
@@ -313,5 +322,18 @@ mod tests {
         assert!(p.authorizations.is_empty());
         assert_eq!(p.unresolved.len(), 1);
         assert!(p.unresolved[0].1.contains("cluster-network"), "{:?}", p.unresolved);
+    }
+
+    #[test]
+    fn two_network_authentications_authorize_nobody() {
+        let index = index(&[]);
+        let mut ap = index.subscribe().borrow().authorization_policies
+            [&ObjKey::new("emojivoto", "emojivoto-cluster-network")]
+            .clone();
+        ap.required.push(ap.required[0].clone());
+        index.apply(crate::model::Object::AuthorizationPolicy(ap));
+        let p = policy(&index, "web-v1-0", 8080);
+        assert!(p.authorizations.is_empty(), "{:?}", p.authorizations);
+        assert!(p.unresolved[0].1.contains("2 NetworkAuthentications"), "{:?}", p.unresolved);
     }
 }

@@ -224,11 +224,10 @@ fn policy_authz(policy: AccessPolicy, cluster: &[Cidr]) -> Option<pb::Authz> {
 }
 
 /// An AuthorizationPolicy as one `Authz`. Its authentications must all hold:
-/// networks come from its NetworkAuthentication and identities from its
-/// MeshTLSAuthentications and ServiceAccounts. Two NetworkAuthentications
-/// cannot be expressed as one network list (their intersection): such a
-/// policy authorizes nobody, like one with a missing reference.
-fn authorization_authz(a: &Authorization) -> Option<pb::Authz> {
+/// networks come from its NetworkAuthentication ([`inbound`] refuses
+/// policies with several) and identities from its MeshTLSAuthentications and
+/// ServiceAccounts, any of which is accepted (as Linkerd does).
+fn authorization_authz(a: &Authorization) -> pb::Authz {
     let mut networks: Option<Vec<pb::Network>> = None;
     let mut identities = Vec::new();
     let mut suffixes = Vec::new();
@@ -236,10 +235,6 @@ fn authorization_authz(a: &Authorization) -> Option<pb::Authz> {
     for required in &a.required {
         match required {
             Authentication::Network(nets) => {
-                if networks.is_some() {
-                    warn!(policy = %a.policy, "more than one NetworkAuthentication required; the policy authorizes nobody");
-                    return None;
-                }
                 networks = Some(nets.iter().map(|n| network(&n.cidr, &n.except)).collect());
             }
             Authentication::MeshTls(ids) => {
@@ -256,12 +251,12 @@ fn authorization_authz(a: &Authorization) -> Option<pb::Authz> {
         }
     }
     let authn = if mesh { mesh_tls(identities, suffixes) } else { unauthenticated() };
-    Some(pb::Authz {
+    pb::Authz {
         networks: networks.unwrap_or_else(all_networks),
         authentication: Some(authn),
         labels: labels(POLICY_GROUP, "AuthorizationPolicy", &a.policy.name),
         metadata: Some(resource_meta(POLICY_GROUP, "AuthorizationPolicy", &a.policy)),
-    })
+    }
 }
 
 fn default_route(authorizations: Vec<pb::Authz>) -> pb::HttpRoute {
@@ -331,7 +326,7 @@ fn http_route(r: &inbound::InboundRoute) -> pb::HttpRoute {
     pb::HttpRoute {
         metadata: Some(resource_meta(&r.route.group, "HTTPRoute", &r.route.key)),
         hosts: route::proto_hosts(&r.route.hostnames),
-        authorizations: r.authorizations.iter().filter_map(authorization_authz).collect(),
+        authorizations: r.authorizations.iter().map(authorization_authz).collect(),
         rules,
     }
 }
@@ -370,8 +365,7 @@ fn rate_limit(rl: &crate::policy::RateLimitRec, cfg: &MeshConfig) -> pb::HttpLoc
 
 /// `policy` as Linkerd's `Server` message.
 pub fn server_proto(policy: &InboundPolicy, cfg: &MeshConfig, cluster_networks: &[Cidr]) -> pb::Server {
-    let mut authorizations: Vec<pb::Authz> =
-        policy.authorizations.iter().filter_map(authorization_authz).collect();
+    let mut authorizations: Vec<pb::Authz> = policy.authorizations.iter().map(authorization_authz).collect();
     authorizations.extend(policy_authz(policy.access, cluster_networks));
     let server_labels = match &policy.server {
         Some(key) => labels(POLICY_GROUP, "server", &key.name),
@@ -426,6 +420,37 @@ pub fn server_proto(policy: &InboundPolicy, cfg: &MeshConfig, cluster_networks: 
     }
 }
 
+/// A port's `Server`, and the policies that apply to it but authorize
+/// nobody (a missing authentication, ...), for the log.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub server: pb::Server,
+    pub unresolved: Vec<(ObjKey, String)>,
+}
+
+impl Answer {
+    fn report(&self) {
+        for (policy, reason) in &self.unresolved {
+            warn!(%policy, %reason, "AuthorizationPolicy authorizes nobody");
+        }
+    }
+}
+
+/// The answer for `pod`'s `port`, or `None` while the pod is not indexed.
+pub fn answer(
+    state: &State,
+    cfg: &MeshConfig,
+    policy: &PolicyConfig,
+    pod: &ObjKey,
+    port: u16,
+) -> Option<Answer> {
+    let pod = state.pods.get(pod)?;
+    let p = inbound::inbound_policy(state, cfg, pod, port, policy.default_policy);
+    let mut unresolved = p.unresolved.clone();
+    unresolved.extend(p.routes.iter().flat_map(|r| r.unresolved.iter().cloned()));
+    Some(Answer { server: server_proto(&p, cfg, &policy.cluster_networks), unresolved })
+}
+
 /// The `Server` for `pod`'s `port`, or `None` while the pod is not indexed.
 pub fn lookup(
     state: &State,
@@ -434,9 +459,7 @@ pub fn lookup(
     pod: &ObjKey,
     port: u16,
 ) -> Option<pb::Server> {
-    let pod = state.pods.get(pod)?;
-    let p = inbound::inbound_policy(state, cfg, pod, port, policy.default_policy);
-    Some(server_proto(&p, cfg, &policy.cluster_networks))
+    answer(state, cfg, policy, pod, port).map(|a| a.server)
 }
 
 // === The service ===
@@ -469,15 +492,17 @@ impl PolicyService {
 
     /// Waits for the backend's first load, then looks the pod up: an
     /// answer from a half-loaded index would wrongly say NotFound.
-    async fn first(&self, pod: &ObjKey, port: u16) -> Result<pb::Server, Status> {
+    async fn first(&self, pod: &ObjKey, port: u16) -> Result<Answer, Status> {
         let mut rx = self.index.subscribe();
         match tokio::time::timeout(SYNC_WAIT, rx.wait_for(|s| s.synced)).await {
             Ok(Ok(_)) => {}
             _ => return Err(Status::unavailable("the index has not loaded yet; retry")),
         }
         let state = rx.borrow();
-        lookup(&state, &self.cfg, &self.policy, pod, port)
-            .ok_or_else(|| Status::not_found(format!("pod {pod} not found")))
+        let answer = answer(&state, &self.cfg, &self.policy, pod, port)
+            .ok_or_else(|| Status::not_found(format!("pod {pod} not found")))?;
+        answer.report();
+        Ok(answer)
     }
 }
 
@@ -492,7 +517,7 @@ impl InboundServerPolicies for PolicyService {
             info_span!("get_port", workload = %shown(&req.workload), port = req.port, client = ?remote);
         async {
             let (pod, port) = Self::spec(&req)?;
-            self.first(&pod, port).await.map(Response::new)
+            self.first(&pod, port).await.map(|a| Response::new(a.server))
         }
         .instrument(span)
         .await
@@ -510,26 +535,34 @@ impl InboundServerPolicies for PolicyService {
         // Like Linkerd: a pod unknown at the start is NotFound (the proxy
         // keeps its default policy and retries). A pod deleted while watched
         // keeps its stream, silent, until it exists again.
-        self.first(&pod, port).instrument(span.clone()).await?;
+        let first = self.first(&pod, port).instrument(span.clone()).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (cfg, policy) = (self.cfg.clone(), self.policy.clone());
-        let last_sent = std::sync::Mutex::new(None::<pb::Server>);
+        // Seeded with what `first` reported, so its warnings are not
+        // repeated: they are logged again only when they change.
+        let last = std::sync::Mutex::new((first, false));
         tokio::spawn(
             run(
                 "watch_port",
                 self.index.subscribe(),
                 self.shutdown.clone(),
                 tx,
-                move |state| lookup(state, &cfg, &policy, &pod, port),
-                move |_, next: &Option<pb::Server>| {
+                move |state| answer(state, &cfg, &policy, &pod, port),
+                move |_, next: &Option<Answer>| {
                     let Some(next) = next else { return Vec::new() };
-                    let mut last = last_sent.lock().unwrap_or_else(|p| p.into_inner());
-                    if last.as_ref() == Some(next) {
+                    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                    let (prev, sent_any) = &mut *last;
+                    if prev.unresolved != next.unresolved {
+                        next.report();
+                    }
+                    let changed = prev.server != next.server;
+                    *prev = next.clone();
+                    if !changed && *sent_any {
                         return Vec::new();
                     }
-                    debug!("policy changed");
-                    *last = Some(next.clone());
-                    vec![next.clone()]
+                    debug!("sending the port's policy");
+                    *sent_any = true;
+                    vec![next.server.clone()]
                 },
                 true,
             )

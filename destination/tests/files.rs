@@ -373,17 +373,30 @@ fn policy_resources_load_and_invalid_ones_are_refused() {
         "accepted-networkauthentication-not-a-cidr.request.json",
         "accepted-server-unknown-proxyprotocol.request.json",
         "accepted-httplocalratelimitpolicy-identity-above-total.request.json",
-        // Kinds not indexed yet are ignored, not errors.
         "httproutes.policy.linkerd.io-emojivoto.list.json",
+        "httproutes.gateway.networking.k8s.io-emojivoto.list.json",
+        "namespaces.list.json",
+        // Kinds not indexed yet are ignored, not errors.
         "egressnetworks.policy.linkerd.io-emojivoto.list.json",
     ] {
         std::fs::copy(fixtures.join(name), dir.join(name)).unwrap();
     }
+    // The apiserver accepts a regex that does not compile; weft refuses the
+    // route, and only it.
+    write(
+        &dir.join("zz-bad-route.yaml"),
+        "apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata: {name: bad-regex, namespace: emojivoto}\nspec:\n  parentRefs: [{group: policy.linkerd.io, kind: Server, name: web-http}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: \"/api/((\"}}]\n",
+    );
     let mut loader = files::Loader::new(&dir, MeshConfig::default());
     let scan = loader.scan();
     let mut reported: Vec<String> = scan.errors.iter().map(|e| e.to_string()).collect();
     reported.sort();
-    assert_eq!(reported.len(), 3, "{reported:#?}");
+    assert_eq!(reported.len(), 4, "{reported:#?}");
+    assert!(
+        reported[3].contains("HTTPRoute emojivoto/bad-regex") && reported[3].contains("regex"),
+        "{}",
+        reported[3]
+    );
     assert!(reported[0].contains("HTTPLocalRateLimitPolicy emojivoto/web-rl-inverted"), "{}", reported[0]);
     assert!(reported[1].contains("NetworkAuthentication emojivoto/bogus-network"), "{}", reported[1]);
     assert!(reported[1].contains("not-a-cidr"), "{}", reported[1]);
@@ -407,5 +420,8 @@ fn policy_resources_load_and_invalid_ones_are_refused() {
     assert_eq!(names(state.meshtls_authentications.keys().collect()), ["emojivoto-accounts", "web-only"]);
     assert_eq!(names(state.network_authentications.keys().collect()), ["cluster-network"]);
     assert_eq!(names(state.rate_limits.keys().collect()), ["web-rl"]);
+    assert_eq!(names(state.http_routes.keys().collect()), ["web-api"]);
+    assert_eq!(names(state.gateway_http_routes.keys().collect()), ["voting-route"]);
+    assert_eq!(state.namespaces.len(), 6);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -220,6 +220,29 @@ async fn get_port_and_watch_port_follow_the_manifests() {
     if let Ok(m) = tokio::time::timeout(Duration::from_millis(800), watch.message()).await {
         panic!("expected no message after an unrelated change, got {m:?}");
     }
+    // A policy naming a missing authentication authorizes nobody: the
+    // answer is unchanged (nothing sent) and the log says why.
+    write(
+        &dir.join("dangling.yaml"),
+        &AUTHZ
+            .split("---")
+            .nth(1)
+            .unwrap()
+            .replace("web-clients", "dangling")
+            .replace("name: clients", "name: gone"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line =
+            d.logs.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no warning");
+        if line.contains("authorizes nobody") && line.contains("demo/dangling") && line.contains("demo/gone")
+        {
+            break;
+        }
+    }
+    if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), watch.message()).await {
+        panic!("expected no message for a policy that authorizes nobody, got {m:?}");
+    }
     // The Server's protocol changes: sent again.
     write(&dir.join("server.yaml"), &SERVER.replace("HTTP/1", "opaque"));
     let opaque = next(&mut watch, "after the protocol change").await;
