@@ -1,5 +1,6 @@
 //! `weft`: the mesh's command line. One module per subcommand.
 
+mod authz;
 mod check;
 mod demo;
 mod identity;
@@ -29,6 +30,10 @@ enum Command {
     /// Check the cluster before installing weft (--pre), weft's control
     /// plane, and the meshed pods' proxies (--proxy), as `linkerd check` does.
     Check(check::Args),
+    /// Show which inbound policy applies to each port of a workload's pods
+    /// (Servers, HTTPRoutes, AuthorizationPolicies, the default policy), as
+    /// `linkerd authz` does.
+    Authz(authz::Args),
     /// Add the weft proxy to the workloads in Kubernetes manifests (offline,
     /// as the admission webhook would), printing the result.
     Inject(inject::Args),
@@ -48,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Tap(args) => tap::run(args),
         Command::Check(args) => check::run(args),
+        Command::Authz(args) => authz::run(args),
         Command::Inject(args) => inject::run(args),
         Command::Demo(args) => demo::run(args),
         Command::DemoService(args) => demo::service::run(args),

@@ -10,7 +10,8 @@
 //! `crds`, `control_plane` (Deployments, /ready), `certificates` (trust
 //! anchors and issuer), `proxies` (the data plane).
 
-mod api;
+// Shared with `weft authz`: the same client, timeouts and error messages.
+pub(crate) mod api;
 mod certificates;
 mod control_plane;
 mod crds;
