@@ -194,4 +194,117 @@ mod tests {
         assert!(matches!(check(&p, &client("10.1.1.1"), &get("/live")), Ok(None)));
         assert!(!check_tcp(&p, &client("10.1.1.1")));
     }
+
+    /// A policy shaped like a real one: probes, the default route, and a
+    /// few routes with mesh and network authorizations.
+    fn realistic_policy() -> ServerPolicy {
+        use crate::policy::{
+            routes::{PathMatch, RequestMatch, Rule},
+            Authentication, Authz, Meta, Network, Route,
+        };
+        let mut p =
+            DefaultPolicy::AllUnauthenticated.server(80, &[(80, "/live".into()), (80, "/ready".into())], &[]);
+        for name in ["users", "orders", "items", "admin"] {
+            p.routes.push(Route {
+                meta: Meta::default_named(name),
+                hosts: vec![],
+                authorizations: vec![
+                    Authz {
+                        meta: Meta::default_named("mesh"),
+                        networks: Network::all(),
+                        authentication: Authentication::MeshTls {
+                            identities: Default::default(),
+                            suffixes: vec![vec!["ns".into(), "serviceaccount".into()]],
+                        },
+                    },
+                    Authz {
+                        meta: Meta::default_named("cluster"),
+                        networks: vec![Network { net: "10.0.0.0/8".parse().unwrap(), except: vec![] }],
+                        authentication: Authentication::Unauthenticated,
+                    },
+                ],
+                rules: vec![Rule {
+                    matches: vec![RequestMatch {
+                        path: Some(PathMatch::Prefix(format!("/api/{name}"))),
+                        method: Some(http::Method::GET),
+                        ..Default::default()
+                    }],
+                    filters: vec![],
+                }],
+            });
+        }
+        p
+    }
+
+    /// Counts this thread's allocations, so the allow path can be shown to
+    /// make none.
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator unchanged.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+            // SAFETY: the caller's contract is the system allocator's.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: as above.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn an_allowed_request_allocates_nothing_once_its_counter_is_cached() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            let (_tx, rx) = watch::channel(Arc::new(realistic_policy()));
+            let client = client("10.1.1.1");
+            let req = Request::get("/api/items/42").header("host", "web.ns:80").body(()).unwrap();
+            let first = ALLOCATIONS.with(|n| n.get());
+            assert!(matches!(check(&rx.borrow(), &client, &req), Ok(None)));
+            let before = ALLOCATIONS.with(|n| n.get());
+            assert!(before > first, "the first request builds its counter (and the count works)");
+            for _ in 0..100 {
+                assert!(matches!(check(&rx.borrow(), &client, &req), Ok(None)));
+            }
+            assert_eq!(ALLOCATIONS.with(|n| n.get()) - before, 0);
+        });
+        let rendered = recorder.handle().render();
+        assert!(rendered.contains("authz_name=\"cluster\""), "{rendered}");
+        assert!(rendered.contains("route_name=\"items\""), "{rendered}");
+    }
+
+    /// The data path's cost per allowed request: the policy borrowed from
+    /// its watch, the route matched among several, the authorizations
+    /// checked, the allow counter (a real Prometheus recorder) counted.
+    #[test]
+    #[ignore = "a measurement: cargo test -p weft-proxy --lib -- --ignored --nocapture authorization_cost"]
+    fn authorization_cost() {
+        use std::time::Instant;
+
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            let (_tx, rx) = watch::channel(Arc::new(realistic_policy()));
+            let client = client("10.1.1.1");
+            let req = Request::get("/api/items/42").header("host", "web.ns:80").body(()).unwrap();
+            let n = 200_000u32;
+            for _ in 0..1000 {
+                assert!(matches!(check(&rx.borrow(), &client, &req), Ok(None)));
+            }
+            let start = Instant::now();
+            for _ in 0..n {
+                let allowed = check(&rx.borrow(), &client, &req);
+                std::hint::black_box(allowed.is_ok());
+            }
+            let ns = start.elapsed().as_nanos() / u128::from(n);
+            println!("{ns} ns per authorization check of an allowed request (this build's profile)");
+        });
+    }
 }
