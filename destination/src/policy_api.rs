@@ -71,13 +71,19 @@ pub fn parse_access_policy(s: &str) -> Result<AccessPolicy, String> {
     })
 }
 
-/// `--cluster-networks`: comma-separated CIDRs.
+/// `--cluster-networks`: comma-separated CIDRs, at least one (with none,
+/// the `cluster-*` policies would quietly allow nobody).
 pub fn parse_networks(s: &str) -> Result<Vec<Cidr>, String> {
-    s.split(',')
+    let nets = s
+        .split(',')
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .map(|n| Cidr::parse(n).ok_or_else(|| format!("{n:?} is not a CIDR")))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if nets.is_empty() {
+        return Err("no CIDR given".into());
+    }
+    Ok(nets)
 }
 
 // === Workloads ===
@@ -179,8 +185,23 @@ fn resource_meta(group: &str, kind: &str, key: &ObjKey) -> meta::Metadata {
     }
 }
 
+/// `10.1.2.3/8` as `10.0.0.0/8`: the network, not an address in it, which
+/// is what a proxy comparing networks expects.
+fn masked(c: &Cidr) -> IpAddr {
+    match c.addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(c.prefix.min(32))).unwrap_or(0);
+            IpAddr::from((u32::from(v4) & mask).to_be_bytes())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(c.prefix.min(128))).unwrap_or(0);
+            IpAddr::from((u128::from(v6) & mask).to_be_bytes())
+        }
+    }
+}
+
 fn network(cidr: &Cidr, except: &[Cidr]) -> pb::Network {
-    let net = |c: &Cidr| net::IpNetwork { ip: Some(c.addr.into()), prefix_len: u32::from(c.prefix) };
+    let net = |c: &Cidr| net::IpNetwork { ip: Some(masked(c).into()), prefix_len: u32::from(c.prefix) };
     pb::Network { net: Some(net(cidr)), except: except.iter().map(net).collect() }
 }
 
@@ -921,6 +942,12 @@ spec:
             Err(WorkloadError::External(_))
         ));
         assert_eq!(parse_networks("10.0.0.0/8, fd00::/8").map(|n| n.len()), Ok(2));
+        assert!(parse_networks(" , ").is_err());
+        let n = |c: &str| network(&Cidr::parse(c).unwrap(), &[]).net.unwrap();
+        assert_eq!(n("10.1.2.3/8"), net("10.0.0.0/8"));
+        assert_eq!(n("10.1.2.3"), net("10.1.2.3/32"));
+        assert_eq!(n("fd00::1:2/8"), net("fd00::/8"));
+        assert_eq!(n("1.2.3.4/0"), net("0.0.0.0/0"));
         assert!(parse_networks("10.0.0.0/8,nope").is_err());
         assert!(parse_access_policy("allow").is_err());
         // Long but valid names pass; a huge string is refused, and errors
