@@ -156,12 +156,12 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         config.default_policy,
         config.inbound_probes.clone(),
         config.cluster_networks.clone(),
+        config.inbound_ports.clone(),
+        config.discovery_idle_timeout,
     )?;
-    // Prefetch: the app's declared ports have their policy before their
-    // first connection.
-    for port in config.inbound_ports.iter() {
-        policies.port(port);
-    }
+    // The app's declared ports have their policy before their first
+    // connection.
+    policies.prefetch();
     let inbound = Arc::new(Inbound::new(
         Stack::new(Direction::Inbound, &config, drain.clone(), taps),
         dns,

@@ -6,7 +6,10 @@
 //! jittered backoff and keeps the last good policy while the control plane
 //! is away. A message that does not decode is logged and ignored (the
 //! previous policy stays); NotFound means the control plane has no policy
-//! for the port, and the local default applies.
+//! for the port, and the local default applies. A port that is not one of
+//! the app's declared ports (`WEFT_PROXY_INBOUND_PORTS`) stops being watched
+//! once no connection has used it for the idle timeout, so connections to
+//! random ports cannot make the proxy hold a stream open for each.
 
 use std::{
     collections::HashMap,
@@ -21,7 +24,10 @@ use tonic::transport::Channel;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::{authorize::PolicyRx, decode, DefaultPolicy, ServerPolicy};
-use crate::discovery::{Backoff, InvalidAddr};
+use crate::{
+    config::PortSet,
+    discovery::{Backoff, InvalidAddr},
+};
 
 /// Every inbound port's policy.
 #[derive(Clone)]
@@ -34,8 +40,10 @@ struct Inner {
     default: DefaultPolicy,
     probes: Vec<(u16, String)>,
     cluster_networks: Vec<IpNet>,
-    /// The sender stays here so that a port nobody connects to any more
-    /// keeps its policy (the set of ports is the app's, and small).
+    /// Ports watched for good: their policy is kept while no connection
+    /// uses it.
+    declared: PortSet,
+    idle_timeout: Duration,
     ports: Mutex<HashMap<u16, watch::Sender<Arc<ServerPolicy>>>>,
 }
 
@@ -47,6 +55,8 @@ impl Policies {
         default: DefaultPolicy,
         probes: Vec<(u16, String)>,
         cluster_networks: Vec<IpNet>,
+        declared: PortSet,
+        idle_timeout: Duration,
     ) -> Result<Self, InvalidAddr> {
         let client = match api {
             Some((addr, workload)) => {
@@ -61,8 +71,23 @@ impl Policies {
             None => None,
         };
         Ok(Policies {
-            inner: Arc::new(Inner { client, default, probes, cluster_networks, ports: Mutex::default() }),
+            inner: Arc::new(Inner {
+                client,
+                default,
+                probes,
+                cluster_networks,
+                declared,
+                idle_timeout,
+                ports: Mutex::default(),
+            }),
         })
+    }
+
+    /// Starts watching the declared ports.
+    pub fn prefetch(&self) {
+        for port in self.inner.declared.iter() {
+            drop(self.port(port));
+        }
     }
 
     /// The local default policy of `port`.
@@ -78,23 +103,62 @@ impl Policies {
             return tx.subscribe();
         }
         let (tx, rx) = watch::channel(self.default_for(port));
-        if let Some((client, workload)) = &self.inner.client {
-            let spec = PortSpec { workload: workload.clone(), port: u32::from(port) };
-            tokio::spawn(
-                watch_port(client.clone(), spec, self.clone(), tx.clone())
-                    .instrument(info_span!("policy", port)),
-            );
-        }
+        let policies = self.clone();
+        let watched = tx.clone();
+        tokio::spawn(
+            async move {
+                let follow = async {
+                    match &policies.inner.client {
+                        Some((client, workload)) => {
+                            let spec = PortSpec { workload: workload.clone(), port: u32::from(port) };
+                            watch_port(client.clone(), spec, &policies, &watched).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                if policies.inner.declared.contains(port) {
+                    return follow.await;
+                }
+                tokio::select! {
+                    () = follow => {}
+                    () = policies.unused(port, &watched) => debug!("no longer watched"),
+                }
+            }
+            .instrument(info_span!("policy", port)),
+        );
         ports.insert(port, tx);
         rx
+    }
+
+    /// Resolves once no connection has held `port`'s policy for the idle
+    /// timeout, having removed the port (a later connection starts afresh).
+    async fn unused(&self, port: u16, tx: &watch::Sender<Arc<ServerPolicy>>) {
+        let timeout = self.inner.idle_timeout;
+        let tick = (timeout / 4).max(Duration::from_millis(50));
+        let mut quiet_since = None;
+        loop {
+            tokio::time::sleep(tick).await;
+            // Checked under the lock `port` subscribes under: nobody can
+            // take the policy between the check and the removal.
+            let mut ports = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner());
+            if tx.receiver_count() > 0 {
+                quiet_since = None;
+                continue;
+            }
+            let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= timeout {
+                ports.remove(&port);
+                return;
+            }
+        }
     }
 }
 
 async fn watch_port(
     mut client: InboundServerPoliciesClient<Channel>,
     spec: PortSpec,
-    policies: Policies,
-    tx: watch::Sender<Arc<ServerPolicy>>,
+    policies: &Policies,
+    tx: &watch::Sender<Arc<ServerPolicy>>,
 ) {
     let port = spec.port as u16;
     let mut backoff = Backoff::default();
@@ -133,5 +197,34 @@ async fn watch_port(
             }
         }
         backoff.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched(policies: &Policies, port: u16) -> bool {
+        policies.inner.ports.lock().unwrap().contains_key(&port)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn undeclared_ports_are_forgotten_once_unused_declared_ones_never() {
+        let declared: PortSet = "8080".parse().unwrap();
+        let policies =
+            Policies::new(None, DefaultPolicy::Deny, vec![], vec![], declared, Duration::from_secs(60))
+                .unwrap();
+        policies.prefetch();
+        let held = policies.port(9000);
+        drop(policies.port(9001));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(watched(&policies, 8080), "declared");
+        assert!(watched(&policies, 9000), "a connection still holds it");
+        assert!(!watched(&policies, 9001));
+        assert_eq!(&*held.borrow().meta.name, "deny");
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(!watched(&policies, 9000));
+        assert!(watched(&policies, 8080));
     }
 }
