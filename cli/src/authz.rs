@@ -6,7 +6,7 @@
 //! weft-destination serves the pods' proxies, not a second reading of the
 //! resources.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -92,6 +92,9 @@ const POLICY_RESOURCES: [(&str, &str, &str); 6] = [
     ("policy.linkerd.io", "v1alpha1", "httplocalratelimitpolicies"),
     ("policy.linkerd.io", "v1beta3", "httproutes"),
 ];
+/// Linkerd's deprecated ServerAuthorizations, which weft-destination does
+/// not index: listed only to say they are not in force.
+const SERVER_AUTHORIZATIONS: (&str, &str, &str) = ("policy.linkerd.io", "v1beta1", "serverauthorizations");
 /// Optional: clusters without the Gateway API simply have no such routes.
 const GATEWAY_HTTPROUTES: (&str, &str, &str) = ("gateway.networking.k8s.io", "v1", "httproutes");
 
@@ -229,6 +232,8 @@ struct PortReport {
     port: u16,
     /// `None`: the proxy never sees the port (skip-inbound-ports).
     policy: Option<InboundPolicy>,
+    /// ServerAuthorizations of its Server: shown, not enforced.
+    server_authorizations: Vec<String>,
 }
 
 async fn authz(args: &Args) -> Result<Report> {
@@ -246,15 +251,27 @@ async fn authz(args: &Args) -> Result<Report> {
     let mut notes = Vec::new();
 
     let mut missing = Vec::new();
-    for (group, version, plural) in POLICY_RESOURCES.into_iter().chain([GATEWAY_HTTPROUTES]) {
+    let mut servers = Value::Null;
+    let mut server_authorizations = Value::Null;
+    for resource in POLICY_RESOURCES.into_iter().chain([GATEWAY_HTTPROUTES, SERVER_AUTHORIZATIONS]) {
+        let (group, version, plural) = resource;
         let path = format!("/apis/{group}/{version}/namespaces/{ns}/{plural}");
         let what = format!("{plural}.{group} in namespace {ns}");
         match api.get_text(&path, &what).await {
-            Ok(text) => texts.push(text),
-            Err(ApiError::NotFound(_)) => missing.push((group, version, plural)),
-            Err(e) => {
-                return Err(anyhow!(e.to_string())).context(format!("cannot list {what}; see {}", e.hint()))
+            Ok(text) if resource == SERVER_AUTHORIZATIONS => {
+                server_authorizations = serde_json::from_str(&text).unwrap_or_default()
             }
+            Ok(text) => {
+                if resource == POLICY_RESOURCES[0] {
+                    servers = serde_json::from_str(&text).unwrap_or_default();
+                }
+                texts.push(text)
+            }
+            Err(ApiError::NotFound(_)) => missing.push((group, version, plural)),
+            Err(ApiError::Denied { message, .. }) => bail!(
+                "not allowed to list {what}: {message}; `kubectl auth can-i list {plural}.{group} -n {ns}` must say yes"
+            ),
+            Err(e) => bail!("cannot list {what}: {e}; see {}", e.hint()),
         }
     }
     let no_policy_crds = POLICY_RESOURCES.iter().all(|r| missing.contains(r));
@@ -281,6 +298,13 @@ async fn authz(args: &Args) -> Result<Report> {
     let state = index.subscribe();
     let state = state.borrow();
 
+    let legacy = legacy_authorizations(&servers, &server_authorizations);
+    if !legacy.is_empty() {
+        notes.push(
+            "serverauthorization: Linkerd's deprecated ServerAuthorization, which weft does not enforce; write an AuthorizationPolicy instead"
+                .into(),
+        );
+    }
     let mut reports = Vec::new();
     for pod in pods.get("items").and_then(Value::as_array).into_iter().flatten() {
         let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
@@ -288,7 +312,7 @@ async fn authz(args: &Args) -> Result<Report> {
             notes.push(format!("pod {name} could not be read as weft-destination reads pods; left out"));
             continue;
         };
-        reports.push(pod_report(&state, &cfg, rec, pod, &defaults));
+        reports.push(pod_report(&state, &cfg, rec, pod, &defaults, &legacy));
     }
     if reports.is_empty() {
         bail!("{} in namespace {ns} has no pods", args.resource);
@@ -302,6 +326,31 @@ async fn authz(args: &Args) -> Result<Report> {
         pods: reports,
         notes,
     })
+}
+
+/// Server name → the ServerAuthorizations naming it (`spec.server.name`) or
+/// selecting it (`spec.server.selector` on the Server's labels).
+fn legacy_authorizations(servers: &Value, server_authorizations: &Value) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let items = |list: &Value| list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+    let servers = items(servers);
+    for sa in items(server_authorizations) {
+        let Some(name) = sa.pointer("/metadata/name").and_then(Value::as_str) else { continue };
+        let target = sa.pointer("/spec/server");
+        for server in &servers {
+            let Some(server_name) = server.pointer("/metadata/name").and_then(Value::as_str) else {
+                continue;
+            };
+            let named = target.and_then(|t| t.get("name")).and_then(Value::as_str) == Some(server_name);
+            let selected = target
+                .and_then(|t| t.get("selector"))
+                .is_some_and(|sel| selects(sel, server.pointer("/metadata/labels")));
+            if named || selected {
+                out.entry(server_name.to_string()).or_default().push(name.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// The workload's pods, as a `PodList`.
@@ -443,7 +492,14 @@ fn pod_ports(state: &State, rec: &PodRec, pod: &Value) -> Vec<u16> {
     ports.into_iter().collect()
 }
 
-fn pod_report(state: &State, cfg: &MeshConfig, rec: &PodRec, pod: &Value, d: &ClusterDefaults) -> PodReport {
+fn pod_report(
+    state: &State,
+    cfg: &MeshConfig,
+    rec: &PodRec,
+    pod: &Value,
+    d: &ClusterDefaults,
+    legacy: &BTreeMap<String, Vec<String>>,
+) -> PodReport {
     let ns_default = state
         .namespaces
         .get(&weft_destination::model::namespace_key(&rec.key.namespace))
@@ -460,7 +516,13 @@ fn pod_report(state: &State, cfg: &MeshConfig, rec: &PodRec, pod: &Value, d: &Cl
         .map(|port| {
             let skipped = rec.skip_inbound_ports.contains(port);
             let policy = (!skipped).then(|| inbound_policy(state, cfg, rec, port, d.policy));
-            PortReport { port, policy }
+            let server_authorizations = policy
+                .as_ref()
+                .and_then(|p| p.server.as_ref())
+                .and_then(|s| legacy.get(&s.name))
+                .cloned()
+                .unwrap_or_default();
+            PortReport { port, policy, server_authorizations }
         })
         .collect();
     PodReport { name: rec.key.name.clone(), meshed: rec.meshed, default_source, ports }
@@ -528,7 +590,7 @@ fn authorized_by(
 /// issue 18): a Server without HTTPRoutes, and every default-policy port,
 /// get `default` (the server-level list) and `probe`; HTTPRoutes carry only
 /// the policies targeting them; `*` is what non-HTTP connections meet.
-fn rows(port: u16, p: &InboundPolicy) -> Vec<Row> {
+fn rows(port: u16, p: &InboundPolicy, server_authorizations: &[String]) -> Vec<Row> {
     let server = server_name(p);
     let row = |route: &str, authz: String| Row {
         port,
@@ -538,9 +600,18 @@ fn rows(port: u16, p: &InboundPolicy) -> Vec<Row> {
         server_authorization: String::new(),
     };
     let server_level = authorized_by(&p.authorizations, &p.unresolved, Some(p.access));
+    // Listed last, after what is in force.
+    let legacy: Vec<Row> = server_authorizations
+        .iter()
+        .map(|sa| Row {
+            server_authorization: format!("serverauthorization/{sa} (not enforced)"),
+            ..row("*", "-".into())
+        })
+        .collect();
     let mut out = Vec::new();
     if !is_http(p.protocol) {
         out.extend(server_level.into_iter().map(|a| row("*", a)));
+        out.extend(legacy);
         return out;
     }
     if p.routes.is_empty() {
@@ -560,6 +631,7 @@ fn rows(port: u16, p: &InboundPolicy) -> Vec<Row> {
             out.extend(server_level.into_iter().map(|a| row("*", a)));
         }
     }
+    out.extend(legacy);
     out
 }
 
@@ -587,7 +659,7 @@ fn pod_rows(pod: &PodReport) -> Vec<Row> {
     let mut out = Vec::new();
     for port in &pod.ports {
         match &port.policy {
-            Some(p) => out.extend(rows(port.port, p)),
+            Some(p) => out.extend(rows(port.port, p, &port.server_authorizations)),
             None => out.push(Row {
                 port: port.port,
                 route: "-".into(),
@@ -606,18 +678,20 @@ fn table(r: &Report) -> String {
         lines.push("no policy resources installed; every port uses the default policy".to_string());
         lines.push(String::new());
     }
-    // Pods with the same answer share their rows.
-    let mut groups: Vec<(Vec<&str>, Vec<Row>)> = Vec::new();
+    // Pods with the same answer share their rows; unmeshed ones (whose
+    // policy nothing enforces) are marked and never share with meshed ones.
+    let mut groups: Vec<(Vec<String>, bool, Vec<Row>)> = Vec::new();
     for pod in &r.pods {
         let rows = pod_rows(pod);
-        match groups.iter_mut().find(|(_, g)| *g == rows) {
-            Some((names, _)) => names.push(&pod.name),
-            None => groups.push((vec![&pod.name], rows)),
+        let name = if pod.meshed { pod.name.clone() } else { format!("{} (not meshed)", pod.name) };
+        match groups.iter_mut().find(|(_, meshed, g)| *meshed == pod.meshed && *g == rows) {
+            Some((names, ..)) => names.push(name),
+            None => groups.push((vec![name], pod.meshed, rows)),
         }
     }
     let header = ["POD", "PORT", "ROUTE", "SERVER", "AUTHORIZATION_POLICY", "SERVER_AUTHORIZATION"];
     let mut cells: Vec<[String; 6]> = vec![header.map(str::to_string)];
-    for (names, rows) in &groups {
+    for (names, _, rows) in &groups {
         let pods = if names.len() > 3 {
             format!("{} (+{} more)", names[..2].join(","), names.len() - 2)
         } else {
@@ -731,10 +805,13 @@ impl Report {
                                     "service_accounts": o.clients.iter().map(|c| format!("{}/{}", c.namespace, c.name)).collect::<Vec<_>>(),
                                 })).collect::<Vec<_>>(),
                             })),
-                            "rows": rows(port.port, p).into_iter().map(|r| json!({
+                            "server_authorizations": port.server_authorizations.iter()
+                                .map(|sa| json!({"name": sa, "enforced": false})).collect::<Vec<_>>(),
+                            "rows": rows(port.port, p, &port.server_authorizations).into_iter().map(|r| json!({
                                 "route": r.route,
                                 "server": r.server,
                                 "authorization_policy": r.authorization_policy,
+                                "server_authorization": r.server_authorization,
                             })).collect::<Vec<_>>(),
                         }),
                     })

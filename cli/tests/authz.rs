@@ -48,8 +48,11 @@ fn namespace(annotations: Value) -> Value {
 /// The cluster: emojivoto's pods and deployments; with `policy`, the
 /// policy.linkerd.io and Gateway API resources too.
 fn apiserver(policy: bool, ns_annotations: Value) -> ApiServer {
+    apiserver_with_pods(policy, ns_annotations, fixture("pods-emojivoto.list.json"))
+}
+
+fn apiserver_with_pods(policy: bool, ns_annotations: Value, pods: Value) -> ApiServer {
     let api = ApiServer::start(State::default());
-    let pods = fixture("pods-emojivoto.list.json");
     api.set(&format!("/api/v1/namespaces/{NS}/pods"), Answer::json(200, &pods));
     for pod in pods["items"].as_array().unwrap() {
         let mut pod = pod.clone();
@@ -63,6 +66,10 @@ fn apiserver(policy: bool, ns_annotations: Value) -> ApiServer {
         &format!("/apis/apps/v1/namespaces/{NS}/deployments/web"),
         Answer::json(200, &deployment("web", json!({"app": "web", "version": "v1"}))),
     );
+    api.set(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/voting"),
+        Answer::json(200, &deployment("voting", json!({"app": "voting"}))),
+    );
     if policy {
         for (path, file) in [
             ("policy.linkerd.io/v1beta3", "servers.policy.linkerd.io-emojivoto.list.json"),
@@ -75,6 +82,7 @@ fn apiserver(policy: bool, ns_annotations: Value) -> ApiServer {
             ),
             ("policy.linkerd.io/v1beta3", "httproutes.policy.linkerd.io-emojivoto.list.json"),
             ("gateway.networking.k8s.io/v1", "httproutes.gateway.networking.k8s.io-emojivoto.list.json"),
+            ("policy.linkerd.io/v1beta1", "serverauthorizations.policy.linkerd.io-emojivoto.list.json"),
         ] {
             let plural = file.split('.').next().unwrap();
             api.set(&format!("/apis/{path}/namespaces/{NS}/{plural}"), Answer::json(200, &fixture(file)));
@@ -259,4 +267,104 @@ fn a_missing_workload_is_a_clear_error() {
     let out = authz(&api, &["-n", NS, "svc/web"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("use deploy/NAME"));
+}
+
+#[test]
+fn probes_legacy_server_authorizations_and_unmeshed_pods_are_shown_for_what_they_are() {
+    // voting's app container also serves gRPC on a port named "grpc" (which
+    // the Server voting-grpc and, in Linkerd's deprecated form, the
+    // ServerAuthorization voting-grpc name) and has an httpGet probe.
+    let mut pods = fixture("pods-emojivoto.list.json");
+    for pod in pods["items"].as_array_mut().unwrap() {
+        if pod["metadata"]["labels"]["app"] == "voting" {
+            let app = &mut pod["spec"]["containers"][0];
+            app["ports"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "grpc", "containerPort": 8081, "protocol": "TCP"}));
+            app["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": "http"}});
+        }
+    }
+    let api = apiserver_with_pods(true, json!({}), pods);
+    let table = stdout(&authz(&api, &["-n", NS, "deploy/voting"]));
+    let voting0: Vec<Vec<String>> = rows(&table).into_iter().filter(|r| r[0] == "voting-0").collect();
+    assert_eq!(
+        voting0,
+        vec![
+            vec![
+                "voting-0",
+                "8080",
+                "default",
+                "default:all-unauthenticated",
+                "default/all-unauthenticated",
+                "-"
+            ],
+            vec!["voting-0", "8080", "probe", "default:all-unauthenticated", "default/probe", "-"],
+            // The Namespace-wide policy applies to every Server of the namespace.
+            vec![
+                "voting-0",
+                "8081",
+                "default",
+                "voting-grpc",
+                "authorizationpolicy/emojivoto-cluster-network",
+                "-"
+            ],
+            vec!["voting-0", "8081", "default", "voting-grpc", "authorizationpolicy/voting-grpc", "-"],
+            vec![
+                "voting-0",
+                "8081",
+                "*",
+                "voting-grpc",
+                "-",
+                "serverauthorization/voting-grpc (not enforced)"
+            ],
+            vec![
+                "voting-0",
+                "8801",
+                "default",
+                "voting-prom",
+                "authorizationpolicy/emojivoto-cluster-network",
+                "-"
+            ],
+        ],
+        "{table}"
+    );
+    // voting-1 has no proxy: the same rows, marked, and a warning that nothing enforces them.
+    let voting1: Vec<Vec<String>> = rows(&table)
+        .into_iter()
+        .filter(|r| r[0] == "voting-1 (not meshed)")
+        .map(|r| r[1..].to_vec())
+        .collect();
+    assert_eq!(voting1, voting0.iter().map(|r| r[1..].to_vec()).collect::<Vec<_>>(), "{table}");
+    assert!(table.contains("pod voting-1 is not meshed: no proxy enforces this policy"), "{table}");
+    assert!(table.contains("weft does not enforce"), "{table}");
+
+    let json: Value =
+        serde_json::from_str(&stdout(&authz(&api, &["-n", NS, "deploy/voting", "-o", "json"]))).unwrap();
+    let pod = json["pods"].as_array().unwrap().iter().find(|p| p["name"] == "voting-0").unwrap().clone();
+    assert_eq!(pod["meshed"], true);
+    let port = pod["ports"].as_array().unwrap().iter().find(|p| p["port"] == 8080).unwrap().clone();
+    assert_eq!(port["probe_paths"], json!(["/healthz"]));
+    assert_eq!(port["default_policy"], "all-unauthenticated");
+}
+
+#[test]
+fn policy_resources_the_user_may_not_read_are_an_error_not_a_default() {
+    let api = apiserver(true, json!({}));
+    api.set(
+        &format!("/apis/policy.linkerd.io/v1alpha1/namespaces/{NS}/authorizationpolicies"),
+        Answer::status(
+            403,
+            "Forbidden",
+            "authorizationpolicies.policy.linkerd.io is forbidden: User \"dev\" cannot list resource",
+        ),
+    );
+    let out = authz(&api, &["-n", NS, "deploy/web"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("authorizationpolicies.policy.linkerd.io in namespace emojivoto"), "{err}");
+    assert!(
+        err.contains("kubectl auth can-i list authorizationpolicies.policy.linkerd.io -n emojivoto"),
+        "{err}"
+    );
 }
