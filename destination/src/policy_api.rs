@@ -275,8 +275,10 @@ fn authorization_authz(a: &Authorization) -> pb::Authz {
     pb::Authz {
         networks: networks.unwrap_or_else(all_networks),
         authentication: Some(authn),
-        labels: labels(POLICY_GROUP, "AuthorizationPolicy", &a.policy.name),
-        metadata: Some(resource_meta(POLICY_GROUP, "AuthorizationPolicy", &a.policy)),
+        // Lower case as Linkerd's policy controller sends it: proxies put it
+        // in the `authz_kind` label of their metrics, which dashboards match.
+        labels: labels(POLICY_GROUP, "authorizationpolicy", &a.policy.name),
+        metadata: Some(resource_meta(POLICY_GROUP, "authorizationpolicy", &a.policy)),
     }
 }
 
@@ -686,11 +688,11 @@ mod tests {
         let ns = &s.authorizations[0];
         assert_eq!(
             name(&ns.metadata),
-            "policy.linkerd.io:AuthorizationPolicy:emojivoto/emojivoto-cluster-network"
+            "policy.linkerd.io:authorizationpolicy:emojivoto/emojivoto-cluster-network"
         );
         assert_eq!(
             ns.labels,
-            labels("policy.linkerd.io", "AuthorizationPolicy", "emojivoto-cluster-network")
+            labels("policy.linkerd.io", "authorizationpolicy", "emojivoto-cluster-network")
         );
         assert_eq!(nets(ns), [(net("10.0.0.0/8"), vec![net("10.1.2.0/24")]), (net("::/0"), vec![])]);
         assert_eq!(ns.authentication, Some(unauthenticated()));
@@ -705,7 +707,7 @@ mod tests {
         assert_eq!(r.authorizations.len(), 1);
         assert_eq!(
             name(&r.authorizations[0].metadata),
-            "policy.linkerd.io:AuthorizationPolicy:emojivoto/web-api"
+            "policy.linkerd.io:authorizationpolicy:emojivoto/web-api"
         );
         assert_eq!(nets(&r.authorizations[0]), all_nets());
         assert_eq!(
