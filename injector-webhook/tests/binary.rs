@@ -100,6 +100,8 @@ async fn admit_with(version: Option<Value>, review: Value, how: &str) -> Value {
         .arg("--trust-anchors")
         .arg(dir.join("ca.crt"))
         .args(["--proxy-image", "example.test/weft-proxy:v1"])
+        // As the chart passes proxy.defaultInboundPolicy and clusterNetworks.
+        .args(["--default-inbound-policy=deny", "--cluster-networks=10.42.0.0/16,fd00:10::/56"])
         .env("KUBECONFIG", dir.join("kubeconfig"))
         .env("WEFT_INJECTOR_CNI", if how == "cni" { "true" } else { "false" })
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -153,6 +155,35 @@ async fn admit_with(version: Option<Value>, review: Value, how: &str) -> Value {
         env_value(&proxy, "WEFT_PROXY_IDENTITY_TRUST_ANCHORS").as_deref(),
         Some(ck.cert.pem().as_str())
     );
+    assert_eq!(env_value(&proxy, "WEFT_PROXY_INBOUND_DEFAULT_POLICY").as_deref(), Some("deny"));
+    assert_eq!(
+        env_value(&proxy, "WEFT_PROXY_POLICY_CLUSTER_NETWORKS").as_deref(),
+        Some("10.42.0.0/16,fd00:10::/56")
+    );
     let _ = std::fs::remove_dir_all(&dir);
     resp
+}
+
+#[test]
+fn binary_refuses_a_bad_default_policy_or_cluster_network() {
+    for (flag, needle) in [
+        ("--default-inbound-policy=allow", "--default-inbound-policy"),
+        ("--cluster-networks=10.0.0.0/33", "--cluster-networks"),
+    ] {
+        let dir = std::env::temp_dir().join(format!("weft-injector-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("ca.crt"), TRUST_ANCHORS).expect("anchors");
+        let out = Command::new(env!("CARGO_BIN_EXE_weft-injector"))
+            .args(["--tls-cert", "/nonexistent/tls.crt", "--tls-key", "/nonexistent/tls.key"])
+            .arg("--trust-anchors")
+            .arg(dir.join("ca.crt"))
+            .arg(flag)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("run weft-injector");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!out.status.success(), "{flag} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{flag}: {err}");
+    }
 }
