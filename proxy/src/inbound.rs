@@ -181,7 +181,8 @@ impl Inbound {
             }
             Protocol::Detect(_) => {}
         }
-        let Some(detected) = self.stack.detect(io, Some(app.port())).await else { return };
+        let Protocol::Detect(timeout) = protocol else { return };
+        let Some(detected) = self.stack.detect_within(io, Some(app.port()), timeout).await else { return };
         match detected {
             Detected::Opaque(io) => self.opaque(io, app, conn, activity).await,
             Detected::Http(version, io) => self.http(io, version, app, conn, peer, activity).await,

@@ -158,6 +158,7 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
         config.cluster_networks.clone(),
         config.inbound_ports.clone(),
         config.discovery_idle_timeout,
+        config.detect_timeout,
     )?;
     // The app's declared ports have their policy before their first
     // connection.

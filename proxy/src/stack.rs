@@ -96,10 +96,20 @@ impl Stack {
         io: I,
         dst_port: Option<u16>,
     ) -> Option<Detected<PrefixedIo<I>>> {
+        self.detect_within(io, dst_port, self.detect_timeout).await
+    }
+
+    /// [`Stack::detect`] with another timeout (an inbound server's own).
+    pub async fn detect_within<I: AsyncRead + Unpin>(
+        &self,
+        io: I,
+        dst_port: Option<u16>,
+        timeout: Duration,
+    ) -> Option<Detected<PrefixedIo<I>>> {
         if dst_port.is_some_and(|p| self.opaque_ports.contains(p)) {
             return Some(Detected::Opaque(PrefixedIo::new(Default::default(), io)));
         }
-        match detect::detect(io, self.detect_timeout).await {
+        match detect::detect(io, timeout).await {
             Ok((Protocol::Http1, io)) => Some(Detected::Http(Version::Http1, io)),
             Ok((Protocol::Http2, io)) => Some(Detected::Http(Version::Http2, io)),
             Ok((Protocol::Opaque, io)) => Some(Detected::Opaque(io)),

@@ -14,6 +14,7 @@ use std::{
 };
 
 use http::{Method, Request, StatusCode};
+use linkerd2_proxy_api::inbound as api;
 use support::{policy_api::*, *};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -454,4 +455,32 @@ async fn an_opaque_server_skips_detection() {
     let mut got = [0u8; 11];
     within_for(Duration::from_secs(5), "banner", s.read_exact(&mut got)).await.unwrap();
     assert_eq!(&got, b"220 ready\r\n");
+}
+
+#[tokio::test]
+async fn a_served_detect_timeout_replaces_the_proxys_own() {
+    let app = HttpServer::start().await;
+    let mut server = http_server(
+        "web",
+        vec![route("all", vec![path_prefix("/")], vec![authz_unauthenticated("anyone", &["0.0.0.0/0"])])],
+        vec![],
+    );
+    if let Some(api::proxy_protocol::Kind::Detect(d)) = server.protocol.as_mut().and_then(|p| p.kind.as_mut())
+    {
+        d.timeout = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    }
+    let api = PolicyApi::start(Some(server)).await;
+    let proxy = builder(app.addr, "all-unauthenticated")
+        .env("WEFT_PROXY_POLICY_SVC_ADDR", api.addr)
+        .env("WEFT_PROXY_POLICY_WORKLOAD", WORKLOAD)
+        .env("WEFT_PROXY_INBOUND_PORTS", app.addr.port())
+        .env("WEFT_PROXY_DETECT_TIMEOUT", "60s")
+        .spawn()
+        .await;
+    wait_updates(&proxy, 1).await;
+    // A client that sends nothing is given up on after the server's 1s.
+    let mut s = TcpStream::connect(proxy.inbound).await.unwrap();
+    let got =
+        read_until_closed(&mut s, Duration::from_secs(10)).await.expect("closed within the server's timeout");
+    assert!(got.is_empty());
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{authorize::PolicyRx, decode, DefaultPolicy, ServerPolicy};
+use super::{authorize::PolicyRx, decode, DefaultPolicy, Protocol, ServerPolicy};
 use crate::{
     config::PortSet,
     discovery::{Backoff, InvalidAddr},
@@ -44,6 +44,8 @@ struct Inner {
     /// uses it.
     declared: PortSet,
     idle_timeout: Duration,
+    /// The local default's detect timeout (`WEFT_PROXY_DETECT_TIMEOUT`).
+    detect_timeout: Duration,
     ports: Mutex<HashMap<u16, watch::Sender<Arc<ServerPolicy>>>>,
 }
 
@@ -57,6 +59,7 @@ impl Policies {
         cluster_networks: Vec<IpNet>,
         declared: PortSet,
         idle_timeout: Duration,
+        detect_timeout: Duration,
     ) -> Result<Self, InvalidAddr> {
         let client = match api {
             Some((addr, workload)) => {
@@ -78,6 +81,7 @@ impl Policies {
                 cluster_networks,
                 declared,
                 idle_timeout,
+                detect_timeout,
                 ports: Mutex::default(),
             }),
         })
@@ -92,7 +96,9 @@ impl Policies {
 
     /// The local default policy of `port`.
     pub fn default_for(&self, port: u16) -> Arc<ServerPolicy> {
-        Arc::new(self.inner.default.server(port, &self.inner.probes, &self.inner.cluster_networks))
+        let mut policy = self.inner.default.server(port, &self.inner.probes, &self.inner.cluster_networks);
+        policy.protocol = Protocol::Detect(self.inner.detect_timeout);
+        Arc::new(policy)
     }
 
     /// `port`'s policy, watched from the control plane from the first call
@@ -211,9 +217,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn undeclared_ports_are_forgotten_once_unused_declared_ones_never() {
         let declared: PortSet = "8080".parse().unwrap();
-        let policies =
-            Policies::new(None, DefaultPolicy::Deny, vec![], vec![], declared, Duration::from_secs(60))
-                .unwrap();
+        let policies = Policies::new(
+            None,
+            DefaultPolicy::Deny,
+            vec![],
+            vec![],
+            declared,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         policies.prefetch();
         let held = policies.port(9000);
         drop(policies.port(9001));
