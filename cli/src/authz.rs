@@ -361,11 +361,11 @@ async fn workload_pods(api: &Api, resource: &str, ns: &str) -> Result<Value> {
         Workload::Pod(name) => {
             let what = format!("pod/{name} in namespace {ns}");
             let pod: Value =
-                api.get(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &what).await.map_err(not_found)?;
+                api.get(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &what).await.map_err(api_error)?;
             return Ok(json!({"kind": "PodList", "apiVersion": "v1", "items": [pod]}));
         }
         Workload::Controller { what, path } => {
-            let w: Value = api.get(&path, &what).await.map_err(not_found)?;
+            let w: Value = api.get(&path, &what).await.map_err(api_error)?;
             let selector = w.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
             (what, selector)
         }
@@ -375,7 +375,7 @@ async fn workload_pods(api: &Api, resource: &str, ns: &str) -> Result<Value> {
         bail!("{what} has an empty selector; it would match every pod, refusing to guess");
     }
     let path = format!("/api/v1/namespaces/{ns}/pods?labelSelector={}", percent_encode(&query));
-    let mut list: Value = api.get(&path, &format!("pods of {what}")).await.map_err(not_found)?;
+    let mut list: Value = api.get(&path, &format!("pods of {what}")).await.map_err(api_error)?;
     // Again here: a server (or proxy) that ignores the selector must not widen the answer.
     if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
         items.retain(|p| selects(&selector, p.pointer("/metadata/labels")));
@@ -386,7 +386,8 @@ async fn workload_pods(api: &Api, resource: &str, ns: &str) -> Result<Value> {
     Ok(list)
 }
 
-fn not_found(e: ApiError) -> anyhow::Error {
+/// An API error as a message: "... not found" for a 404, else the error and what to look at.
+fn api_error(e: ApiError) -> anyhow::Error {
     match e {
         ApiError::NotFound(what) => anyhow!("{what} not found"),
         e => {
