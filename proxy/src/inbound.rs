@@ -173,15 +173,14 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let protocol = conn.policy.borrow().protocol;
-        match protocol {
+        let timeout = match protocol {
             Protocol::Opaque | Protocol::Tls => return self.opaque(io, app, conn, activity).await,
             Protocol::Http1 => return self.http(io, Version::Http1, app, conn, peer, activity).await,
             Protocol::Http2 | Protocol::Grpc => {
                 return self.http(io, Version::Http2, app, conn, peer, activity).await
             }
-            Protocol::Detect(_) => {}
-        }
-        let Protocol::Detect(timeout) = protocol else { return };
+            Protocol::Detect(timeout) => timeout,
+        };
         let Some(detected) = self.stack.detect_within(io, Some(app.port()), timeout).await else { return };
         match detected {
             Detected::Opaque(io) => self.opaque(io, app, conn, activity).await,
