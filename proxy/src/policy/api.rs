@@ -177,7 +177,12 @@ async fn watch_port(
                         Ok(Some(pb)) => {
                             backoff.reset();
                             match decode::server(pb) {
-                                Ok(policy) => {
+                                Ok(mut policy) => {
+                                    if let (Some(new), Some(old)) =
+                                        (&mut policy.rate_limit, &tx.borrow().rate_limit)
+                                    {
+                                        new.inherit(old);
+                                    }
                                     info!(server = %policy.meta, protocol = ?policy.protocol, "inbound policy updated");
                                     tx.send_replace(Arc::new(policy));
                                 }

@@ -4,7 +4,9 @@
 //! (`overrides`, which replace the per-identity limit for those clients).
 //! A bucket holds one second's worth of tokens, its burst.
 //!
-//! The buckets live in the policy, so a policy update starts them afresh.
+//! The buckets live in the policy; an update that keeps a limit as it was
+//! keeps its buckets too (the control plane resends a port's policy when
+//! unrelated resources change, which must not hand out a fresh burst).
 
 use std::{
     collections::HashMap,
@@ -57,6 +59,17 @@ impl Bucket {
         self.rps
     }
 
+    fn snapshot(&self) -> Bucket {
+        let state = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Bucket { rps: self.rps, state: Mutex::new(state) }
+    }
+
+    fn inherit(&mut self, old: &Bucket) {
+        if self.rps == old.rps {
+            *self = old.snapshot();
+        }
+    }
+
     fn take(&self, now: Instant) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         take(&mut state, self.rps, now)
@@ -78,6 +91,25 @@ fn take((tokens, last): &mut (f64, Instant), rps: u32, now: Instant) -> bool {
 impl RateLimit {
     pub fn new(meta: Meta, total: Option<u32>, identity: Option<u32>, overrides: Vec<Override>) -> Self {
         RateLimit { meta, total: total.map(Bucket::new), identity, overrides, identities: Mutex::default() }
+    }
+
+    /// Takes over `old`'s buckets for the limits that did not change.
+    pub fn inherit(&mut self, old: &RateLimit) {
+        if let (Some(new), Some(old)) = (&mut self.total, &old.total) {
+            new.inherit(old);
+        }
+        if self.identity.is_some() && self.identity == old.identity {
+            let old = old.identities.lock().unwrap_or_else(|p| p.into_inner());
+            let mut new = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, bucket) in old.iter() {
+                new.insert(id.clone(), bucket.snapshot());
+            }
+        }
+        for o in &mut self.overrides {
+            if let Some(prev) = old.overrides.iter().find(|p| p.clients == o.clients) {
+                o.bucket.inherit(&prev.bucket);
+            }
+        }
     }
 
     /// `Err` names the limit (`ratelimit` label) the request exceeded.
@@ -180,6 +212,19 @@ mod tests {
         let later = start + Duration::from_millis(500);
         let allowed = (0..20).filter(|_| take(&mut state, 10, later)).count();
         assert_eq!(allowed, 5);
+    }
+
+    #[test]
+    fn an_unchanged_limit_keeps_its_buckets_across_updates() {
+        let old = RateLimit::new(Meta::default_named("rl"), Some(10), Some(1), vec![]);
+        assert_eq!(old.check(None), Ok(()));
+        assert_eq!(old.check(None), Err("identity"));
+        let mut same = RateLimit::new(Meta::default_named("rl"), Some(10), Some(1), vec![]);
+        same.inherit(&old);
+        assert_eq!(same.check(None), Err("identity"), "no fresh burst");
+        let mut changed = RateLimit::new(Meta::default_named("rl"), Some(5), Some(5), vec![]);
+        changed.inherit(&old);
+        assert_eq!(changed.check(None), Ok(()), "a new limit starts full");
     }
 
     #[test]
