@@ -484,3 +484,66 @@ async fn a_served_detect_timeout_replaces_the_proxys_own() {
         read_until_closed(&mut s, Duration::from_secs(10)).await.expect("closed within the server's timeout");
     assert!(got.is_empty());
 }
+
+#[tokio::test]
+async fn route_filters_modify_headers_redirect_and_inject_failures() {
+    use linkerd2_proxy_api::{http_route as hr, http_types};
+    let app = HttpServer::start().await;
+    let anyone = || vec![authz_unauthenticated("anyone", &["0.0.0.0/0", "::/0"])];
+    let with_filter = |name: &str, path: &str, kind: api::http_route::filter::Kind| {
+        let mut r = route(name, vec![path_prefix(path)], anyone());
+        r.rules[0].filters = vec![api::http_route::Filter { kind: Some(kind) }];
+        r
+    };
+    let headers = with_filter(
+        "headers",
+        "/",
+        api::http_route::filter::Kind::RequestHeaderModifier(hr::RequestHeaderModifier {
+            add: Some(http_types::Headers {
+                headers: vec![http_types::headers::Header {
+                    name: "x-policy".into(),
+                    value: b"yes".to_vec(),
+                }],
+            }),
+            set: None,
+            remove: vec!["x-secret".into()],
+        }),
+    );
+    let redirect = with_filter(
+        "moved",
+        "/old",
+        api::http_route::filter::Kind::Redirect(hr::RequestRedirect {
+            scheme: None,
+            host: "new.test".into(),
+            path: Some(hr::PathModifier { replace: Some(hr::path_modifier::Replace::Prefix("/new".into())) }),
+            port: 0,
+            status: 301,
+        }),
+    );
+    let broken = with_filter(
+        "broken",
+        "/broken",
+        api::http_route::filter::Kind::FailureInjector(hr::HttpFailureInjector {
+            status: 503,
+            message: "injected".into(),
+            ratio: None,
+        }),
+    );
+    let api = PolicyApi::start(Some(http_server("web", vec![headers, redirect, broken], vec![]))).await;
+    let proxy = with_api(app.addr, &api, "deny").await;
+
+    let mut conn = h1_conn(proxy.inbound).await;
+    let req = Request::get("/x").header("host", "web.test").header("x-secret", "s").body(empty()).unwrap();
+    let rsp = collect(within("response", conn.send_request(req)).await.unwrap()).await;
+    assert_eq!(rsp.status, StatusCode::OK);
+    let seen = app.last();
+    assert_eq!(seen.header("x-policy"), Some("yes"));
+    assert_eq!(seen.header("x-secret"), None);
+
+    let moved = send(&mut conn, Method::GET, "/old/page?q=1", false).await;
+    assert_eq!(moved.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(moved.headers["location"], "http://new.test/new/page?q=1");
+    let broken = send(&mut conn, Method::GET, "/broken", false).await;
+    assert_eq!(broken.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.seen().len(), 1, "redirected and failed requests never reach the app");
+}
