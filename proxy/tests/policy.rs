@@ -547,3 +547,30 @@ async fn route_filters_modify_headers_redirect_and_inject_failures() {
     assert_eq!(broken.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.seen().len(), 1, "redirected and failed requests never reach the app");
 }
+
+#[tokio::test]
+async fn grpc_routes_answer_with_grpc_statuses_a_grpc_client_understands() {
+    use support::grpc::{msg, EchoClient, GrpcServer};
+    let app = GrpcServer::start().await;
+    let api = PolicyApi::start(Some(grpc_server(
+        "echo",
+        vec![
+            grpc_route("unary", "test.Echo", "Unary", vec![authz_unauthenticated("anyone", &["0.0.0.0/0"])]),
+            grpc_route("streams", "test.Echo", "ServerStream", vec![]),
+        ],
+    )))
+    .await;
+    let proxy = with_api(app.addr, &api, "deny").await;
+    let mut client = EchoClient::connect(proxy.inbound, "echo.test:8080").await;
+    assert_eq!(client.unary(msg("hi", 1)).await.expect("allowed").text, "echo: hi");
+    let denied = client.server_stream(msg("hi", 2)).await.err().expect("denied");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let unrouted = client.bidi(futures_util::stream::iter(vec![msg("x", 1)])).await.err().expect("no route");
+    assert_eq!(unrouted.code(), tonic::Code::NotFound);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        m.get("inbound_http_authz_allow_total", &[("route_kind", "GRPCRoute"), ("route_name", "unary")]),
+        1.0
+    );
+    assert_eq!(m.get("inbound_http_authz_deny_total", &[("route_name", "streams")]), 1.0);
+}

@@ -258,3 +258,30 @@ pub fn http_routes_mut(server: &mut api::Server) -> &mut Vec<api::HttpRoute> {
         _ => panic!("not a detect server"),
     }
 }
+
+/// A GRPCRoute matching one `service` (and `method`, unless empty).
+pub fn grpc_route(
+    name: &str,
+    service: &str,
+    method: &str,
+    authorizations: Vec<api::Authz>,
+) -> api::GrpcRoute {
+    use linkerd2_proxy_api::grpc_route as gr;
+    api::GrpcRoute {
+        metadata: resource("GRPCRoute", name),
+        hosts: vec![],
+        authorizations,
+        rules: vec![api::grpc_route::Rule {
+            matches: vec![gr::GrpcRouteMatch {
+                rpc: Some(gr::GrpcRpcMatch { service: service.into(), method: method.into() }),
+                headers: vec![],
+            }],
+            filters: vec![],
+        }],
+    }
+}
+
+/// A Server with proxyProtocol gRPC.
+pub fn grpc_server(name: &str, routes: Vec<api::GrpcRoute>) -> api::Server {
+    server(name, api::proxy_protocol::Kind::Grpc(api::proxy_protocol::Grpc { routes }), vec![])
+}
