@@ -84,13 +84,7 @@ impl Discovery {
     /// lazily and reconnects by itself, so a control plane that is not up
     /// yet is not an error here.
     pub fn new(addr: &str, context_token: String, idle_timeout: Duration) -> Result<Self, InvalidAddr> {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|_| InvalidAddr(addr.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
-        Ok(Self::with_channel(channel, context_token, idle_timeout))
+        Ok(Self::with_channel(control_plane_channel(addr)?, context_token, idle_timeout))
     }
 
     pub fn with_channel(channel: Channel, context_token: String, idle_timeout: Duration) -> Self {
@@ -118,6 +112,17 @@ impl Discovery {
             follow_endpoints(inner, name, tx)
         })
     }
+}
+
+/// A plaintext gRPC channel to a control-plane service at `host:port`,
+/// connecting lazily and reconnecting by itself.
+pub fn control_plane_channel(addr: &str) -> Result<Channel, InvalidAddr> {
+    Ok(Channel::from_shared(format!("http://{addr}"))
+        .map_err(|_| InvalidAddr(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect_lazy())
 }
 
 type Cache<T> = Arc<Mutex<HashMap<String, watch::Receiver<Resolution<T>>>>>;

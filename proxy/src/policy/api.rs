@@ -26,7 +26,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::{authorize::PolicyRx, decode, DefaultPolicy, Protocol, ServerPolicy};
 use crate::{
     config::PortSet,
-    discovery::{Backoff, InvalidAddr},
+    discovery::{control_plane_channel, Backoff, InvalidAddr},
 };
 
 /// Every inbound port's policy.
@@ -63,13 +63,7 @@ impl Policies {
     ) -> Result<Self, InvalidAddr> {
         let client = match api {
             Some((addr, workload)) => {
-                let channel = Channel::from_shared(format!("http://{addr}"))
-                    .map_err(|_| InvalidAddr(addr.to_string()))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .connect_lazy();
-                Some((InboundServerPoliciesClient::new(channel), workload))
+                Some((InboundServerPoliciesClient::new(control_plane_channel(addr)?), workload))
             }
             None => None,
         };
