@@ -73,7 +73,28 @@ pub fn server(pb: api::Server) -> Result<ServerPolicy> {
         Kind::Opaque(_) => (Protocol::Opaque, vec![], None),
         Kind::Tls(_) => (Protocol::Tls, vec![], None),
     };
+    // A control plane that sends an HTTP server no routes (older ones did)
+    // means its authorizations for every request, as Linkerd's proxy takes it.
+    let routes = if routes.is_empty()
+        && matches!(protocol, Protocol::Detect(_) | Protocol::Http1 | Protocol::Http2 | Protocol::Grpc)
+    {
+        vec![default_route(&authorizations)]
+    } else {
+        routes
+    };
     Ok(ServerPolicy { meta, protocol, authorizations, routes, rate_limit })
+}
+
+fn default_route(authorizations: &[Authz]) -> Route {
+    Route {
+        meta: Meta::default_named("default"),
+        hosts: vec![],
+        authorizations: authorizations.to_vec(),
+        rules: vec![Rule {
+            matches: vec![RequestMatch { path: Some(PathMatch::Prefix("/".into())), ..Default::default() }],
+            filters: vec![],
+        }],
+    }
 }
 
 fn meta(pb: Option<api_meta::Metadata>) -> Result<Meta> {
@@ -421,6 +442,18 @@ mod tests {
         assert_eq!(ok.protocol, Protocol::Opaque);
         assert_eq!(&*ok.meta.name, "web");
         assert_eq!(ok.authorizations.len(), 1);
+    }
+
+    #[test]
+    fn an_http_server_without_routes_gets_the_default_route() {
+        let mut pb = opaque_server(vec![authz(net::IpNetwork::from((std::net::Ipv4Addr::LOCALHOST, 8)))]);
+        pb.protocol = Some(api::ProxyProtocol {
+            kind: Some(api::proxy_protocol::Kind::Http1(api::proxy_protocol::Http1::default())),
+        });
+        let policy = server(pb).unwrap();
+        assert_eq!(policy.routes.len(), 1);
+        assert!(policy.routes[0].meta.is_default("default"));
+        assert_eq!(policy.routes[0].authorizations.len(), 1);
     }
 
     #[test]

@@ -80,14 +80,14 @@ pub enum Protocol {
     Tls,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Authz {
     pub meta: Meta,
     pub networks: Vec<Network>,
     pub authentication: Authentication,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Network {
     pub net: IpNet,
     pub except: Vec<IpNet>,
@@ -106,7 +106,7 @@ impl Network {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Authentication {
     /// Any client, TLS or not.
     Unauthenticated,
