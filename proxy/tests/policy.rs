@@ -361,6 +361,12 @@ async fn malformed_policies_are_ignored_and_the_previous_one_kept() {
         assert_eq!(get(&proxy, "/other").await.status, StatusCode::NOT_FOUND, "the previous policy");
         assert_eq!(get(&proxy, "/public").await.status, StatusCode::OK);
     }
+    // Bytes that are no protobuf at all fail the stream; the policy stays.
+    api.send_garbage(true);
+    api.set(None);
+    proxy.wait_log("failed to decode Protobuf message").await;
+    assert_eq!(get(&proxy, "/other").await.status, StatusCode::NOT_FOUND, "the previous policy");
+    api.send_garbage(false);
     // Still listening to the API.
     api.set(Some(http_server(
         "web",

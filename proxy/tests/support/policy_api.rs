@@ -6,7 +6,10 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use futures_util::Stream;
@@ -32,6 +35,8 @@ pub struct PolicyApi {
     /// The PortSpecs asked for, in order.
     pub specs: Arc<Mutex<Vec<api::PortSpec>>>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Answer every new call with bytes that are no protobuf at all.
+    garbage: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -80,15 +85,24 @@ impl PolicyApi {
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::new(Mutex::new(Vec::new()));
         let handler = Handler { reply: rx, specs: specs.clone() };
         let conns = tasks.clone();
+        let garbage = Arc::new(AtomicBool::new(false));
+        let garbled = garbage.clone();
         let accept = tokio::spawn(async move {
             let svc = srv::InboundServerPoliciesServer::new(handler);
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let svc = svc.clone();
+                let garbled = garbled.clone();
                 let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                         let mut svc = svc.clone();
-                        async move { svc.call(req).await }
+                        let garbage = garbled.load(Ordering::SeqCst);
+                        async move {
+                            if garbage {
+                                return Ok(garbage_response());
+                            }
+                            svc.call(req).await
+                        }
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -98,7 +112,11 @@ impl PolicyApi {
             }
         });
         tasks.lock().unwrap().push(accept.abort_handle());
-        Self { addr, reply, specs, tasks }
+        Self { addr, reply, specs, tasks, garbage }
+    }
+
+    pub fn send_garbage(&self, on: bool) {
+        self.garbage.store(on, Ordering::SeqCst);
     }
 
     pub fn set(&self, reply: Reply) {
@@ -111,6 +129,21 @@ impl PolicyApi {
             task.abort();
         }
     }
+}
+
+/// A gRPC response whose one message is not protobuf (an endless varint).
+fn garbage_response() -> http::Response<tonic::body::Body> {
+    let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+        Ok::<_, Status>(hyper::body::Frame::data(frame)),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ]));
+    http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::new(body))
+        .unwrap()
 }
 
 impl Drop for PolicyApi {
