@@ -110,6 +110,14 @@ impl DefaultPolicy {
     }
 }
 
+/// Parses `WEFT_PROXY_INBOUND_DEFAULT_POLICY`.
+impl std::str::FromStr for DefaultPolicy {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        DefaultPolicy::ALL.iter().copied().find(|p| p.name() == s).ok_or(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;

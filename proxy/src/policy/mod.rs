@@ -21,7 +21,7 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod routes;
 
-use std::{collections::HashSet, net::IpAddr, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 
@@ -182,14 +182,6 @@ pub struct Route {
     pub hosts: Vec<routes::HostMatch>,
     pub authorizations: Vec<Authz>,
     pub rules: Vec<routes::Rule>,
-}
-
-/// Parses `WEFT_PROXY_INBOUND_DEFAULT_POLICY`.
-impl FromStr for DefaultPolicy {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        DefaultPolicy::ALL.iter().copied().find(|p| p.name() == s).ok_or(())
-    }
 }
 
 #[cfg(test)]
