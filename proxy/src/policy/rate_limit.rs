@@ -16,7 +16,7 @@ use std::{
 };
 
 use http::{Request, Response};
-use tracing::info;
+use tracing::debug;
 
 use super::{
     authorize::{Client, Matched, PolicyError},
@@ -113,11 +113,19 @@ impl RateLimit {
     }
 
     /// `Err` names the limit (`ratelimit` label) the request exceeded.
+    /// The client's own share is checked first: a request over it never
+    /// spends the total, so one client flooding the server cannot use up
+    /// what the others are entitled to (per-identity fairness).
     pub fn check(&self, client: Option<&Arc<str>>) -> Result<(), &'static str> {
         let now = Instant::now();
+        self.check_client(client, now)?;
         if self.total.as_ref().is_some_and(|b| !b.take(now)) {
             return Err("total");
         }
+        Ok(())
+    }
+
+    fn check_client(&self, client: Option<&Arc<str>>, now: Instant) -> Result<(), &'static str> {
         if let Some(id) = client {
             if let Some(o) = self.overrides.iter().find(|o| o.clients.iter().any(|c| **c == **id)) {
                 return if o.bucket.take(now) { Ok(()) } else { Err("override") };
@@ -188,7 +196,9 @@ where
                 if let Err(which) = limit.check(id) {
                     let route = &policy.routes[route.route].meta;
                     self.client.metrics.http_rate_limited(&policy.meta, route, which);
-                    info!(server = %policy.meta, route = %route, ratelimit = which, client.ip = %self.client.addr.ip(), client.id = id.map(|i| &**i).unwrap_or("-"), "request rate limited");
+                    // debug, not info: a flood would otherwise become a log
+                    // flood; inbound_http_local_ratelimit_rejected_total counts.
+                    debug!(server = %policy.meta, route = %route, ratelimit = which, client.ip = %self.client.addr.ip(), client.id = id.map(|i| &**i).unwrap_or("-"), "request rate limited");
                     return LayerFuture::own(async { Err(PolicyError::RateLimited.into()) });
                 }
             }
@@ -242,5 +252,19 @@ mod tests {
         assert_eq!(limit.check(Some(&other)), Err("identity"));
         assert_eq!(limit.check(None), Ok(()), "unauthenticated clients share their own bucket");
         assert_eq!(limit.check(None), Err("identity"));
+    }
+
+    #[test]
+    fn a_client_over_its_share_does_not_spend_the_total() {
+        let limit = RateLimit::new(Meta::default_named("rl"), Some(4), Some(2), vec![]);
+        let (greedy, polite): (Arc<str>, Arc<str>) = ("greedy".into(), "polite".into());
+        let greedy_ok = (0..10).filter(|_| limit.check(Some(&greedy)).is_ok()).count();
+        assert_eq!(greedy_ok, 2, "greedy gets its share of the burst");
+        assert_eq!(
+            (0..10).filter(|_| limit.check(Some(&polite)).is_ok()).count(),
+            2,
+            "polite still gets its own"
+        );
+        assert_eq!(limit.check(None), Err("total"), "and the total is spent only by admitted requests");
     }
 }
