@@ -65,6 +65,8 @@ pub struct Discovery {
 }
 
 struct Inner {
+    /// Kept for the other control-plane APIs (policies) on the same server.
+    channel: Channel,
     client: DestinationClient<Channel>,
     context_token: String,
     idle_timeout: Duration,
@@ -90,13 +92,20 @@ impl Discovery {
     pub fn with_channel(channel: Channel, context_token: String, idle_timeout: Duration) -> Self {
         Discovery {
             inner: Arc::new(Inner {
-                client: DestinationClient::new(channel),
+                client: DestinationClient::new(channel.clone()),
+                channel,
                 context_token,
                 idle_timeout,
                 profiles: Cache::default(),
                 endpoints: Cache::default(),
             }),
         }
+    }
+
+    /// The channel to the destination service, for other APIs it serves
+    /// (one connection for all of them).
+    pub fn channel(&self) -> Channel {
+        self.inner.channel.clone()
     }
 
     pub fn profile(&self, name: &str) -> ProfileRx {
