@@ -19,6 +19,9 @@ use crate::{policy, route, MeshConfig};
 
 /// The pod container whose presence marks a pod as meshed.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
+/// Linkerd's proxy container: its pods are meshed too (a mixed mesh during a
+/// migration), and get identities of the same form.
+pub const LINKERD_PROXY_CONTAINER: &str = "linkerd-proxy";
 /// The proxy's inbound port name on the injected container.
 pub const PROXY_INBOUND_PORT_NAME: &str = "weft-proxy";
 /// Annotation (on a Service or Pod) listing ports whose traffic is opaque TCP:
@@ -326,8 +329,8 @@ pub fn pod(pod: &core::Pod, cfg: &MeshConfig) -> Result<PodRec, ModelError> {
     // native sidecar). The `weft.io/inject` annotation only asks for
     // injection: a pod created while the webhook was down carries it without
     // a proxy, and telling clients to expect mTLS there would break them.
-    let meshed = spec.containers.iter().any(|c| c.name == PROXY_CONTAINER)
-        || spec.init_containers.iter().flatten().any(|c| c.name == PROXY_CONTAINER);
+    let is_proxy = |c: &core::Container| c.name == PROXY_CONTAINER || c.name == LINKERD_PROXY_CONTAINER;
+    let meshed = spec.containers.iter().any(is_proxy) || spec.init_containers.iter().flatten().any(is_proxy);
     let identity = if meshed {
         match IdentityName::new(
             &service_account,
@@ -1051,6 +1054,49 @@ mod tests {
         let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("invalid port entry in config.weft.io/skip-inbound-ports"), "{text}");
         assert!(text.contains("ssh") && !text.contains("opaque"), "{text}");
+    }
+
+    /// A pod of the fixtures with its `weft-proxy` container renamed as
+    /// Linkerd names its own: still meshed, same identity; without any proxy
+    /// container it is not.
+    #[test]
+    fn linkerd_proxy_pods_are_meshed() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/kubernetes/pods-emojivoto.list.json");
+        let list: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+        let item = list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|p| p["metadata"]["name"] == "voting-0")
+            .expect("voting-0")
+            .clone();
+        let cfg = MeshConfig::default();
+        let weft: core::Pod = serde_json::from_value(item.clone()).expect("pod");
+        let weft = pod(&weft, &cfg).expect("valid pod");
+        assert!(weft.meshed);
+
+        let mut linkerd = item.clone();
+        for c in linkerd["spec"]["containers"].as_array_mut().expect("containers") {
+            if c["name"] == PROXY_CONTAINER {
+                c["name"] = LINKERD_PROXY_CONTAINER.into();
+            }
+        }
+        let linkerd: core::Pod = serde_json::from_value(linkerd).expect("pod");
+        let linkerd = pod(&linkerd, &cfg).expect("valid pod");
+        assert!(linkerd.meshed, "a linkerd-proxy pod must count as meshed");
+        assert_eq!(linkerd.identity, weft.identity);
+        assert!(linkerd.identity.is_some());
+
+        let mut bare = item;
+        bare["spec"]["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .retain(|c| c["name"] != PROXY_CONTAINER);
+        let bare: core::Pod = serde_json::from_value(bare).expect("pod");
+        let bare = pod(&bare, &cfg).expect("valid pod");
+        assert!(!bare.meshed && bare.identity.is_none());
     }
 
     #[test]
