@@ -5,15 +5,20 @@
 //! - [`csr`]: the in-memory private key and the CSRs it signs;
 //! - [`current_cert`]: the certificate presented now, swappable at run time;
 //! - [`config`]: rustls server/client configs for mesh traffic, ALPN values;
-//! - [`inspect`]: identities and validity read out of certificates.
+//! - [`inspect`]: identities and validity read out of certificates;
+//! - [`certify`]: a process's own identity from weft-identity, renewed;
+//! - [`grpc`]: gRPC channels over mesh TLS that check the server's identity.
 
+pub mod certify;
 pub mod config;
 pub mod csr;
 pub mod current_cert;
+pub mod grpc;
 pub mod inspect;
 pub mod name;
 pub mod pem;
 
+pub use certify::{IdentityConfig, IdentityError, LocalIdentity};
 pub use config::{ClientAuth, ConfigError, MeshClientConfig, MeshTls, ALPN_GRPC, ALPN_HTTP2, ALPN_OPAQUE};
 pub use csr::{CsrError, PrivateKey};
 pub use current_cert::CurrentCert;
