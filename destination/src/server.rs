@@ -189,13 +189,30 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "serving the Destination and InboundServerPolicies APIs (plaintext gRPC)");
+    serve_incoming(incoming(listener), service, policies, shutdown).await
+}
+
+/// [`serve`] over connections accepted elsewhere: main.rs's TLS ones
+/// (`tls.rs`), each already past its handshake.
+pub async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    service: DestinationService,
+    policies: PolicyService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tonic::transport::Server::builder()
         // Proxies hold streams for hours; keepalives find the dead ones.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(DestinationServer::new(service))
         .add_service(policies.into_server())
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
