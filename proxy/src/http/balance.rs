@@ -14,8 +14,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    errors::RouteError,
-    split::{Backend, EndpointInfo},
+    extensions::{Backend, EndpointInfo, RouteError},
     BoxError, Endpoint, LayerFuture,
 };
 use crate::{

@@ -18,11 +18,9 @@ use tracing::debug;
 
 use weft_tls::{rustls::pki_types::ServerName, MeshClientConfig};
 
+pub use super::extensions::ClientError;
 use super::{http1, http2, BoxBody, Version};
-use crate::{
-    connect::{ConnectError, Connector},
-    io::Activity,
-};
+use crate::{connect::Connector, io::Activity};
 
 /// Idle HTTP/1 connections kept per endpoint; enough for a burst of
 /// concurrent requests to find warm connections afterwards.
@@ -66,18 +64,6 @@ impl Target {
 struct Idle<C> {
     since: Instant,
     conn: C,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("upstream {0}: {1}")]
-    Http1(SocketAddr, #[source] http1::Error),
-    #[error("HTTP/2 handshake with {0}: {1}")]
-    Http2Handshake(SocketAddr, #[source] h2::Error),
-    #[error("upstream {0}: {1}")]
-    Http2(SocketAddr, #[source] h2::Error),
 }
 
 impl Client {

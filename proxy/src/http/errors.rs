@@ -13,25 +13,13 @@ use std::{
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use tracing::info;
 
-use super::{client::ClientError, full, headers::is_grpc, BoxBody, BoxError};
+use super::{
+    extensions::{ClientError, RouteError, RouteTimeout},
+    full,
+    headers::is_grpc,
+    BoxBody, BoxError,
+};
 use crate::{connect::ConnectError, policy::authorize::PolicyError};
-
-/// Failures decided by the proxy itself rather than by an upstream.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("request has no authority or Host header to route by")]
-    MissingAuthority,
-    #[error("invalid authority {0:?}")]
-    InvalidAuthority(String),
-    #[error("cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
-    #[error("request to {0} would loop back into this proxy")]
-    Loop(std::net::SocketAddr),
-    #[error("no endpoint chosen for request")]
-    NoEndpoint,
-    #[error("service {0} has no ready endpoints")]
-    NoEndpoints(String),
-}
 
 #[derive(Copy, Clone, Debug, Default)]
 pub struct RespondOnErrorLayer;
@@ -132,7 +120,7 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
         if let Some(ClientError::Connect(ConnectError::Timeout(..))) = e.downcast_ref::<ClientError>() {
             return StatusCode::GATEWAY_TIMEOUT;
         }
-        if e.is::<tokio::time::error::Elapsed>() || e.is::<super::route::RouteTimeout>() {
+        if e.is::<tokio::time::error::Elapsed>() || e.is::<RouteTimeout>() {
             return StatusCode::GATEWAY_TIMEOUT;
         }
         cause = e.source();

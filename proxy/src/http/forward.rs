@@ -14,13 +14,10 @@ use tracing::{debug, Instrument};
 
 use super::{
     client::Client,
-    errors::RouteError,
+    extensions::{EndpointInfo, RouteError, SentOverMtls},
     full,
     headers::{is_connect, strip_hop_by_hop, wants_upgrade},
-    http1,
-    metrics::SentOverMtls,
-    split::EndpointInfo,
-    BoxBody, BoxError, Endpoint, Version,
+    http1, BoxBody, BoxError, Endpoint, Version,
 };
 use crate::{
     connect::{Connector, Upstream},

@@ -1,7 +1,10 @@
 //! Header hygiene at the proxy boundary.
 
+use std::net::IpAddr;
+
 use http::{
     header::{self, HeaderName},
+    uri::Authority,
     HeaderMap, HeaderValue, Method, Request,
 };
 
@@ -115,6 +118,30 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// The authority a request is for: the URI's (absolute-form, CONNECT,
+/// HTTP/2 `:authority`), else the Host header.
+pub fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
+    match req.uri().authority() {
+        Some(a) => Some(a.clone()),
+        None => request_authority_str(req)?.parse().ok(),
+    }
+}
+
+/// The same authority as the request spells it, unparsed: enough for a
+/// metric label, and cheaper than parsing on every request.
+pub fn request_authority_str<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// The address an authority names literally (`10.0.0.1:80`, `[fd00::1]:80`).
+pub fn ip_literal(authority: &Authority) -> Option<IpAddr> {
+    let host = authority.host();
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()
 }
 
 #[cfg(test)]

@@ -21,21 +21,14 @@ use tower::retry::budget::TpsBudget;
 use tracing::debug;
 
 use super::{
-    resolve::{ip_literal, request_authority},
+    extensions::LogicalProfile,
+    headers::{ip_literal, request_authority},
     BoxError, LayerFuture,
 };
 use crate::{
     discovery::{Discovery, ProfileRx, Resolution},
     profile::{Profile, RetryBudget},
 };
-
-/// The profile in force for a request, and its service's retry budget.
-#[derive(Clone)]
-pub struct LogicalProfile {
-    pub profile: Arc<Profile>,
-    pub port: u16,
-    pub budget: Arc<TpsBudget>,
-}
 
 /// A service's retry budget and the parameters it was built with.
 type BudgetEntry = (RetryBudget, Arc<TpsBudget>);

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use super::{
     body::{BodyEnd, ObservedBody, OnBodyEnd},
-    resolve::request_authority_str,
+    extensions::{DstLabels, SentOverMtls},
+    headers::request_authority_str,
     BoxBody,
 };
 use crate::metrics::{AuthorityLabels, Direction, Tls};
@@ -32,34 +33,6 @@ pub struct HttpMetricsLayer {
     authorities: AuthorityLabels,
     series: SeriesCache,
 }
-
-/// The service and route a response came from, as discovery named them;
-/// bounded because the control plane, not the client, chooses them.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct DstLabels {
-    service: Arc<str>,
-    namespace: Arc<str>,
-    route: Option<Arc<str>>,
-}
-
-impl DstLabels {
-    pub fn new(profile: &crate::profile::Profile, route: Option<&crate::profile::Route>) -> Self {
-        // `svc.ns.svc.cluster.local`: the first two labels.
-        let mut parts = profile.fully_qualified_name.split('.');
-        let service = parts.next().unwrap_or_default();
-        let namespace = parts.next().unwrap_or_default();
-        Self {
-            service: service.into(),
-            namespace: namespace.into(),
-            route: route.map(|r| r.name.as_str().into()),
-        }
-    }
-}
-
-/// Put on a response by the layer that sent its request over mTLS, so the
-/// outbound `tls` label says how the request actually travelled.
-#[derive(Copy, Clone, Debug)]
-pub struct SentOverMtls;
 
 impl HttpMetricsLayer {
     pub fn new(direction: Direction, tls: Tls, authorities: AuthorityLabels) -> Self {

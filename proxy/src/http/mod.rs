@@ -5,6 +5,7 @@ pub mod balance;
 pub mod body;
 pub mod client;
 pub mod errors;
+pub mod extensions;
 pub mod forward;
 pub mod headers;
 pub mod http1;

@@ -8,10 +8,14 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{header, uri::Authority, Request};
+use http::{uri::Authority, Request};
 use tracing::debug;
 
-use super::{errors::RouteError, BoxError, Endpoint, LayerFuture};
+use super::{
+    extensions::RouteError,
+    headers::{ip_literal, request_authority},
+    BoxError, Endpoint, LayerFuture,
+};
 use crate::listen::BoundAddrs;
 
 pub type DnsResolver = hickory_resolver::TokioResolver;
@@ -133,35 +137,11 @@ impl ResolveLayer {
     }
 }
 
-/// The authority a request is for: the URI's (absolute-form, CONNECT,
-/// HTTP/2 `:authority`), else the Host header.
-pub fn request_authority<B>(req: &Request<B>) -> Option<Authority> {
-    match req.uri().authority() {
-        Some(a) => Some(a.clone()),
-        None => request_authority_str(req)?.parse().ok(),
-    }
-}
-
-/// The same authority as the request spells it, unparsed: enough for a
-/// metric label, and cheaper than parsing on every request.
-pub fn request_authority_str<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
-        None => req.headers().get(header::HOST)?.to_str().ok(),
-    }
-}
-
 fn default_port<B>(req: &Request<B>) -> u16 {
     match req.uri().scheme_str() {
         Some("https") => 443,
         _ => 80,
     }
-}
-
-/// The address an authority names literally (`10.0.0.1:80`, `[fd00::1]:80`).
-pub fn ip_literal(authority: &Authority) -> Option<IpAddr> {
-    let host = authority.host();
-    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()
 }
 
 async fn lookup(dns: &DnsResolver, authority: &Authority) -> Result<IpAddr, RouteError> {

@@ -15,7 +15,11 @@ use http_body_util::{BodyExt, BodyStream, StreamBody};
 use metrics::Label;
 use tower::{retry::budget::Budget, ServiceExt};
 
-use super::{boxed, logical::LogicalProfile, route::RouteParams, BoxBody, BoxError, LayerFuture};
+use super::{
+    boxed,
+    extensions::{LogicalProfile, RouteParams},
+    BoxBody, BoxError, LayerFuture,
+};
 use crate::{connect::is_connect_error, profile::MAX_REPLAY_BODY};
 
 /// Tries per request, the first included. The budget is the real bound (as

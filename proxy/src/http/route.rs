@@ -4,22 +4,16 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
 use http::Request;
 
-use super::{logical::LogicalProfile, metrics::DstLabels, BoxError};
-use crate::profile::Route;
-
-#[derive(Clone)]
-pub struct RouteParams(pub Arc<Route>);
-
-#[derive(Debug, thiserror::Error)]
-#[error("route timeout of {0:?} elapsed")]
-pub struct RouteTimeout(pub Duration);
+use super::{
+    extensions::{DstLabels, LogicalProfile, RouteParams, RouteTimeout},
+    BoxError,
+};
 
 #[derive(Copy, Clone, Debug, Default)]
 pub struct RouteLayer;

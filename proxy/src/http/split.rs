@@ -3,24 +3,16 @@
 //! it). With no overrides the backend is the service itself; a profile for
 //! a lone pod sends straight to its endpoint.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 use http::Request;
 use rand::Rng;
 
-use super::{logical::LogicalProfile, Endpoint};
-use crate::{discovery::EndpointMeta, profile::WeightedDst};
-
-/// The backend service (`name:port`) a request is balanced across.
-#[derive(Clone, Debug)]
-pub struct Backend(pub Arc<str>);
-
-/// What discovery said about the endpoint a request goes to.
-#[derive(Clone, Debug)]
-pub struct EndpointInfo(pub Arc<EndpointMeta>);
+use super::{
+    extensions::{Backend, EndpointInfo, LogicalProfile},
+    Endpoint,
+};
+use crate::profile::WeightedDst;
 
 #[derive(Copy, Clone, Debug, Default)]
 pub struct SplitLayer;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::{
     body::{BodyEnd, ObservedBody, OnBodyEnd},
-    split::EndpointInfo,
+    extensions::EndpointInfo,
     BoxBody, BoxError, Endpoint, LayerFuture,
 };
 use crate::{
@@ -113,7 +113,7 @@ where
             id: Some(common.id),
             method: Some(req.method().clone().into()),
             scheme: req.uri().scheme().map(Into::into),
-            authority: super::resolve::request_authority(&req).map(|a| a.to_string()).unwrap_or_default(),
+            authority: super::headers::request_authority(&req).map(|a| a.to_string()).unwrap_or_default(),
             path: req.uri().path().to_string(),
             headers: None,
         }));
@@ -148,7 +148,7 @@ impl<S> TapService<S> {
         let mut dst_labels: Vec<(String, String)> =
             meta.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
         let identity = meta.as_ref().and_then(|m| m.identity.clone());
-        let authority = super::resolve::request_authority(req);
+        let authority = super::headers::request_authority(req);
         let taps = self.layer.taps.matching(&Inspect {
             source: self.layer.source,
             destination,

@@ -1,0 +1,98 @@
+//! What the layers of the HTTP stack hand one another: request and
+//! response extensions and the errors that travel between them. Each layer
+//! imports this module, never a sibling layer, so the stack can be
+//! reordered or extended without import cycles.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tower::retry::budget::TpsBudget;
+
+use super::http1;
+use crate::{
+    connect::ConnectError,
+    discovery::EndpointMeta,
+    profile::{Profile, Route},
+};
+
+/// The service-profile route a request matched.
+#[derive(Clone)]
+pub struct RouteParams(pub Arc<Route>);
+
+/// A route's whole-request timeout passed (504, gRPC DEADLINE_EXCEEDED).
+#[derive(Debug, thiserror::Error)]
+#[error("route timeout of {0:?} elapsed")]
+pub struct RouteTimeout(pub Duration);
+
+/// The backend service (`name:port`) a request is balanced across.
+#[derive(Clone, Debug)]
+pub struct Backend(pub Arc<str>);
+
+/// What discovery said about the endpoint a request goes to.
+#[derive(Clone, Debug)]
+pub struct EndpointInfo(pub Arc<EndpointMeta>);
+
+/// The profile in force for a request, and its service's retry budget.
+#[derive(Clone)]
+pub struct LogicalProfile {
+    pub profile: Arc<Profile>,
+    pub port: u16,
+    pub budget: Arc<TpsBudget>,
+}
+
+/// The service and route a response came from, as discovery named them;
+/// bounded because the control plane, not the client, chooses them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DstLabels {
+    pub service: Arc<str>,
+    pub namespace: Arc<str>,
+    pub route: Option<Arc<str>>,
+}
+
+impl DstLabels {
+    pub fn new(profile: &Profile, route: Option<&Route>) -> Self {
+        // `svc.ns.svc.cluster.local`: the first two labels.
+        let mut parts = profile.fully_qualified_name.split('.');
+        let service = parts.next().unwrap_or_default();
+        let namespace = parts.next().unwrap_or_default();
+        Self {
+            service: service.into(),
+            namespace: namespace.into(),
+            route: route.map(|r| r.name.as_str().into()),
+        }
+    }
+}
+
+/// Put on a response by the layer that sent its request over mTLS, so the
+/// outbound `tls` label says how the request actually travelled.
+#[derive(Copy, Clone, Debug)]
+pub struct SentOverMtls;
+
+/// Failures decided by the proxy itself rather than by an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("request has no authority or Host header to route by")]
+    MissingAuthority,
+    #[error("invalid authority {0:?}")]
+    InvalidAuthority(String),
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("request to {0} would loop back into this proxy")]
+    Loop(std::net::SocketAddr),
+    #[error("no endpoint chosen for request")]
+    NoEndpoint,
+    #[error("service {0} has no ready endpoints")]
+    NoEndpoints(String),
+}
+
+/// How the pooled upstream client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("upstream {0}: {1}")]
+    Http1(SocketAddr, #[source] http1::Error),
+    #[error("HTTP/2 handshake with {0}: {1}")]
+    Http2Handshake(SocketAddr, #[source] h2::Error),
+    #[error("upstream {0}: {1}")]
+    Http2(SocketAddr, #[source] h2::Error),
+}
