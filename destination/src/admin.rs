@@ -1,4 +1,5 @@
-//! Admin endpoints: `/live`, `/ready` (the index has loaded everything once)
+//! Admin endpoints: `/live`, `/ready` (the index has loaded everything once,
+//! and with an identity, the first certificate is in)
 //! and `/metrics` (Prometheus text).
 
 use std::{convert::Infallible, time::Duration};
@@ -11,6 +12,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
+use weft_tls::LocalIdentity;
 
 use crate::index::Index;
 
@@ -33,10 +35,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 fn handle(
     req: &Request<Incoming>,
     index: &Index,
+    identity: Option<&LocalIdentity>,
     metrics: Option<&PrometheusHandle>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/ready") if identity.is_some_and(|id| !id.is_ready()) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no certificate from weft-identity yet\n")
+        }
         (&Method::GET, "/ready") if index.is_synced() => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => {
             text(StatusCode::SERVICE_UNAVAILABLE, "not ready: index not loaded yet\n")
@@ -49,7 +55,13 @@ fn handle(
     }
 }
 
-pub async fn serve(listener: TcpListener, index: Index, metrics: Option<PrometheusHandle>) {
+/// `identity`: the one the gRPC port serves TLS with, if any.
+pub async fn serve(
+    listener: TcpListener,
+    index: Index,
+    identity: Option<LocalIdentity>,
+    metrics: Option<PrometheusHandle>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -62,9 +74,10 @@ pub async fn serve(listener: TcpListener, index: Index, metrics: Option<Promethe
         };
         let index = index.clone();
         let metrics = metrics.clone();
+        let identity = identity.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let rsp = handle(&req, &index, metrics.as_ref());
+                let rsp = handle(&req, &index, identity.as_ref(), metrics.as_ref());
                 async move { Ok::<_, Infallible>(rsp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -6,8 +6,11 @@ use std::{io::IsTerminal, net::SocketAddr, path::PathBuf};
 use anyhow::{bail, Context};
 use clap::Parser;
 use tokio::{net::TcpListener, sync::watch};
-use tracing::info;
+use tracing::{info, warn};
 use weft_destination::{admin, files, index::Index, k8s, policy::Cidr, policy_api, server, MeshConfig};
+use weft_tls::{IdentityConfig, IdentityName, TrustAnchors};
+
+mod tls;
 
 /// A whole list as one flag value (clap would otherwise take it per item).
 type Networks = Vec<Cidr>;
@@ -15,7 +18,8 @@ type Networks = Vec<Cidr>;
 #[derive(Parser, Debug)]
 #[command(name = "weft-destination", version, about = "weft's service discovery (Linkerd Destination API)")]
 struct Args {
-    /// gRPC listen address for the Destination API (plaintext).
+    /// gRPC listen address for the Destination and policy APIs: TLS with
+    /// --identity-addr, else plaintext.
     #[arg(long, env = "WEFT_DESTINATION_ADDR", default_value = "0.0.0.0:8086")]
     addr: SocketAddr,
 
@@ -59,6 +63,32 @@ struct Args {
     #[arg(long, env = "WEFT_DESTINATION_TRAFFIC_SPLIT_VERSION", value_enum, default_value = "auto")]
     traffic_split_version: k8s::SplitVersion,
 
+    /// weft-identity's HOST:PORT. Set, the gRPC port serves TLS with the
+    /// certificate weft-identity issues this process (and not before).
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_ADDR", requires_all = ["identity_token_file", "trust_anchors"])]
+    identity_addr: Option<String>,
+
+    /// The identity weft-identity's certificate must carry (default
+    /// `identity.NS.serviceaccount.identity.NS.TRUST_DOMAIN`, NS the control
+    /// plane namespace).
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_NAME", requires = "identity_addr")]
+    identity_name: Option<IdentityName>,
+
+    /// The identity this process asks for and serves with (default
+    /// `weft-destination.NS.serviceaccount.identity.NS.TRUST_DOMAIN`); the
+    /// token must be its ServiceAccount's.
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_LOCAL_NAME", requires = "identity_addr")]
+    identity_local_name: Option<IdentityName>,
+
+    /// The ServiceAccount token weft-identity checks, read at every renewal
+    /// (projected tokens rotate).
+    #[arg(long, env = "WEFT_DESTINATION_IDENTITY_TOKEN_FILE", requires = "identity_addr")]
+    identity_token_file: Option<PathBuf>,
+
+    /// PEM file of the mesh's trust anchors.
+    #[arg(long, env = "WEFT_DESTINATION_TRUST_ANCHORS", requires = "identity_addr")]
+    trust_anchors: Option<PathBuf>,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "WEFT_DESTINATION_LOG", default_value = "info")]
     log: String,
@@ -93,6 +123,14 @@ async fn main() -> anyhow::Result<()> {
         control_plane_namespace: args.control_plane_namespace.clone(),
     };
 
+    let identity = identity_config(&args)?
+        .map(|config| {
+            info!(identity = %config.local_name, ca = %config.svc_addr, "gRPC over TLS once certified");
+            weft_tls::certify::start(config)
+        })
+        .transpose()
+        .context("starting the identity client")?;
+
     let metrics = admin::install_metrics().context("installing the metrics recorder")?;
     let index = Index::new();
 
@@ -115,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let admin_listener =
         TcpListener::bind(args.admin_addr).await.with_context(|| format!("binding {}", args.admin_addr))?;
     let admin_addr = admin_listener.local_addr().context("admin local address")?;
-    tokio::spawn(admin::serve(admin_listener, index.clone(), Some(metrics)));
+    tokio::spawn(admin::serve(admin_listener, index.clone(), identity.clone(), Some(metrics)));
 
     let listener = TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     // Both bound addresses are logged so tools and tests can use port 0.
@@ -137,8 +175,54 @@ async fn main() -> anyhow::Result<()> {
         info!("shutting down");
         let _ = stop_tx.send(true);
     };
-    server::serve(listener, service, policies, shutdown).await.context("serving the Destination API")?;
+    match identity {
+        Some(local) => {
+            let config = tls::server_config(&local).context("building the TLS server config")?;
+            server::serve_incoming(tls::incoming(listener, config, local), service, policies, shutdown)
+                .await
+                .context("serving the Destination API")?;
+        }
+        None => {
+            if !args.addr.ip().is_loopback() {
+                warn!(
+                    addr = %args.addr,
+                    "serving discovery and policy in plaintext on a non-loopback address: linkerd2-proxy \
+                     refuses it, and weft-proxy refuses it when it expects an identity; pass --identity-addr"
+                );
+            }
+            server::serve(listener, service, policies, shutdown)
+                .await
+                .context("serving the Destination API")?;
+        }
+    }
     Ok(())
+}
+
+/// The `--identity-*` group; `None` without --identity-addr.
+fn identity_config(args: &Args) -> anyhow::Result<Option<IdentityConfig>> {
+    let Some(svc_addr) = &args.identity_addr else { return Ok(None) };
+    let ns = &args.control_plane_namespace;
+    let named = |sa: &str| IdentityName::new(sa, ns, ns, &args.trust_domain);
+    let svc_name = match &args.identity_name {
+        Some(name) => name.clone(),
+        None => named("identity").context("deriving --identity-name")?,
+    };
+    let local_name = match &args.identity_local_name {
+        Some(name) => name.clone(),
+        None => named("weft-destination").context("deriving --identity-local-name")?,
+    };
+    // clap's `requires_all` guarantees both alongside --identity-addr.
+    let (Some(token_file), Some(anchors)) = (&args.identity_token_file, &args.trust_anchors) else {
+        bail!("--identity-addr needs --identity-token-file and --trust-anchors");
+    };
+    let trust_anchors = TrustAnchors::load(anchors).context("loading --trust-anchors")?;
+    Ok(Some(IdentityConfig {
+        svc_addr: svc_addr.clone(),
+        svc_name,
+        local_name,
+        trust_anchors,
+        token_file: token_file.clone(),
+    }))
 }
 
 async fn shutdown_signal() {
