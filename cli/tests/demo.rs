@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,8 +87,25 @@ fn demo_serves_split_traffic_and_leaves_nothing_behind() {
 
 #[test]
 fn sigint_stops_everything() {
-    let mut p = demo(port_base(1), "5m");
+    let base = port_base(1);
+    let mut p = demo(base, "5m");
     p.wait_output("WORKLOAD", 3, Duration::from_secs(60));
+
+    // examples/demo/policy.yaml is enforced: backend-v1's proxy admits web
+    // (the traffic above) and refuses anyone else, here a plaintext client
+    // at its inbound port.
+    let (backend_inbound, backend_admin) =
+        (SocketAddr::from(([127, 0, 0, 1], base + 31)), SocketAddr::from(([127, 0, 0, 1], base + 32)));
+    let (status, body) = request(backend_inbound, "GET", "/", "backend.demo.svc.cluster.local");
+    assert_eq!(status, 403, "an unauthorized client is refused: {body}\n{}", p.output());
+    let (_, metrics) = request(backend_admin, "GET", "/metrics", "localhost");
+    let admitted = metrics.lines().any(|l| {
+        l.starts_with("inbound_http_authz_allow_total{")
+            && l.contains(r#"srv_name="backend-http""#)
+            && l.contains(r#"authz_name="backend-clients""#)
+            && l.contains(r#"client_id="web.demo.serviceaccount.identity.weft.cluster.local""#)
+    });
+    assert!(admitted, "web's requests admitted by backend-clients:\n{metrics}");
     let pids_before = pids(&p.output());
     unsafe {
         libc::kill(p.child.id() as i32, libc::SIGINT);

@@ -28,6 +28,7 @@ use procs::Procs;
 /// The manifests weft-destination serves, shipped in examples/demo/.
 const ENDPOINTS_YAML: &str = include_str!("../../../examples/demo/endpoints.yaml");
 const MESH_YAML: &str = include_str!("../../../examples/demo/mesh.yaml");
+const POLICY_YAML: &str = include_str!("../../../examples/demo/policy.yaml");
 /// The port base endpoints.yaml is written for.
 const MANIFEST_BASE: u16 = 4300;
 
@@ -142,6 +143,27 @@ fn endpoints_for(base: u16) -> Result<String> {
         out.push_str(&serde_yaml::to_string(&v)?);
     }
     Ok(out)
+}
+
+/// One Pod per workload, as weft-destination needs them to answer each
+/// proxy's inbound policy: labelled with its service (`app: backend` for
+/// both versions) and declaring its app port as `http`, which is what
+/// policy.yaml's Server selects. The demo's proxies name them in
+/// `WEFT_PROXY_POLICY_WORKLOAD`.
+fn pods(wl: &[Workload]) -> String {
+    let mut out = String::new();
+    for w in wl {
+        let app = w.name.split("-v").next().unwrap_or(w.name);
+        out.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-0, namespace: {NS}, labels: {{app: {app}}}}}\n\
+             spec:\n  serviceAccountName: {sa}\n  containers:\n  - name: app\n    image: demo\n    ports:\n    \
+             - {{name: http, containerPort: {port}}}\n  - name: weft-proxy\n    image: weft-proxy\n",
+            name = w.name,
+            sa = w.service_account,
+            port = w.app.port(),
+        ));
+    }
+    out
 }
 
 fn random_token() -> String {
@@ -260,6 +282,8 @@ async fn demo(args: Args) -> Result<()> {
     write(&ca.join("tokens"), &token_lines)?;
     write(&manifests.join("endpoints.yaml"), &endpoints_for(base)?)?;
     write(&manifests.join("mesh.yaml"), MESH_YAML)?;
+    write(&manifests.join("policy.yaml"), POLICY_YAML)?;
+    write(&manifests.join("pods.yaml"), &pods(&wl))?;
 
     let mut procs = Procs::new(&logs);
     let started = Instant::now();
@@ -460,6 +484,8 @@ async fn start(
             .env("WEFT_PROXY_TAP_ADDR", w.tap.to_string())
             .env("WEFT_PROXY_INBOUND_APP_ADDR", w.app.to_string())
             .env("WEFT_PROXY_DESTINATION_SVC_ADDR", destination_addr.to_string())
+            .env("WEFT_PROXY_POLICY_WORKLOAD", format!(r#"{{"ns":"{NS}","pod":"{}-0"}}"#, w.name))
+            .env("WEFT_PROXY_INBOUND_PORTS", w.app.port().to_string())
             .env("WEFT_PROXY_IDENTITY_SVC_ADDR", identity_addr.to_string())
             .env(
                 "WEFT_PROXY_IDENTITY_SVC_NAME",
