@@ -45,6 +45,12 @@ pub struct Config {
     pub discovery_idle_timeout: Duration,
     /// Unset, the proxy has no identity: no mTLS either way.
     pub identity: Option<IdentityConfig>,
+    /// The identity weft-destination must prove: `Some`, discovery goes over
+    /// TLS; `None`, plaintext (a loopback address, or no identity of our
+    /// own to verify one with). See [`control_plane_name`].
+    pub destination_name: Option<IdentityName>,
+    /// The same for the policy API's address.
+    pub policy_name: Option<IdentityName>,
     /// Inbound ports that refuse connections without a verified client
     /// identity (plaintext, or TLS without a mesh certificate).
     pub inbound_ports_require_identity: PortSet,
@@ -125,7 +131,7 @@ impl Config {
     /// process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
-        let config = Config {
+        let mut config = Config {
             outbound_addrs: env.listen("WEFT_PROXY_OUTBOUND_ADDR", &OUTBOUND_DEFAULT)?,
             inbound_addrs: env.listen("WEFT_PROXY_INBOUND_ADDR", &INBOUND_DEFAULT)?,
             admin_addrs: env.listen("WEFT_PROXY_ADMIN_ADDR", &ADMIN_DEFAULT)?,
@@ -164,6 +170,8 @@ impl Config {
                 .get("WEFT_PROXY_POLICY_SVC_ADDR")
                 .or_else(|| env.get("WEFT_PROXY_DESTINATION_SVC_ADDR"))
                 .map(|a| a.trim().to_string()),
+            destination_name: None,
+            policy_name: None,
             policy_workload: env.get("WEFT_PROXY_POLICY_WORKLOAD").map(|w| w.trim().to_string()),
             default_policy: env.parse(
                 "WEFT_PROXY_INBOUND_DEFAULT_POLICY",
@@ -206,6 +214,41 @@ impl Config {
                 ));
             }
         }
+        let tls_always = match env.get("WEFT_PROXY_CONTROL_PLANE_TLS").as_deref().map(str::trim) {
+            None | Some("auto") => false,
+            Some("always") => true,
+            Some(_) => return Err(env.error("WEFT_PROXY_CONTROL_PLANE_TLS", "`auto` or `always`")),
+        };
+        if tls_always && config.identity.is_none() {
+            return Err(env.error(
+                "WEFT_PROXY_CONTROL_PLANE_TLS",
+                "`auto` when WEFT_PROXY_IDENTITY_* is unset (TLS to the control plane needs its trust anchors)",
+            ));
+        }
+        let has_identity = config.identity.is_some();
+        let destination_name: Option<IdentityName> =
+            env.parse_opt("WEFT_PROXY_DESTINATION_SVC_NAME", IDENTITY_NAME)?;
+        // Policy is served by weft-destination unless an address says
+        // otherwise: then its name is the destination's too.
+        let policy_name = match env.parse_opt("WEFT_PROXY_POLICY_SVC_NAME", IDENTITY_NAME)? {
+            Some(name) => Some(name),
+            None if config.policy_addr == config.destination_addr => destination_name.clone(),
+            None => None,
+        };
+        config.destination_name = control_plane_name(
+            config.destination_addr.as_deref(),
+            destination_name,
+            "WEFT_PROXY_DESTINATION_SVC_NAME",
+            has_identity,
+            tls_always,
+        )?;
+        config.policy_name = control_plane_name(
+            config.policy_addr.as_deref(),
+            policy_name,
+            "WEFT_PROXY_POLICY_SVC_NAME",
+            has_identity,
+            tls_always,
+        )?;
         if !config.tap_addr.ip().is_loopback() {
             return Err(
                 env.error("WEFT_PROXY_TAP_ADDR", "a loopback address such as 127.0.0.1:4190 or [::1]:4190")
@@ -261,11 +304,14 @@ pub const VARIABLES: &[&str] = &[
     "WEFT_PROXY_IDENTITY_TRUST_ANCHORS",
     "WEFT_PROXY_IDENTITY_TRUST_ANCHORS_FILE",
     "WEFT_PROXY_IDENTITY_TOKEN_FILE",
+    "WEFT_PROXY_DESTINATION_SVC_NAME",
+    "WEFT_PROXY_POLICY_SVC_NAME",
+    "WEFT_PROXY_CONTROL_PLANE_TLS",
 ];
 
 /// Variables the injector sets for the proxy that it does not read yet
 /// (proxy/README.md says why): expected, so no warning.
-pub const SET_BY_INJECTOR_UNUSED: &[&str] = &["WEFT_PROXY_DESTINATION_SVC_NAME"];
+pub const SET_BY_INJECTOR_UNUSED: &[&str] = &[];
 
 /// A `WEFT_PROXY_*` variable the proxy does not read (a typo, or a setting
 /// of another version), with the known name closest to it.
@@ -437,6 +483,37 @@ fn identity(env: &Env<'_>) -> Result<Option<IdentityConfig>, ConfigError> {
     }))
 }
 
+/// Linkerd's proxy's rule for its control plane: TLS verifying `name`
+/// unless `addr` is a loopback address (`127.0.0.0/8`, `::1`, `localhost`),
+/// where nothing crosses a network. `always` (`WEFT_PROXY_CONTROL_PLANE_TLS`)
+/// makes loopback use TLS too. Without an identity of our own there are no
+/// trust anchors to verify with: plaintext (lib.rs warns off loopback).
+fn control_plane_name(
+    addr: Option<&str>,
+    name: Option<IdentityName>,
+    var: &'static str,
+    has_identity: bool,
+    always: bool,
+) -> Result<Option<IdentityName>, ConfigError> {
+    let Some(addr) = addr else { return Ok(None) };
+    if !has_identity || (!always && is_loopback_host(addr)) {
+        return Ok(None);
+    }
+    name.map(Some).ok_or(ConfigError {
+        var,
+        value: String::new(),
+        expected: "the control plane's identity name (SA.NS.serviceaccount.identity.CPNS.TRUSTDOMAIN): \
+                   discovery and policy go over TLS to a non-loopback address",
+    })
+}
+
+/// `127.0.0.1:8086`, `[::1]:8086`, `localhost:8086`.
+pub fn is_loopback_host(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = s.split_at(split);
@@ -556,6 +633,50 @@ mod tests {
         assert!(unknown_variables(VARIABLES.iter().map(|v| v.to_string())).is_empty());
         assert!(unknown_variables(SET_BY_INJECTOR_UNUSED.iter().map(|v| v.to_string())).is_empty());
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn control_plane_tls_unless_loopback() {
+        let name: IdentityName =
+            "weft-destination.weft.serviceaccount.identity.weft.cluster.local".parse().unwrap();
+        let var = "WEFT_PROXY_DESTINATION_SVC_NAME";
+        let tls = |addr: &str, name: Option<IdentityName>, always: bool| {
+            control_plane_name(Some(addr), name, var, true, always)
+        };
+        for loopback in ["127.0.0.1:8086", "127.0.0.9:8086", "[::1]:8086", "localhost:8086", "LOCALHOST:1"] {
+            assert!(is_loopback_host(loopback), "{loopback}");
+            assert_eq!(tls(loopback, Some(name.clone()), false).unwrap(), None, "plaintext on {loopback}");
+            assert_eq!(tls(loopback, Some(name.clone()), true).unwrap(), Some(name.clone()), "always");
+        }
+        for remote in ["10.0.0.1:8086", "[fd00::1]:8086", "weft-destination.weft.svc.cluster.local:8086"] {
+            assert!(!is_loopback_host(remote), "{remote}");
+            assert_eq!(
+                tls(remote, Some(name.clone()), false).unwrap(),
+                Some(name.clone()),
+                "TLS to {remote}"
+            );
+            let err = tls(remote, None, false).unwrap_err();
+            assert_eq!(err.var, var, "a name is required for {remote}");
+        }
+        // No identity of our own: nothing to verify with, plaintext.
+        assert_eq!(control_plane_name(Some("10.0.0.1:8086"), None, var, false, false).unwrap(), None);
+        assert_eq!(control_plane_name(None, Some(name), var, true, true).unwrap(), None);
+    }
+
+    #[test]
+    fn control_plane_names_without_an_identity_are_plaintext_and_always_needs_one() {
+        let c = config(&[
+            ("WEFT_PROXY_DESTINATION_SVC_ADDR", "dst:8086"),
+            ("WEFT_PROXY_DESTINATION_SVC_NAME", "d.weft.serviceaccount.identity.weft.cluster.local"),
+        ])
+        .unwrap();
+        assert!(c.destination_name.is_none() && c.policy_name.is_none());
+        let err = config(&[("WEFT_PROXY_CONTROL_PLANE_TLS", "always")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_CONTROL_PLANE_TLS");
+        let err = config(&[("WEFT_PROXY_CONTROL_PLANE_TLS", "yes")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_CONTROL_PLANE_TLS");
+        let err = config(&[("WEFT_PROXY_DESTINATION_SVC_NAME", "not-a-name")]).unwrap_err();
+        assert_eq!(err.var, "WEFT_PROXY_DESTINATION_SVC_NAME");
     }
 
     #[test]

@@ -22,7 +22,8 @@ use linkerd2_proxy_api::destination::{
 use rand::Rng;
 use tokio::sync::watch;
 use tonic::transport::Channel;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
+use weft_tls::{ConfigError, IdentityName, LocalIdentity, MeshClientConfig, ALPN_GRPC};
 
 use crate::profile::Profile;
 
@@ -82,11 +83,17 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 impl Discovery {
-    /// `addr` is the destination service's `host:port`; the channel connects
-    /// lazily and reconnects by itself, so a control plane that is not up
-    /// yet is not an error here.
-    pub fn new(addr: &str, context_token: String, idle_timeout: Duration) -> Result<Self, InvalidAddr> {
-        Ok(Self::with_channel(control_plane_channel(addr)?, context_token, idle_timeout))
+    /// `addr` is the destination service's `host:port`, `tls` how to reach
+    /// it ([`control_plane_tls`]); the channel connects lazily and
+    /// reconnects by itself, so a control plane that is not up yet is not an
+    /// error here.
+    pub fn new(
+        addr: &str,
+        tls: Option<MeshClientConfig>,
+        context_token: String,
+        idle_timeout: Duration,
+    ) -> Result<Self, InvalidAddr> {
+        Ok(Self::with_channel(control_plane_channel(addr, tls)?, context_token, idle_timeout))
     }
 
     pub fn with_channel(channel: Channel, context_token: String, idle_timeout: Duration) -> Self {
@@ -123,15 +130,48 @@ impl Discovery {
     }
 }
 
-/// A plaintext gRPC channel to a control-plane service at `host:port`,
-/// connecting lazily and reconnecting by itself.
-pub fn control_plane_channel(addr: &str) -> Result<Channel, InvalidAddr> {
-    Ok(Channel::from_shared(format!("http://{addr}"))
+/// A gRPC channel to a control-plane service at `host:port`, over TLS
+/// when `tls` says so, connecting lazily and reconnecting by itself.
+pub fn control_plane_channel(addr: &str, tls: Option<MeshClientConfig>) -> Result<Channel, InvalidAddr> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Channel::from_shared(format!("{scheme}://{addr}"))
         .map_err(|_| InvalidAddr(addr.to_string()))?
         .connect_timeout(Duration::from_secs(3))
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(10));
+    Ok(match tls {
+        Some(tls) => weft_tls::grpc::connect_lazy(endpoint, addr, tls),
+        None => endpoint.connect_lazy(),
+    })
+}
+
+/// How to reach the control-plane API at `addr`: TLS (ALPN `h2`, SNI the
+/// name, the certificate required to carry it, as linkerd2-proxy does) when
+/// config.rs resolved a `name` for it, else plaintext.
+///
+/// config.rs gives a name only to a proxy with an identity; a name without
+/// one is refused here rather than silently sent in the clear.
+pub fn control_plane_tls(
+    api: &'static str,
+    addr: &str,
+    name: Option<&IdentityName>,
+    identity: Option<&LocalIdentity>,
+) -> Result<Option<MeshClientConfig>, ConfigError> {
+    match (name, identity) {
+        (Some(name), Some(local)) => {
+            info!(api, %addr, identity = %name, "control plane over TLS");
+            local.tls.client_config(name, &[ALPN_GRPC]).map(Some)
+        }
+        (Some(name), None) => {
+            Err(ConfigError::ServerName(format!("{name} (no local identity to verify it)")))
+        }
+        (None, _) => {
+            if !crate::config::is_loopback_host(addr) {
+                warn!(api, %addr, "control plane in plaintext off loopback: no identity (WEFT_PROXY_IDENTITY_*) to verify it with");
+            }
+            Ok(None)
+        }
+    }
 }
 
 type Cache<T> = Arc<Mutex<HashMap<String, watch::Receiver<Resolution<T>>>>>;

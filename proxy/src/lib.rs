@@ -111,8 +111,16 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
 
     let discovery = match &config.destination_addr {
         Some(addr) => {
+            let tls = discovery::control_plane_tls(
+                "destination",
+                addr,
+                config.destination_name.as_ref(),
+                identity.as_ref(),
+            )
+            .map_err(identity::IdentityError::from)?;
             let discovery = discovery::Discovery::new(
                 addr,
+                tls,
                 config.destination_context.clone(),
                 config.discovery_idle_timeout,
             )?;
@@ -147,7 +155,10 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
     let policy_api = match (&config.policy_addr, &config.policy_workload) {
         (Some(addr), Some(workload)) => {
             info!(policy = %addr, workload = %workload, "inbound policy discovery enabled");
-            Some((addr.as_str(), workload.clone()))
+            let tls =
+                discovery::control_plane_tls("policy", addr, config.policy_name.as_ref(), identity.as_ref())
+                    .map_err(identity::IdentityError::from)?;
+            Some((addr.as_str(), tls, workload.clone()))
         }
         _ => None,
     };

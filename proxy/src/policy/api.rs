@@ -22,6 +22,7 @@ use linkerd2_proxy_api::inbound::{inbound_server_policies_client::InboundServerP
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tracing::{debug, info, info_span, warn, Instrument};
+use weft_tls::MeshClientConfig;
 
 use super::{authorize::PolicyRx, decode, DefaultPolicy, Protocol, ServerPolicy};
 use crate::{
@@ -50,10 +51,11 @@ struct Inner {
 }
 
 impl Policies {
-    /// `api`: the InboundServerPolicies `host:port` and this workload's
-    /// PortSpec.workload; `None`, every port has the default policy.
+    /// `api`: the InboundServerPolicies `host:port`, how to reach it
+    /// (`discovery::control_plane_tls`) and this workload's PortSpec.workload;
+    /// `None`, every port has the default policy.
     pub fn new(
-        api: Option<(&str, String)>,
+        api: Option<(&str, Option<MeshClientConfig>, String)>,
         default: DefaultPolicy,
         probes: Vec<(u16, String)>,
         cluster_networks: Vec<IpNet>,
@@ -62,8 +64,8 @@ impl Policies {
         detect_timeout: Duration,
     ) -> Result<Self, InvalidAddr> {
         let client = match api {
-            Some((addr, workload)) => {
-                Some((InboundServerPoliciesClient::new(control_plane_channel(addr)?), workload))
+            Some((addr, tls, workload)) => {
+                Some((InboundServerPoliciesClient::new(control_plane_channel(addr, tls)?), workload))
             }
             None => None,
         };
