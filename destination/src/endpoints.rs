@@ -269,6 +269,8 @@ mod tests {
             cluster_ips: vec![],
             ports: vec![("http".into(), 80)],
             opaque_ports: Default::default(),
+            app_protocols: Default::default(),
+            annotations: Default::default(),
         }));
         index.apply(crate::model::Object::EndpointSlice(SliceRec {
             key: ObjKey::new("ns", "svc-abc"),

@@ -21,7 +21,7 @@ use crate::{
     policy::{
         AuthorizationPolicyRec, MeshTlsAuthenticationRec, NetworkAuthenticationRec, RateLimitRec, ServerRec,
     },
-    route::HttpRouteRec,
+    route::{GrpcRouteRec, HttpRouteRec},
 };
 
 #[derive(Debug, Default)]
@@ -48,6 +48,7 @@ pub struct State {
     /// HTTPRoutes of `policy.linkerd.io`, then of `gateway.networking.k8s.io`.
     pub http_routes: BTreeMap<ObjKey, HttpRouteRec>,
     pub gateway_http_routes: BTreeMap<ObjKey, HttpRouteRec>,
+    pub grpc_routes: BTreeMap<ObjKey, GrpcRouteRec>,
     // Secondary indexes, maintained on every write.
     slices_by_service: HashMap<ObjKey, BTreeSet<String>>,
     splits_by_service: HashMap<ObjKey, BTreeSet<String>>,
@@ -95,6 +96,7 @@ impl State {
             Kind::Namespace => self.namespaces.len(),
             Kind::HTTPRoute => self.http_routes.len(),
             Kind::GatewayHTTPRoute => self.gateway_http_routes.len(),
+            Kind::GRPCRoute => self.grpc_routes.len(),
         }
     }
 
@@ -164,6 +166,9 @@ impl State {
             Object::GatewayHTTPRoute(r) => {
                 self.gateway_http_routes.insert(key, r);
             }
+            Object::GRPCRoute(r) => {
+                self.grpc_routes.insert(key, r);
+            }
         }
         true
     }
@@ -192,6 +197,7 @@ impl State {
             Kind::Namespace => Object::Namespace(self.namespaces.get(key)?.clone()),
             Kind::HTTPRoute => Object::HTTPRoute(self.http_routes.get(key)?.clone()),
             Kind::GatewayHTTPRoute => Object::GatewayHTTPRoute(self.gateway_http_routes.get(key)?.clone()),
+            Kind::GRPCRoute => Object::GRPCRoute(self.grpc_routes.get(key)?.clone()),
         })
     }
 
@@ -248,6 +254,7 @@ impl State {
             Kind::Namespace => return self.namespaces.remove(key).is_some(),
             Kind::HTTPRoute => return self.http_routes.remove(key).is_some(),
             Kind::GatewayHTTPRoute => return self.gateway_http_routes.remove(key).is_some(),
+            Kind::GRPCRoute => return self.grpc_routes.remove(key).is_some(),
         }
         true
     }
@@ -268,6 +275,7 @@ impl State {
             Kind::Namespace => self.namespaces.keys().cloned().collect(),
             Kind::HTTPRoute => self.http_routes.keys().cloned().collect(),
             Kind::GatewayHTTPRoute => self.gateway_http_routes.keys().cloned().collect(),
+            Kind::GRPCRoute => self.grpc_routes.keys().cloned().collect(),
         }
     }
 

@@ -154,7 +154,7 @@ const fn policy_crd(
     PolicyCrd { kind, api_kind, group_version: ("policy.linkerd.io", version), plural }
 }
 
-static POLICY_CRDS: [PolicyCrd; 7] = [
+static POLICY_CRDS: [PolicyCrd; 8] = [
     policy_crd(Kind::Server, "Server", "v1beta3", "servers"),
     policy_crd(Kind::AuthorizationPolicy, "AuthorizationPolicy", "v1alpha1", "authorizationpolicies"),
     policy_crd(Kind::MeshTLSAuthentication, "MeshTLSAuthentication", "v1alpha1", "meshtlsauthentications"),
@@ -171,6 +171,12 @@ static POLICY_CRDS: [PolicyCrd; 7] = [
         api_kind: "HTTPRoute",
         group_version: ("gateway.networking.k8s.io", "v1"),
         plural: "httproutes",
+    },
+    PolicyCrd {
+        kind: Kind::GRPCRoute,
+        api_kind: "GRPCRoute",
+        group_version: ("gateway.networking.k8s.io", "v1"),
+        plural: "grpcroutes",
     },
 ];
 
@@ -265,7 +271,10 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
         Ok(Some(match crd {
             CrdKind::TrafficSplit(_) => Object::TrafficSplit(model::traffic_split(key, &spec)?),
             CrdKind::ServiceProfile => Object::ServiceProfile(model::service_profile(key, &spec)?),
-            CrdKind::Policy(crd) => model::policy_object(crd.kind, key, &spec, &cfg)?,
+            CrdKind::Policy(crd) => {
+                let meta = serde_json::to_value(&obj.metadata)?;
+                model::policy_object(crd.kind, key, &meta, &spec, &cfg)?
+            }
         }))
     })
     .await

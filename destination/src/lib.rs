@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod index;
 pub mod k8s;
 pub mod model;
+pub mod outbound;
 pub mod policy;
 pub mod policy_api;
 pub mod profile;

@@ -72,10 +72,12 @@ pub enum Kind {
     /// `gateway.networking.k8s.io` HTTPRoutes (a kind of their own: both
     /// groups may hold a route of the same name).
     GatewayHTTPRoute,
+    /// `gateway.networking.k8s.io` GRPCRoutes.
+    GRPCRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
@@ -90,6 +92,7 @@ impl Kind {
         Kind::Namespace,
         Kind::HTTPRoute,
         Kind::GatewayHTTPRoute,
+        Kind::GRPCRoute,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +111,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::HTTPRoute => "HTTPRoute",
             Kind::GatewayHTTPRoute => "HTTPRoute.gateway.networking.k8s.io",
+            Kind::GRPCRoute => "GRPCRoute",
         }
     }
 }
@@ -194,6 +198,11 @@ pub struct ServiceRec {
     /// `(port name, service port)`; the name ties it to EndpointSlice ports.
     pub ports: Vec<(String, u16)>,
     pub opaque_ports: PortSet,
+    /// Service port → its `appProtocol`, where set.
+    pub app_protocols: BTreeMap<u16, String>,
+    /// Linkerd's retry, timeout and failure-accrual annotations
+    /// ([`route::policy_annotations`]).
+    pub annotations: BTreeMap<String, String>,
 }
 
 pub fn service(svc: &core::Service) -> Result<ServiceRec, ModelError> {
@@ -206,15 +215,27 @@ pub fn service(svc: &core::Service) -> Result<ServiceRec, ModelError> {
     // "None" marks a headless service: no virtual IP to look up by.
     let cluster_ips = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
     let mut ports = Vec::new();
+    let mut app_protocols = BTreeMap::new();
     for p in spec.ports.unwrap_or_default() {
         if p.protocol.as_deref().is_some_and(|proto| proto != "TCP") {
             continue;
         }
         let port = u16::try_from(p.port).map_err(|_| invalid("service port", p.port.to_string()))?;
+        if let Some(app) = p.app_protocol {
+            app_protocols.insert(port, app);
+        }
         ports.push((p.name.unwrap_or_default(), port));
     }
     let opaque_ports = PortSet::from_annotations(svc.metadata.annotations.as_ref(), &key);
-    Ok(ServiceRec { key, cluster_ips, ports, opaque_ports })
+    let annotations = svc
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| route::POLICY_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(ServiceRec { key, cluster_ips, ports, opaque_ports, app_protocols, annotations })
 }
 
 // === EndpointSlice ===
@@ -839,6 +860,7 @@ pub enum Object {
     Namespace(NamespaceRec),
     HTTPRoute(route::HttpRouteRec),
     GatewayHTTPRoute(route::HttpRouteRec),
+    GRPCRoute(route::GrpcRouteRec),
 }
 
 impl Object {
@@ -858,6 +880,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::HTTPRoute(_) => Kind::HTTPRoute,
             Object::GatewayHTTPRoute(_) => Kind::GatewayHTTPRoute,
+            Object::GRPCRoute(_) => Kind::GRPCRoute,
         }
     }
 
@@ -876,6 +899,7 @@ impl Object {
             Object::HTTPLocalRateLimitPolicy(r) => &r.key,
             Object::Namespace(r) => &r.key,
             Object::HTTPRoute(r) | Object::GatewayHTTPRoute(r) => &r.key,
+            Object::GRPCRoute(r) => &r.key,
         }
     }
 }
@@ -894,6 +918,7 @@ pub fn from_manifest(doc: &serde_json::Value, cfg: &MeshConfig) -> Result<Option
         Ok(ObjKey::new(ns, name))
     };
     let spec = || doc.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+    let meta = || doc.get("metadata").cloned().unwrap_or(serde_json::Value::Null);
     Ok(Some(match (api_version, group, kind) {
         ("v1", _, "Service") => Object::Service(service(&serde_json::from_value(doc.clone())?)?),
         ("v1", _, "Pod") => Object::Pod(pod(&serde_json::from_value(doc.clone())?, cfg)?),
@@ -910,11 +935,14 @@ pub fn from_manifest(doc: &serde_json::Value, cfg: &MeshConfig) -> Result<Option
             Object::StaticEndpoints(static_endpoints(crd_key()?, &spec(), cfg)?)
         }
         (_, "policy.linkerd.io", _) => match policy_kind(kind) {
-            Some(kind) => policy_object(kind, crd_key()?, &spec(), cfg)?,
+            Some(kind) => policy_object(kind, crd_key()?, &meta(), &spec(), cfg)?,
             None => return Ok(None),
         },
         (_, route::GATEWAY_GROUP, "HTTPRoute") => {
-            policy_object(Kind::GatewayHTTPRoute, crd_key()?, &spec(), cfg)?
+            policy_object(Kind::GatewayHTTPRoute, crd_key()?, &meta(), &spec(), cfg)?
+        }
+        (_, route::GATEWAY_GROUP, "GRPCRoute") => {
+            policy_object(Kind::GRPCRoute, crd_key()?, &meta(), &spec(), cfg)?
         }
         ("", _, _) | (_, _, "") => return Err(invalid("manifest", "missing apiVersion or kind")),
         _ => return Ok(None),
@@ -935,10 +963,12 @@ pub fn policy_kind(kind: &str) -> Option<Kind> {
     })
 }
 
-/// A policy or route object of `kind` (its `spec`), from a watch or a file.
+/// A policy or route object of `kind` (its `metadata` and `spec`), from a
+/// watch or a file.
 pub fn policy_object(
     kind: Kind,
     key: ObjKey,
+    meta: &serde_json::Value,
     spec: &serde_json::Value,
     cfg: &MeshConfig,
 ) -> Result<Object, ModelError> {
@@ -954,10 +984,11 @@ pub fn policy_object(
         Kind::HTTPLocalRateLimitPolicy => {
             Object::HTTPLocalRateLimitPolicy(policy::http_local_rate_limit(key, spec)?)
         }
-        Kind::HTTPRoute => Object::HTTPRoute(route::http_route(route::POLICY_GROUP, key, spec)?),
+        Kind::HTTPRoute => Object::HTTPRoute(route::http_route(route::POLICY_GROUP, key, meta, spec)?),
         Kind::GatewayHTTPRoute => {
-            Object::GatewayHTTPRoute(route::http_route(route::GATEWAY_GROUP, key, spec)?)
+            Object::GatewayHTTPRoute(route::http_route(route::GATEWAY_GROUP, key, meta, spec)?)
         }
+        Kind::GRPCRoute => Object::GRPCRoute(route::grpc_route(key, meta, spec)?),
         other => return Err(invalid("policy object", format!("{} is not a policy kind", other.as_str()))),
     })
 }

@@ -9,13 +9,17 @@
 //! (skipped with a warning and `destination_invalid_objects_total{kind}`),
 //! since serving it without the broken match would widen what it matches.
 
+use std::{collections::BTreeMap, time::Duration};
+
 use linkerd2_proxy_api::{http_route as proto, http_types};
 use serde::Deserialize;
 
-use crate::model::{invalid, ModelError, ObjKey};
+use crate::model::{invalid, parse_go_duration, ModelError, ObjKey};
 
 pub const POLICY_GROUP: &str = "policy.linkerd.io";
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The core API group as parentRefs and backendRefs may spell it.
+pub const CORE_GROUP: &str = "core";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentRef {
@@ -36,6 +40,33 @@ impl ParentRef {
             && self.name == server.name
             && self.namespace == server.namespace
     }
+
+    /// Whether this names port `port` of the Service `service` (group `core`
+    /// or empty; no port means every port).
+    pub fn is_service(&self, service: &ObjKey, port: u16) -> bool {
+        (self.group.is_empty() || self.group == CORE_GROUP)
+            && self.kind == "Service"
+            && self.name == service.name
+            && self.namespace == service.namespace
+            && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// Gateway API precedence between routes: the oldest first, then by name
+/// (then namespace, for a stable order); routes without a timestamp (from
+/// files) after those with one.
+pub fn precedence(
+    (a_created, a): (&Option<String>, &ObjKey),
+    (b_created, b): (&Option<String>, &ObjKey),
+) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let by_age = match (a_created, b_created) {
+        (Some(x), Some(y)) => x.cmp(y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    };
+    by_age.then_with(|| a.name.cmp(&b.name)).then_with(|| a.namespace.cmp(&b.namespace))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,12 +132,39 @@ pub struct BackendRef {
     pub weight: u32,
 }
 
+/// A rule's `timeouts` (Gateway API): `request` bounds the whole request,
+/// retries included; `backendRequest` each try.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleTimeouts {
+    pub request: Option<Duration>,
+    pub backend_request: Option<Duration>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Never empty: a rule without matches matches every request (`/` prefix).
     pub matches: Vec<RouteMatch>,
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
+    pub timeouts: RuleTimeouts,
+}
+
+/// Annotation prefixes outbound policy reads (Linkerd's retry, timeout and
+/// balancer annotations); others are not kept, so an unrelated annotation
+/// edit wakes no subscriber.
+pub const POLICY_ANNOTATION_PREFIXES: [&str; 3] =
+    ["retry.linkerd.io/", "timeout.linkerd.io/", "balancer.linkerd.io/"];
+
+/// The annotations of `meta` (an object's `metadata` as JSON) that outbound
+/// policy reads.
+pub fn policy_annotations(meta: &serde_json::Value) -> BTreeMap<String, String> {
+    meta.get("annotations")
+        .and_then(|a| a.as_object())
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| POLICY_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +175,11 @@ pub struct HttpRouteRec {
     pub parents: Vec<ParentRef>,
     pub hostnames: Vec<String>,
     pub rules: Vec<Rule>,
+    /// Linkerd's retry/timeout annotations ([`policy_annotations`]).
+    pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp` (RFC 3339, UTC: sorts as text), the
+    /// first key of Gateway API precedence between routes.
+    pub created: Option<String>,
 }
 
 // === Parsing ===
@@ -152,6 +215,15 @@ struct RuleSpec {
     filters: Option<Vec<FilterSpec>>,
     #[serde(default)]
     backend_refs: Option<Vec<BackendSpec>>,
+    #[serde(default)]
+    timeouts: Option<TimeoutsSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeoutsSpec {
+    request: Option<String>,
+    backend_request: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -235,23 +307,44 @@ struct BackendSpec {
     weight: Option<u32>,
 }
 
-/// An HTTPRoute of `group` (its `spec`).
-pub fn http_route(group: &str, key: ObjKey, spec: &serde_json::Value) -> Result<HttpRouteRec, ModelError> {
-    let spec: Spec = serde_json::from_value(spec.clone())?;
-    let ns = &key.namespace;
-    let parents = spec
-        .parent_refs
-        .unwrap_or_default()
+fn parent_refs(list: Option<Vec<ParentSpec>>, ns: &str) -> Vec<ParentRef> {
+    list.unwrap_or_default()
         .into_iter()
         .map(|p| ParentRef {
             group: p.group.unwrap_or_else(|| GATEWAY_GROUP.into()),
             kind: p.kind.unwrap_or_else(|| "Gateway".into()),
-            namespace: p.namespace.unwrap_or_else(|| ns.clone()),
+            namespace: p.namespace.unwrap_or_else(|| ns.to_owned()),
             name: p.name,
             port: p.port,
             section_name: p.section_name,
         })
-        .collect();
+        .collect()
+}
+
+fn backend_refs(list: Option<Vec<BackendSpec>>, ns: &str) -> Vec<BackendRef> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|b| BackendRef {
+            group: b.group.unwrap_or_default(),
+            kind: b.kind.unwrap_or_else(|| "Service".into()),
+            namespace: b.namespace.unwrap_or_else(|| ns.to_owned()),
+            name: b.name,
+            port: b.port,
+            weight: b.weight.unwrap_or(1),
+        })
+        .collect()
+}
+
+/// An HTTPRoute of `group` (its `metadata` and `spec`).
+pub fn http_route(
+    group: &str,
+    key: ObjKey,
+    meta: &serde_json::Value,
+    spec: &serde_json::Value,
+) -> Result<HttpRouteRec, ModelError> {
+    let spec: Spec = serde_json::from_value(spec.clone())?;
+    let ns = &key.namespace;
+    let parents = parent_refs(spec.parent_refs, ns);
     let mut rules = Vec::new();
     for r in spec.rules.unwrap_or_default() {
         let mut matches =
@@ -265,20 +358,9 @@ pub fn http_route(group: &str, key: ObjKey, spec: &serde_json::Value) -> Result<
             });
         }
         let filters = r.filters.unwrap_or_default().into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
-        let backends = r
-            .backend_refs
-            .unwrap_or_default()
-            .into_iter()
-            .map(|b| BackendRef {
-                group: b.group.unwrap_or_default(),
-                kind: b.kind.unwrap_or_else(|| "Service".into()),
-                namespace: b.namespace.unwrap_or_else(|| ns.clone()),
-                name: b.name,
-                port: b.port,
-                weight: b.weight.unwrap_or(1),
-            })
-            .collect();
-        rules.push(Rule { matches, filters, backends });
+        let backends = backend_refs(r.backend_refs, ns);
+        let timeouts = rule_timeouts(r.timeouts)?;
+        rules.push(Rule { matches, filters, backends, timeouts });
     }
     Ok(HttpRouteRec {
         key,
@@ -286,6 +368,27 @@ pub fn http_route(group: &str, key: ObjKey, spec: &serde_json::Value) -> Result<
         parents,
         hostnames: spec.hostnames.unwrap_or_default(),
         rules,
+        annotations: policy_annotations(meta),
+        created: meta.get("creationTimestamp").and_then(|t| t.as_str()).map(str::to_owned),
+    })
+}
+
+/// Gateway API durations (`10s`, `500ms`, `1h`; `0s` means none) are a
+/// subset of Go's syntax.
+fn rule_timeouts(t: Option<TimeoutsSpec>) -> Result<RuleTimeouts, ModelError> {
+    let Some(t) = t else { return Ok(RuleTimeouts::default()) };
+    let parse = |v: Option<String>, what: &'static str| -> Result<Option<Duration>, ModelError> {
+        match v {
+            None => Ok(None),
+            Some(v) => match parse_go_duration(&v).map_err(|e| invalid(what, e))? {
+                d if d.is_zero() => Ok(None),
+                d => Ok(Some(d)),
+            },
+        }
+    };
+    Ok(RuleTimeouts {
+        request: parse(t.request, "HTTPRoute timeouts.request")?,
+        backend_request: parse(t.backend_request, "HTTPRoute timeouts.backendRequest")?,
     })
 }
 
@@ -309,22 +412,7 @@ fn route_match(m: MatchSpec) -> Result<RouteMatch, ModelError> {
             })
         }
     };
-    let values = |list: Option<Vec<NamedValue>>, what: &'static str| {
-        list.unwrap_or_default()
-            .into_iter()
-            .map(|v| {
-                let m = match v.kind.as_deref().unwrap_or("Exact") {
-                    "Exact" => ValueMatch::Exact(v.value),
-                    "RegularExpression" => {
-                        check_regex(what, &v.value)?;
-                        ValueMatch::Regex(v.value)
-                    }
-                    other => return Err(invalid(what, format!("type {other:?} for {:?}", v.name))),
-                };
-                Ok((v.name, m))
-            })
-            .collect::<Result<Vec<_>, ModelError>>()
-    };
+    let values = header_values;
     let method = match m.method {
         Some(method) if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() => {
             return Err(invalid("HTTPRoute method", format!("{method:?}")))
@@ -337,6 +425,26 @@ fn route_match(m: MatchSpec) -> Result<RouteMatch, ModelError> {
         query_params: values(m.query_params, "HTTPRoute query parameter match")?,
         method,
     })
+}
+
+fn header_values(
+    list: Option<Vec<NamedValue>>,
+    what: &'static str,
+) -> Result<Vec<(String, ValueMatch)>, ModelError> {
+    list.unwrap_or_default()
+        .into_iter()
+        .map(|v| {
+            let m = match v.kind.as_deref().unwrap_or("Exact") {
+                "Exact" => ValueMatch::Exact(v.value),
+                "RegularExpression" => {
+                    check_regex(what, &v.value)?;
+                    ValueMatch::Regex(v.value)
+                }
+                other => return Err(invalid(what, format!("type {other:?} for {:?}", v.name))),
+            };
+            Ok((v.name, m))
+        })
+        .collect()
 }
 
 fn modifier(m: Option<ModifierSpec>, what: &'static str) -> Result<HeaderModifier, ModelError> {
@@ -385,7 +493,129 @@ fn filter(f: FilterSpec) -> Result<Filter, ModelError> {
     })
 }
 
+// === GRPCRoute (gateway.networking.k8s.io/v1) ===
+
+/// A gRPC method match; both parts optional (the apiserver requires one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcMethodMatch {
+    pub service: Option<String>,
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcRouteMatch {
+    /// `None` matches every call.
+    pub method: Option<GrpcMethodMatch>,
+    pub headers: Vec<(String, ValueMatch)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRule {
+    /// Never empty: a rule without matches matches every call.
+    pub matches: Vec<GrpcRouteMatch>,
+    pub filters: Vec<Filter>,
+    pub backends: Vec<BackendRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcRouteRec {
+    pub key: ObjKey,
+    pub parents: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<GrpcRule>,
+    pub annotations: BTreeMap<String, String>,
+    pub created: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GrpcSpec {
+    #[serde(default)]
+    parent_refs: Option<Vec<ParentSpec>>,
+    #[serde(default)]
+    hostnames: Option<Vec<String>>,
+    #[serde(default)]
+    rules: Option<Vec<GrpcRuleSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GrpcRuleSpec {
+    #[serde(default)]
+    matches: Option<Vec<GrpcMatchSpec>>,
+    #[serde(default)]
+    filters: Option<Vec<FilterSpec>>,
+    #[serde(default)]
+    backend_refs: Option<Vec<BackendSpec>>,
+}
+
+#[derive(Deserialize)]
+struct GrpcMatchSpec {
+    method: Option<GrpcMethodSpec>,
+    #[serde(default)]
+    headers: Option<Vec<NamedValue>>,
+}
+
+#[derive(Deserialize)]
+struct GrpcMethodSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+}
+
+/// A GRPCRoute (its `metadata` and `spec`). A `RegularExpression` method
+/// match is refused with the route: the proxy's gRPC match is exact only, and
+/// serving the route without it would widen what it matches.
+pub fn grpc_route(
+    key: ObjKey,
+    meta: &serde_json::Value,
+    spec: &serde_json::Value,
+) -> Result<GrpcRouteRec, ModelError> {
+    let spec: GrpcSpec = serde_json::from_value(spec.clone())?;
+    let ns = &key.namespace;
+    let mut rules = Vec::new();
+    for r in spec.rules.unwrap_or_default() {
+        let mut matches = Vec::new();
+        for m in r.matches.unwrap_or_default() {
+            let method = match m.method {
+                None => None,
+                Some(mm) => match mm.kind.as_deref().unwrap_or("Exact") {
+                    "Exact" => Some(GrpcMethodMatch { service: mm.service, method: mm.method }),
+                    other => return Err(invalid("GRPCRoute method match", format!("type {other:?}"))),
+                },
+            };
+            let headers = header_values(m.headers, "GRPCRoute header match")?;
+            matches.push(GrpcRouteMatch { method, headers });
+        }
+        if matches.is_empty() {
+            matches.push(GrpcRouteMatch::default());
+        }
+        let filters = r.filters.unwrap_or_default().into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
+        rules.push(GrpcRule { matches, filters, backends: backend_refs(r.backend_refs, ns) });
+    }
+    Ok(GrpcRouteRec {
+        parents: parent_refs(spec.parent_refs, ns),
+        key,
+        hostnames: spec.hostnames.unwrap_or_default(),
+        rules,
+        annotations: policy_annotations(meta),
+        created: meta.get("creationTimestamp").and_then(|t| t.as_str()).map(str::to_owned),
+    })
+}
+
 // === Proto conversion ===
+
+pub fn proto_grpc_match(m: &GrpcRouteMatch) -> linkerd2_proxy_api::grpc_route::GrpcRouteMatch {
+    use linkerd2_proxy_api::grpc_route as grpc;
+    grpc::GrpcRouteMatch {
+        rpc: m.method.as_ref().map(|mm| grpc::GrpcRpcMatch {
+            service: mm.service.clone().unwrap_or_default(),
+            method: mm.method.clone().unwrap_or_default(),
+        }),
+        headers: proto_header_matches(&m.headers),
+    }
+}
 
 /// `hostnames` as host matches: `*.example.com` matches by suffix.
 pub fn proto_hosts(hostnames: &[String]) -> Vec<proto::HostMatch> {
@@ -403,7 +633,7 @@ pub fn proto_hosts(hostnames: &[String]) -> Vec<proto::HostMatch> {
 }
 
 pub fn proto_match(m: &RouteMatch) -> proto::HttpRouteMatch {
-    use proto::{header_match, path_match, query_param_match};
+    use proto::{path_match, query_param_match};
     proto::HttpRouteMatch {
         path: m.path.as_ref().map(|p| proto::PathMatch {
             kind: Some(match p {
@@ -412,17 +642,7 @@ pub fn proto_match(m: &RouteMatch) -> proto::HttpRouteMatch {
                 PathMatch::Regex(s) => path_match::Kind::Regex(s.clone()),
             }),
         }),
-        headers: m
-            .headers
-            .iter()
-            .map(|(name, v)| proto::HeaderMatch {
-                name: name.clone(),
-                value: Some(match v {
-                    ValueMatch::Exact(s) => header_match::Value::Exact(s.clone().into_bytes()),
-                    ValueMatch::Regex(s) => header_match::Value::Regex(s.clone()),
-                }),
-            })
-            .collect(),
+        headers: proto_header_matches(&m.headers),
         query_params: m
             .query_params
             .iter()
@@ -436,6 +656,20 @@ pub fn proto_match(m: &RouteMatch) -> proto::HttpRouteMatch {
             .collect(),
         method: m.method.as_deref().and_then(|s| http::Method::from_bytes(s.as_bytes()).ok()).map(Into::into),
     }
+}
+
+fn proto_header_matches(headers: &[(String, ValueMatch)]) -> Vec<proto::HeaderMatch> {
+    use proto::header_match;
+    headers
+        .iter()
+        .map(|(name, v)| proto::HeaderMatch {
+            name: name.clone(),
+            value: Some(match v {
+                ValueMatch::Exact(s) => header_match::Value::Exact(s.clone().into_bytes()),
+                ValueMatch::Regex(s) => header_match::Value::Regex(s.clone()),
+            }),
+        })
+        .collect()
 }
 
 fn proto_headers(pairs: &[(String, String)]) -> Option<http_types::Headers> {
@@ -497,7 +731,7 @@ mod tests {
             item["metadata"]["namespace"].as_str().expect("ns"),
             item["metadata"]["name"].as_str().expect("name"),
         );
-        http_route(group, key, &item["spec"]).expect("valid route")
+        http_route(group, key, &item["metadata"], &item["spec"]).expect("valid route")
     }
 
     #[test]
@@ -536,10 +770,13 @@ mod tests {
             serde_json::json!({"rules": [{"matches": [{"method": "GE T"}]}]}),
         ];
         for spec in bad {
-            assert!(http_route(POLICY_GROUP, key.clone(), &spec).is_err(), "{spec}");
+            assert!(
+                http_route(POLICY_GROUP, key.clone(), &serde_json::Value::Null, &spec).is_err(),
+                "{spec}"
+            );
         }
         let ok = serde_json::json!({"hostnames": ["*.example.com"], "rules": [{}]});
-        let r = http_route(POLICY_GROUP, key, &ok).expect("valid");
+        let r = http_route(POLICY_GROUP, key, &serde_json::Value::Null, &ok).expect("valid");
         assert_eq!(r.rules[0].matches[0].path, Some(PathMatch::Prefix("/".into())));
         let hosts = proto_hosts(&r.hostnames);
         assert_eq!(

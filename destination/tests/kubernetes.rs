@@ -179,6 +179,9 @@ fn route(
         "/apis/gateway.networking.k8s.io/v1/httproutes" => {
             ("httproutes.gateway.networking.k8s.io-emojivoto.list.json", None)
         }
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes" => {
+            ("grpcroutes.gateway.networking.k8s.io-emojivoto.list.json", None)
+        }
         "/apis/policy.linkerd.io/v1beta3/servers" => ("servers.policy.linkerd.io-emojivoto.list.json", Some("servers")),
         "/apis/policy.linkerd.io/v1alpha1/authorizationpolicies" => {
             ("authorizationpolicies.policy.linkerd.io-emojivoto.list.json", None)
@@ -445,6 +448,12 @@ async fn policy_resources_list_and_watch_into_the_index() {
         // HTTPRoutes of both groups, each in its own kind, and Namespaces.
         assert_eq!(names(s.http_routes.keys().collect()), ["web-api"]);
         assert_eq!(names(s.gateway_http_routes.keys().collect()), ["voting-route"]);
+        // GRPCRoutes, with Linkerd's annotations and creation time kept.
+        assert_eq!(names(s.grpc_routes.keys().collect()), ["emoji-route"]);
+        let emoji = &s.grpc_routes[&ObjKey::new("emojivoto", "emoji-route")];
+        assert_eq!(emoji.annotations["retry.linkerd.io/grpc"], "internal,unavailable");
+        assert!(!emoji.annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+        assert_eq!(emoji.created.as_deref(), Some("2026-12-03T14:55:35Z"));
         assert!(s.namespaces.contains_key(&weft_destination::model::namespace_key("emojivoto")));
     }
     replay.release("servers", 1);
