@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod opaque;
 pub mod orig_dst;
 pub mod outbound;
+pub mod outbound_policy;
 pub mod policy;
 pub mod profile;
 pub mod stack;
@@ -128,7 +129,8 @@ pub async fn run(config: Config, log: Option<log::LogLevel>) -> Result<(), Error
                 discovery.clone(),
                 config.destination_suffixes.clone(),
                 config.discovery_timeout,
-            );
+            )
+            .with_outbound_policies(config.policy_workload.clone(), config.discovery_idle_timeout);
             let balancers = http::balance::Balancers::new(
                 discovery,
                 config.discovery_timeout,

@@ -1,8 +1,11 @@
 //! Outbound: connections from the local app to the rest of the world.
 //!
 //! accept → original destination (iptables) or explicit → detect →
-//!   HTTP: metrics → errors → profile → route (timeout) → retry → split →
-//!         balance → fallback endpoint (orig dst | authority) → tap → forward
+//!   HTTP: metrics → errors → profile and outbound policy → policy route
+//!         (rule, backend, timeout; steps aside for a ServiceProfile with
+//!         routes or a split) → the rule's filters → profile route (timeout)
+//!         → retry → split → balance → fallback endpoint (orig dst |
+//!         authority) → tap → forward
 //!         (without discovery: metrics → errors → endpoint → tap → forward)
 //!   else: opaque TCP to the original destination
 //!
@@ -23,6 +26,7 @@ use crate::{
         errors::RespondOnErrorLayer,
         forward::Forward,
         logical::{LogicalLayer, Profiles},
+        policy_route::PolicyRouteLayer,
         resolve::{DnsResolver, ResolveLayer, Target},
         retry::RetryLayer,
         route::RouteLayer,
@@ -34,6 +38,7 @@ use crate::{
     io::{Activity, PrefixedIo},
     listen::{Accepted, BoundAddrs},
     metrics::Direction,
+    policy::filters::FiltersLayer,
     stack::{ClientIo, Detected, Stack},
     tls::{Carried, MeshClients},
 };
@@ -117,6 +122,8 @@ impl Outbound {
                     Some((profiles, balancers)) => {
                         let service = front
                             .layer(LogicalLayer::new(profiles.clone(), orig_dst))
+                            .layer(PolicyRouteLayer)
+                            .layer(FiltersLayer)
                             .layer(RouteLayer)
                             .layer(RetryLayer)
                             .layer(SplitLayer)

@@ -109,7 +109,8 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
                 RouteError::Resolve { .. } | RouteError::Loop(_) | RouteError::NoEndpoint => {
                     StatusCode::BAD_GATEWAY
                 }
-                RouteError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RouteError::NoEndpoints(_) | RouteError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RouteError::NoRoute => StatusCode::NOT_FOUND,
             };
         }
         if let Some(ConnectError::Timeout(..)) = e.downcast_ref::<ConnectError>() {

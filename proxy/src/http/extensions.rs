@@ -11,6 +11,7 @@ use super::http1;
 use crate::{
     connect::ConnectError,
     discovery::EndpointMeta,
+    outbound_policy::OutboundPolicy,
     profile::{Profile, Route},
 };
 
@@ -82,7 +83,17 @@ pub enum RouteError {
     NoEndpoint,
     #[error("service {0} has no ready endpoints")]
     NoEndpoints(String),
+    /// The destination's outbound policy has routes and none matches.
+    #[error("no route found for request")]
+    NoRoute,
+    #[error("route {0} has no backends")]
+    NoBackend(String),
 }
+
+/// The destination's outbound policy (OutboundPolicies), when the control
+/// plane has one for it.
+#[derive(Clone)]
+pub struct LogicalPolicy(pub Arc<OutboundPolicy>);
 
 /// How the pooled upstream client failed.
 #[derive(Debug, thiserror::Error)]

@@ -21,12 +21,13 @@ use tower::retry::budget::TpsBudget;
 use tracing::debug;
 
 use super::{
-    extensions::LogicalProfile,
+    extensions::{LogicalPolicy, LogicalProfile},
     headers::{ip_literal, request_authority},
     BoxError, LayerFuture,
 };
 use crate::{
     discovery::{Discovery, ProfileRx, Resolution},
+    outbound_policy::{api::Target, OutboundPolicies, OutboundPolicy, PolicyRx},
     profile::{Profile, RetryBudget},
 };
 
@@ -42,11 +43,20 @@ pub struct Profiles {
     suffixes: Arc<[String]>,
     timeout: Duration,
     budgets: Arc<Mutex<HashMap<String, BudgetEntry>>>,
+    /// OutboundPolicies on the same control-plane connection.
+    policies: Option<OutboundPolicies>,
 }
 
 impl Profiles {
     pub fn new(discovery: Discovery, suffixes: Vec<String>, timeout: Duration) -> Self {
-        Self { discovery, suffixes: suffixes.into(), timeout, budgets: Arc::default() }
+        Self { discovery, suffixes: suffixes.into(), timeout, budgets: Arc::default(), policies: None }
+    }
+
+    /// Also route by OutboundPolicies (HTTPRoute/GRPCRoute), asked over
+    /// discovery's connection as `workload` (`WEFT_PROXY_POLICY_WORKLOAD`).
+    pub fn with_outbound_policies(mut self, workload: Option<String>, idle_timeout: Duration) -> Self {
+        self.policies = Some(OutboundPolicies::new(self.discovery.channel(), workload, idle_timeout));
+        self
     }
 
     pub fn discovery(&self) -> &Discovery {
@@ -75,11 +85,11 @@ impl Profiles {
         self.wait(self.discovery.profile(name)).await
     }
 
-    async fn wait(&self, mut rx: ProfileRx) -> Option<Arc<Profile>> {
+    async fn wait<T: Clone>(&self, mut rx: tokio::sync::watch::Receiver<Resolution<T>>) -> Option<T> {
         let resolved =
             tokio::time::timeout(self.timeout, rx.wait_for(|r| !matches!(r, Resolution::Pending))).await;
         match resolved.ok()?.ok()?.clone() {
-            Resolution::Known(profile) => Some(profile),
+            Resolution::Known(known) => Some(known),
             Resolution::Pending | Resolution::Unknown => None,
         }
     }
@@ -137,26 +147,49 @@ impl<S> tower::Layer<S> for LogicalLayer {
 pub struct Logical<S> {
     inner: S,
     layer: LogicalLayer,
-    /// Transparent mode looks up one name per connection: keep its watch.
-    cached: Option<ProfileRx>,
+    /// Transparent mode looks up one name per connection: keep its watches.
+    cached: Option<(ProfileRx, Option<PolicyRx>)>,
 }
 
 impl<S> Logical<S> {
-    fn watch(&mut self, name: &str) -> ProfileRx {
-        if let (Some(rx), Some(_)) = (&self.cached, self.layer.fixed) {
-            return rx.clone();
+    fn watch(&mut self, name: &str) -> (ProfileRx, Option<PolicyRx>) {
+        if let (Some(rxs), Some(_)) = (&self.cached, self.layer.fixed) {
+            return rxs.clone();
         }
-        let rx = self.layer.profiles.discovery.profile(name);
+        let profiles = &self.layer.profiles;
+        let target = match self.layer.fixed {
+            Some(addr) => Target::Addr(addr),
+            None => Target::Authority(name.to_string()),
+        };
+        let rxs = (profiles.discovery.profile(name), profiles.policies.as_ref().map(|p| p.watch(target)));
         if self.layer.fixed.is_some() {
-            self.cached = Some(rx.clone());
+            self.cached = Some(rxs.clone());
         }
-        rx
+        rxs
     }
 }
 
-fn attach<B>(profiles: &Profiles, req: &mut Request<B>, profile: Arc<Profile>, port: u16) {
-    let budget = profiles.budget(&profile);
-    req.extensions_mut().insert(LogicalProfile { profile, port, budget });
+fn attach<B>(
+    profiles: &Profiles,
+    req: &mut Request<B>,
+    profile: Option<Arc<Profile>>,
+    policy: Option<Arc<OutboundPolicy>>,
+    port: u16,
+) {
+    if let Some(profile) = profile {
+        let budget = profiles.budget(&profile);
+        req.extensions_mut().insert(LogicalProfile { profile, port, budget });
+    }
+    if let Some(policy) = policy {
+        req.extensions_mut().insert(LogicalPolicy(policy));
+    }
+}
+
+fn known<T: Clone>(r: &Resolution<T>) -> Option<T> {
+    match r {
+        Resolution::Known(t) => Some(t.clone()),
+        Resolution::Pending | Resolution::Unknown => None,
+    }
 }
 
 impl<S, B> tower::Service<Request<B>> for Logical<S>
@@ -178,30 +211,32 @@ where
         let Some((name, port)) = self.layer.profiles.lookup_name(self.layer.fixed, &req) else {
             return LayerFuture::inner(self.inner.call(req));
         };
-        let rx = self.watch(&name);
+        let (profile_rx, policy_rx) = self.watch(&name);
+        let pending = matches!(*profile_rx.borrow(), Resolution::Pending)
+            || policy_rx.as_ref().is_some_and(|rx| matches!(*rx.borrow(), Resolution::Pending));
         // Once discovery has answered (every request after a name's first),
-        // the profile is at hand: no waiting, nothing to allocate.
-        let resolved = rx.borrow().clone();
-        match resolved {
-            Resolution::Known(profile) => {
-                attach(&self.layer.profiles, &mut req, profile, port);
-                LayerFuture::inner(self.inner.call(req))
-            }
-            Resolution::Unknown => LayerFuture::inner(self.inner.call(req)),
-            Resolution::Pending => {
-                let mut inner = super::take_ready(&mut self.inner);
-                let profiles = self.layer.profiles.clone();
-                LayerFuture::own(async move {
-                    match profiles.wait(rx).await {
-                        Some(profile) => attach(&profiles, &mut req, profile, port),
-                        None => debug!(
-                            %name,
-                            "no profile within the discovery timeout; using the original destination"
-                        ),
-                    }
-                    inner.call(req).await.map_err(Into::into)
-                })
-            }
+        // the profile and policy are at hand: no waiting, nothing to allocate.
+        if !pending {
+            let profile = known(&profile_rx.borrow());
+            let policy = policy_rx.as_ref().and_then(|rx| known(&rx.borrow()));
+            attach(&self.layer.profiles, &mut req, profile, policy, port);
+            return LayerFuture::inner(self.inner.call(req));
         }
+        let mut inner = super::take_ready(&mut self.inner);
+        let profiles = self.layer.profiles.clone();
+        LayerFuture::own(async move {
+            let policy = async {
+                match policy_rx {
+                    Some(rx) => profiles.wait(rx).await,
+                    None => None,
+                }
+            };
+            let (profile, policy) = tokio::join!(profiles.wait(profile_rx), policy);
+            if profile.is_none() && policy.is_none() {
+                debug!(%name, "no profile or policy within the discovery timeout; using the original destination");
+            }
+            attach(&profiles, &mut req, profile, policy, port);
+            inner.call(req).await.map_err(Into::into)
+        })
     }
 }

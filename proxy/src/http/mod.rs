@@ -12,6 +12,7 @@ pub mod http1;
 pub mod http2;
 pub mod logical;
 pub mod metrics;
+pub mod policy_route;
 pub mod resolve;
 pub mod retry;
 pub mod route;

@@ -12,7 +12,6 @@ use super::{
     extensions::{Backend, EndpointInfo, LogicalProfile},
     Endpoint,
 };
-use crate::profile::WeightedDst;
 
 #[derive(Copy, Clone, Debug, Default)]
 pub struct SplitLayer;
@@ -42,10 +41,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        if let Some(logical) = req.extensions().get::<LogicalProfile>().cloned() {
+        // A backend already chosen (by the outbound policy's route) stands.
+        let chosen =
+            req.extensions().get::<Backend>().is_some() || req.extensions().get::<Endpoint>().is_some();
+        if let Some(logical) = req.extensions().get::<LogicalProfile>().filter(|_| !chosen).cloned() {
             let profile = &logical.profile;
             if !profile.fully_qualified_name.is_empty() {
-                let backend = pick(&profile.dst_overrides)
+                let backend = pick(&profile.dst_overrides, |d| d.weight)
                     .map(|d| normalize(&d.authority, logical.port))
                     .unwrap_or_else(|| format!("{}:{}", profile.fully_qualified_name, logical.port));
                 req.extensions_mut().insert(Backend(backend.into()));
@@ -58,15 +60,16 @@ where
     }
 }
 
-/// Weighted random choice; `None` when there is nothing to choose from.
-pub fn pick(dsts: &[WeightedDst]) -> Option<&WeightedDst> {
-    let total: u64 = dsts.iter().map(|d| u64::from(d.weight)).sum();
+/// Weighted random choice (TrafficSplit's backends, and OutboundPolicies'
+/// RandomAvailable); `None` when there is nothing to choose from.
+pub fn pick<T>(dsts: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
+    let total: u64 = dsts.iter().map(|d| u64::from(weight(d))).sum();
     if total == 0 {
         return None;
     }
     let mut n = rand::rng().random_range(0..total);
     for d in dsts {
-        let w = u64::from(d.weight);
+        let w = u64::from(weight(d));
         if n < w {
             return Some(d);
         }
@@ -88,6 +91,7 @@ fn normalize(authority: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::WeightedDst;
 
     #[test]
     fn weighted_choice_follows_weights() {
@@ -97,11 +101,11 @@ mod tests {
             WeightedDst { authority: "c".into(), weight: 0 },
         ];
         let n = 20_000;
-        let a = (0..n).filter(|_| pick(&dsts).unwrap().authority == "a").count();
+        let a = (0..n).filter(|_| pick(&dsts, |d| d.weight).unwrap().authority == "a").count();
         let share = a as f64 / n as f64;
         assert!((0.88..0.92).contains(&share), "{share}");
-        assert!((0..1000).all(|_| pick(&dsts).unwrap().authority != "c"));
-        assert!(pick(&[WeightedDst { authority: "z".into(), weight: 0 }]).is_none());
+        assert!((0..1000).all(|_| pick(&dsts, |d| d.weight).unwrap().authority != "c"));
+        assert!(pick(&[WeightedDst { authority: "z".into(), weight: 0 }], |d| d.weight).is_none());
     }
 
     #[test]

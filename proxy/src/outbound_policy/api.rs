@@ -1,0 +1,169 @@
+//! The OutboundPolicies client: one Watch stream per logical target (a
+//! Service's `ClusterIP:port`, or the authority in explicit mode), its
+//! latest policy kept in a `watch` every connection to that target shares.
+//!
+//! As with discovery, the stream's task reconnects with jittered backoff
+//! and keeps the last good policy while the control plane is away, and is
+//! dropped once nobody has used the target for the idle timeout. NotFound,
+//! InvalidArgument and Unimplemented (a control plane without the API)
+//! mean no policy: requests go on as they did without it. A message that
+//! does not decode is logged and ignored.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use linkerd2_proxy_api::outbound::{
+    outbound_policies_client::OutboundPoliciesClient, traffic_spec, TrafficSpec,
+};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{decode, OutboundPolicy};
+use crate::discovery::{Backoff, Resolution};
+
+pub type PolicyRx = watch::Receiver<Resolution<Arc<OutboundPolicy>>>;
+
+/// What a policy is asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Addr(SocketAddr),
+    Authority(String),
+}
+
+#[derive(Clone)]
+pub struct OutboundPolicies {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: OutboundPoliciesClient<Channel>,
+    /// TrafficSpec.source_workload (`WEFT_PROXY_POLICY_WORKLOAD`).
+    workload: String,
+    idle_timeout: Duration,
+    targets: Mutex<HashMap<Target, PolicyRx>>,
+}
+
+impl OutboundPolicies {
+    pub fn new(channel: Channel, workload: Option<String>, idle_timeout: Duration) -> Self {
+        OutboundPolicies {
+            inner: Arc::new(Inner {
+                client: OutboundPoliciesClient::new(channel),
+                workload: workload.unwrap_or_default(),
+                idle_timeout,
+                targets: Mutex::default(),
+            }),
+        }
+    }
+
+    /// `target`'s policy, watched from the first call until unused.
+    pub fn watch(&self, target: Target) -> PolicyRx {
+        let mut targets = self.inner.targets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = targets.get(&target) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(Resolution::Pending);
+        targets.insert(target.clone(), rx.clone());
+        drop(targets);
+        let inner = self.inner.clone();
+        let span = info_span!("outbound_policy", target = ?target);
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = follow(&inner, &target, &tx) => {}
+                    () = idle(&tx, inner.idle_timeout) => debug!("no longer watched"),
+                }
+                inner.targets.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
+            }
+            .instrument(span),
+        );
+        rx
+    }
+}
+
+/// Resolves once only the cache itself has held the policy for `timeout`.
+async fn idle<T>(tx: &watch::Sender<T>, timeout: Duration) {
+    let mut quiet_since = None;
+    let tick = (timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(tick).await;
+        if tx.receiver_count() <= 1 {
+            let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= timeout {
+                return;
+            }
+        } else {
+            quiet_since = None;
+        }
+    }
+}
+
+fn no_policy(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Unimplemented)
+}
+
+async fn follow(inner: &Inner, target: &Target, tx: &watch::Sender<Resolution<Arc<OutboundPolicy>>>) {
+    let spec = TrafficSpec {
+        source_workload: inner.workload.clone(),
+        target: Some(match target {
+            Target::Addr(addr) => traffic_spec::Target::Addr((*addr).into()),
+            Target::Authority(a) => traffic_spec::Target::Authority(a.clone()),
+        }),
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match inner.client.clone().watch(spec.clone()).await {
+            Ok(rsp) => {
+                let mut stream = rsp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(pb)) => {
+                            backoff.reset();
+                            match decode::policy(pb) {
+                                Ok(policy) => {
+                                    info!(parent = %policy.parent.name, routes = policy.http1.as_ref().map_or(0, |t| t.routes.len()), "outbound policy updated");
+                                    tx.send_replace(Resolution::Known(Arc::new(policy)));
+                                }
+                                Err(error) => {
+                                    warn!(%error, "ignoring a malformed outbound policy; keeping the previous one");
+                                    // Nothing to keep yet: behave as without a policy.
+                                    tx.send_if_modified(|r| {
+                                        let pending = matches!(r, Resolution::Pending);
+                                        if pending {
+                                            *r = Resolution::Unknown;
+                                        }
+                                        pending
+                                    });
+                                }
+                            }
+                        }
+                        Ok(None) => break debug!("policy stream ended"),
+                        Err(status) => {
+                            break info!(code = ?status.code(), message = status.message(), "outbound policy stream failed; keeping the last policy")
+                        }
+                    }
+                }
+            }
+            Err(status) if no_policy(&status) => {
+                debug!(code = ?status.code(), "no outbound policy for this target");
+                tx.send_replace(Resolution::Unknown);
+                backoff.max_out();
+            }
+            Err(status) => {
+                info!(code = ?status.code(), message = status.message(), "outbound policy API unavailable; keeping the last policy");
+                tx.send_if_modified(|r| {
+                    let pending = matches!(r, Resolution::Pending);
+                    if pending {
+                        *r = Resolution::Unknown;
+                    }
+                    pending
+                });
+            }
+        }
+        backoff.wait().await;
+    }
+}

@@ -1,0 +1,263 @@
+//! OutboundPolicies' `OutboundPolicy` message → [`OutboundPolicy`].
+//!
+//! Routes' matches and request filters are the same messages inbound
+//! policy has, so they are handed to the inbound decoder (as the routes of
+//! a `Server`) rather than decoded twice. Anything malformed rejects the
+//! whole message: the caller keeps the policy it had.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue};
+use linkerd2_proxy_api::{http_route as api_http, inbound as inbound_api, meta as api_meta, outbound as api};
+
+use super::{
+    BackendTarget, HeaderModifier, OutboundPolicy, OutboundRoute, ResourceRef, RouteTable, RuleParams,
+    WeightedBackend,
+};
+use crate::{
+    discovery::endpoint_from_api,
+    policy::decode::{self as inbound_decode, DecodeError},
+};
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+/// Bounds on one message, as inbound policy has them.
+const MAX_ITEMS: usize = 1024;
+
+fn bounded<T>(items: Vec<T>, what: &'static str) -> Result<Vec<T>> {
+    if items.len() > MAX_ITEMS {
+        return Err(DecodeError::TooMany(what));
+    }
+    Ok(items)
+}
+
+pub fn policy(pb: api::OutboundPolicy) -> Result<OutboundPolicy> {
+    use api::proxy_protocol::Kind;
+    let parent = resource(pb.metadata)?;
+    let kind = pb.protocol.and_then(|p| p.kind).ok_or(DecodeError::Missing("protocol"))?;
+    let http = |routes: Vec<api::HttpRoute>| http_table(&parent, routes);
+    let (http1, http2) = match kind {
+        Kind::Detect(d) => (
+            http(d.http1.map(|h| h.routes).unwrap_or_default())?,
+            http(d.http2.map(|h| h.routes).unwrap_or_default())?,
+        ),
+        Kind::Http1(h) => {
+            let t = http(h.routes)?;
+            (t.clone(), t)
+        }
+        Kind::Http2(h) => {
+            let t = http(h.routes)?;
+            (t.clone(), t)
+        }
+        Kind::Grpc(g) => {
+            let t = grpc_table(&parent, g.routes)?;
+            (t.clone(), t)
+        }
+        // Opaque and TLS routing are not done by policy (yet): the
+        // connection goes where discovery says, as before.
+        Kind::Opaque(_) | Kind::Tls(_) => (None, None),
+    };
+    Ok(OutboundPolicy { parent, http1, http2 })
+}
+
+fn resource(pb: Option<api_meta::Metadata>) -> Result<ResourceRef> {
+    match pb.and_then(|m| m.kind).ok_or(DecodeError::Missing("metadata"))? {
+        api_meta::metadata::Kind::Default(name) => {
+            Ok(ResourceRef { kind: "default".into(), name: name.into(), ..Default::default() })
+        }
+        api_meta::metadata::Kind::Resource(r) => Ok(ResourceRef {
+            group: r.group.into(),
+            kind: r.kind.into(),
+            namespace: r.namespace.into(),
+            name: r.name.into(),
+            port: u16::try_from(r.port).map_err(|_| DecodeError::Invalid("port"))?,
+        }),
+    }
+}
+
+/// The inbound decoder's view of our routes: a `Server` whose routes carry
+/// the matches and request filters.
+fn matcher(
+    parent: &ResourceRef,
+    protocol: inbound_api::proxy_protocol::Kind,
+) -> Result<Arc<crate::policy::ServerPolicy>> {
+    let labels = [("group", &parent.group), ("kind", &parent.kind), ("name", &parent.name)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), if v.is_empty() { "outbound".to_string() } else { v.to_string() }))
+        .collect();
+    let server = inbound_api::Server {
+        protocol: Some(inbound_api::ProxyProtocol { kind: Some(protocol) }),
+        labels,
+        ..Default::default()
+    };
+    Ok(Arc::new(inbound_decode::server(server)?))
+}
+
+fn http_table(parent: &ResourceRef, routes: Vec<api::HttpRoute>) -> Result<Option<Arc<RouteTable>>> {
+    use api::http_route::filter::Kind as F;
+    use inbound_api::http_route::filter::Kind as InF;
+    let routes = bounded(routes, "routes")?;
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let mut inbound_routes = Vec::with_capacity(routes.len());
+    let mut params = Vec::with_capacity(routes.len());
+    for route in routes {
+        let meta = resource(route.metadata.clone())?;
+        let mut rules = Vec::new();
+        let mut inbound_rules = Vec::new();
+        for rule in bounded(route.rules, "rules")? {
+            let mut filters = Vec::new();
+            let mut response_headers = None;
+            for f in bounded(rule.filters, "filters")? {
+                match f.kind.ok_or(DecodeError::Missing("filter"))? {
+                    F::FailureInjector(f) => filters.push(InF::FailureInjector(f)),
+                    F::RequestHeaderModifier(m) => filters.push(InF::RequestHeaderModifier(m)),
+                    F::Redirect(r) => filters.push(InF::Redirect(r)),
+                    F::ResponseHeaderModifier(m) => response_headers = Some(header_modifier(m)?),
+                }
+            }
+            inbound_rules.push(inbound_api::http_route::Rule {
+                matches: rule.matches,
+                filters: filters
+                    .into_iter()
+                    .map(|kind| inbound_api::http_route::Filter { kind: Some(kind) })
+                    .collect(),
+            });
+            let backends = http_distribution(rule.backends.map(|d| d.kind))?;
+            rules.push(RuleParams { timeout: timeout(rule.timeouts)?, backends, response_headers });
+        }
+        inbound_routes.push(inbound_api::HttpRoute {
+            metadata: route.metadata,
+            hosts: route.hosts,
+            authorizations: vec![],
+            rules: inbound_rules,
+        });
+        params.push(OutboundRoute { meta, rules });
+    }
+    let kind = inbound_api::proxy_protocol::Kind::Http1(inbound_api::proxy_protocol::Http1 {
+        routes: inbound_routes,
+        local_rate_limit: None,
+    });
+    Ok(Some(Arc::new(RouteTable { parent: parent.clone(), matcher: matcher(parent, kind)?, routes: params })))
+}
+
+fn grpc_table(parent: &ResourceRef, routes: Vec<api::GrpcRoute>) -> Result<Option<Arc<RouteTable>>> {
+    use api::grpc_route::filter::Kind as F;
+    use inbound_api::grpc_route::filter::Kind as InF;
+    let routes = bounded(routes, "routes")?;
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let mut inbound_routes = Vec::with_capacity(routes.len());
+    let mut params = Vec::with_capacity(routes.len());
+    for route in routes {
+        let meta = resource(route.metadata.clone())?;
+        let mut rules = Vec::new();
+        let mut inbound_rules = Vec::new();
+        for rule in bounded(route.rules, "rules")? {
+            let filters = bounded(rule.filters, "filters")?
+                .into_iter()
+                .map(|f| {
+                    let kind = match f.kind.ok_or(DecodeError::Missing("filter"))? {
+                        F::FailureInjector(f) => InF::FailureInjector(f),
+                        F::RequestHeaderModifier(m) => InF::RequestHeaderModifier(m),
+                    };
+                    Ok(inbound_api::grpc_route::Filter { kind: Some(kind) })
+                })
+                .collect::<Result<_>>()?;
+            inbound_rules.push(inbound_api::grpc_route::Rule { matches: rule.matches, filters });
+            let backends = grpc_distribution(rule.backends.map(|d| d.kind))?;
+            rules.push(RuleParams { timeout: timeout(rule.timeouts)?, backends, response_headers: None });
+        }
+        inbound_routes.push(inbound_api::GrpcRoute {
+            metadata: route.metadata,
+            hosts: route.hosts,
+            authorizations: vec![],
+            rules: inbound_rules,
+        });
+        params.push(OutboundRoute { meta, rules });
+    }
+    let kind =
+        inbound_api::proxy_protocol::Kind::Grpc(inbound_api::proxy_protocol::Grpc { routes: inbound_routes });
+    Ok(Some(Arc::new(RouteTable { parent: parent.clone(), matcher: matcher(parent, kind)?, routes: params })))
+}
+
+fn timeout(pb: Option<api_http::Timeouts>) -> Result<Option<Duration>> {
+    match pb.and_then(|t| t.request) {
+        None => Ok(None),
+        Some(d) => {
+            let d = Duration::try_from(d).map_err(|_| DecodeError::Invalid("request timeout"))?;
+            Ok(Some(d).filter(|d| !d.is_zero()))
+        }
+    }
+}
+
+fn header_modifier(pb: api_http::ResponseHeaderModifier) -> Result<HeaderModifier> {
+    let pairs = |headers: Option<linkerd2_proxy_api::http_types::Headers>| {
+        bounded(headers.map(|h| h.headers).unwrap_or_default(), "headers")?
+            .into_iter()
+            .map(|h| {
+                Ok((
+                    HeaderName::try_from(h.name).map_err(|_| DecodeError::Invalid("header name"))?,
+                    HeaderValue::try_from(h.value).map_err(|_| DecodeError::Invalid("header value"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    Ok(HeaderModifier {
+        add: pairs(pb.add)?,
+        set: pairs(pb.set)?,
+        remove: bounded(pb.remove, "headers")?
+            .into_iter()
+            .map(|n| HeaderName::try_from(n).map_err(|_| DecodeError::Invalid("header name")))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// A rule's backends. FirstAvailable takes its first backend (no
+/// availability tracking yet); Empty means no backend. HTTP and gRPC rules
+/// have the same messages under different names.
+macro_rules! distribution {
+    ($name:ident, $module:ident) => {
+        fn $name(pb: Option<Option<api::$module::distribution::Kind>>) -> Result<Vec<WeightedBackend>> {
+            use api::$module::distribution::Kind;
+            match pb.flatten().ok_or(DecodeError::Missing("backends"))? {
+                Kind::Empty(_) => Ok(vec![]),
+                Kind::FirstAvailable(f) => bounded(f.backends, "backends")?
+                    .into_iter()
+                    .take(1)
+                    .map(|b| backend(b.backend, 1))
+                    .collect(),
+                Kind::RandomAvailable(r) => bounded(r.backends, "backends")?
+                    .into_iter()
+                    .map(|b| backend(b.backend.ok_or(DecodeError::Missing("backend"))?.backend, b.weight))
+                    .collect(),
+            }
+        }
+    };
+}
+
+distribution!(http_distribution, http_route);
+distribution!(grpc_distribution, grpc_route);
+
+fn backend(pb: Option<api::Backend>, weight: u32) -> Result<WeightedBackend> {
+    use api::backend::{endpoint_discovery::Kind as Discovery, Kind};
+    let pb = pb.ok_or(DecodeError::Missing("backend"))?;
+    let meta = resource(pb.metadata)?;
+    let target = match pb.kind.ok_or(DecodeError::Missing("backend kind"))? {
+        Kind::Forward(addr) => {
+            let (addr, meta) = endpoint_from_api(addr).ok_or(DecodeError::Invalid("forward address"))?;
+            BackendTarget::Forward(addr, meta)
+        }
+        Kind::Balancer(p2c) => {
+            let Discovery::Dst(dst) =
+                p2c.discovery.and_then(|d| d.kind).ok_or(DecodeError::Missing("balancer discovery"))?;
+            if dst.path.is_empty() {
+                return Err(DecodeError::Missing("balancer discovery path"));
+            }
+            BackendTarget::Balance(dst.path.into())
+        }
+    };
+    Ok(WeightedBackend { weight, meta, target })
+}

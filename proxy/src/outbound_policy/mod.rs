@@ -1,0 +1,121 @@
+//! Outbound policy: what the control plane's OutboundPolicies API says
+//! about a logical destination (a Service port): its HTTP and gRPC routes,
+//! each rule's filters, timeout and weighted backends.
+//!
+//! A route's matches and request filters are kept in the inbound policy's
+//! shape (`policy::ServerPolicy`), so the one route matcher
+//! (`policy/routes.rs`) and the one filter implementation
+//! (`policy/filters.rs`) serve both directions; what only outbound has
+//! (backends, timeouts, response header changes, resource names for
+//! metrics) sits beside it, indexed the same way.
+
+pub mod api;
+pub mod decode;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderName, HeaderValue};
+
+use crate::{discovery::EndpointMeta, policy::ServerPolicy};
+
+pub use api::{OutboundPolicies, PolicyRx};
+
+/// A Kubernetes resource as the control plane names it: a route's parent
+/// (the Service), a route, or a backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ResourceRef {
+    pub group: Arc<str>,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// A parent's port; 0 for routes and backends.
+    pub port: u16,
+}
+
+#[derive(Debug)]
+pub struct OutboundPolicy {
+    pub parent: ResourceRef,
+    /// Routes for HTTP/1 requests and for HTTP/2 ones (the same table
+    /// unless the control plane sends different ones, as it may for
+    /// detected protocols). `None`: no routing, requests go on as before.
+    pub http1: Option<Arc<RouteTable>>,
+    pub http2: Option<Arc<RouteTable>>,
+}
+
+impl OutboundPolicy {
+    pub fn routes_for(&self, version: http::Version) -> Option<&Arc<RouteTable>> {
+        match version {
+            http::Version::HTTP_2 => self.http2.as_ref(),
+            _ => self.http1.as_ref(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RouteTable {
+    pub parent: ResourceRef,
+    /// Matches and request filters of every route and rule.
+    pub matcher: Arc<ServerPolicy>,
+    /// `routes[i]` is `matcher.routes[i]`; `rules[j]` its rule `j`.
+    pub routes: Vec<OutboundRoute>,
+}
+
+#[derive(Debug)]
+pub struct OutboundRoute {
+    pub meta: ResourceRef,
+    pub rules: Vec<RuleParams>,
+}
+
+#[derive(Debug, Default)]
+pub struct RuleParams {
+    /// Covers the request until its response headers, retries included.
+    pub timeout: Option<Duration>,
+    /// Empty: the rule has nowhere to send requests (503).
+    pub backends: Vec<WeightedBackend>,
+    pub response_headers: Option<HeaderModifier>,
+}
+
+#[derive(Debug)]
+pub struct WeightedBackend {
+    pub weight: u32,
+    pub meta: ResourceRef,
+    pub target: BackendTarget,
+}
+
+#[derive(Debug)]
+pub enum BackendTarget {
+    /// Balanced over the endpoints discovery gives for this path
+    /// (`name.ns.svc.cluster.local:port`).
+    Balance(Arc<str>),
+    /// One address, over mTLS when it has an identity.
+    Forward(SocketAddr, Arc<EndpointMeta>),
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderModifier {
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderModifier {
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.add {
+            headers.append(name, value.clone());
+        }
+        for (name, value) in &self.set {
+            headers.insert(name, value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+}
+
+impl RuleParams {
+    /// Weighted random choice among the backends; `None` when there are
+    /// none or every weight is zero.
+    pub fn pick_backend(&self) -> Option<&WeightedBackend> {
+        crate::http::split::pick(&self.backends, |b| b.weight)
+    }
+}
