@@ -19,6 +19,7 @@ pub mod index;
 pub mod k8s;
 pub mod model;
 pub mod outbound;
+pub mod outbound_api;
 pub mod policy;
 pub mod policy_api;
 pub mod profile;

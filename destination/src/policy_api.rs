@@ -113,7 +113,7 @@ struct WorkloadJson {
 /// At most 64 characters of a client's string, for errors and logs: the
 /// error travels back in the `grpc-message` header, and a 100 kB workload
 /// echoed there made the client's HTTP/2 stack drop the connection.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     const MAX: usize = 64;
     match s.char_indices().nth(MAX) {
         Some((end, _)) => format!("{}...", &s[..end]),

@@ -20,8 +20,8 @@ use tonic::{transport::server::TcpIncoming, Request, Response, Status};
 use tracing::{debug, info_span, Instrument};
 
 use crate::{
-    endpoints, index::Index, index::State, policy_api::PolicyService, profile, target, target::Target,
-    MeshConfig,
+    endpoints, index::Index, index::State, outbound_api::OutboundService, policy_api::PolicyService, profile,
+    target, target::Target, MeshConfig,
 };
 
 /// Messages buffered per stream. Small on purpose: when a client reads slowly
@@ -179,8 +179,8 @@ impl Destination for DestinationService {
     }
 }
 
-/// Serves the Destination and InboundServerPolicies APIs on `listener` until
-/// `shutdown` completes.
+/// Serves the Destination, InboundServerPolicies and OutboundPolicies APIs on
+/// `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     service: DestinationService,
@@ -188,7 +188,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "serving the Destination and InboundServerPolicies APIs (plaintext gRPC)");
+    tracing::info!(
+        ?addr,
+        "serving the Destination, InboundServerPolicies and OutboundPolicies APIs (plaintext gRPC)"
+    );
     serve_incoming(incoming(listener), service, policies, shutdown).await
 }
 
@@ -202,7 +205,12 @@ pub async fn serve_incoming<I, IO, IE>(
 ) -> Result<(), tonic::transport::Error>
 where
     I: tokio_stream::Stream<Item = Result<IO, IE>>,
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -210,6 +218,11 @@ where
         // Proxies hold streams for hours; keepalives find the dead ones.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // OutboundPolicies reads the index and mesh config Destination does.
+        .add_service(
+            OutboundService::new(service.index.clone(), service.cfg.clone(), service.shutdown.clone())
+                .into_server(),
+        )
         .add_service(DestinationServer::new(service))
         .add_service(policies.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
