@@ -3,6 +3,10 @@
 //! shorter one (regexes rank below prefixes), then a method match, then
 //! more header matches, then more query parameter matches; ties go to the
 //! route listed first.
+//!
+//! Both directions use it: inbound policy's routes, and outbound policy's
+//! (HTTPRoute/GRPCRoute with a Service parent), which `outbound_policy`
+//! keeps in the same shape.
 
 use http::{Method, Request};
 use regex::Regex;
@@ -135,7 +139,9 @@ impl RequestMatch {
     fn score<B>(&self, req: &Request<B>) -> Option<Score> {
         let path = req.uri().path();
         let (path_kind, path_len) = match &self.path {
-            None => (1, 0),
+            // Gateway API: a match without a path is `PathPrefix /`, so it
+            // ranks with that prefix and its headers or method decide.
+            None => (2, 1),
             Some(PathMatch::Exact(p)) => (p == path).then_some((3, p.len()))?,
             Some(PathMatch::Prefix(p)) => prefix_matches(p, path).then_some((2, p.len()))?,
             Some(PathMatch::Regex(re)) => re.is_match(path).then_some((1, 0))?,
@@ -254,6 +260,25 @@ mod tests {
         wrong_method.headers_mut().insert("x-a", "1".parse().unwrap());
         assert!(p.route_for(&wrong_method).is_none());
         assert!(p.route_for(&req("POST", "/x?q=aaa")).is_none(), "header missing");
+    }
+
+    #[test]
+    fn a_header_match_without_a_path_beats_the_catch_all_prefix() {
+        let canary = RequestMatch {
+            headers: vec![HeaderMatch {
+                name: "x-canary".parse().unwrap(),
+                value: ValueMatch::Exact(b"true".to_vec()),
+            }],
+            ..Default::default()
+        };
+        let p = policy(vec![route(
+            "r",
+            vec![rule(vec![canary]), rule(vec![path(PathMatch::Prefix("/".into()))])],
+        )]);
+        let mut with_header = req("GET", "/x");
+        with_header.headers_mut().insert("x-canary", "true".parse().unwrap());
+        assert_eq!(p.route_for(&with_header).map(|m| m.rule), Some(0));
+        assert_eq!(p.route_for(&req("GET", "/x")).map(|m| m.rule), Some(1));
     }
 
     #[test]

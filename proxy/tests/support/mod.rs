@@ -6,6 +6,7 @@
 
 pub mod grpc;
 pub mod netns;
+pub mod outbound_api;
 pub mod policy_api;
 
 use std::{

@@ -1,0 +1,302 @@
+//! Outbound routing by OutboundPolicies through the real proxy, against an
+//! in-test control plane (Destination + OutboundPolicies on one port): the
+//! app sends through the proxy in explicit mode to
+//! `web.test.svc.cluster.local`, whose policy routes each request to the
+//! `web` (v1) or `web-v2` echo servers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::{Request, StatusCode};
+use linkerd2_proxy_api::{http_route as hr, http_types, outbound::http_route::filter::Kind as Filter};
+use support::{outbound_api::*, *};
+
+const PORT: u16 = 80;
+const WORKLOAD: &str = r#"{"ns":"test","pod":"client-0"}"#;
+
+struct Mesh {
+    v1: HttpServer,
+    v2: HttpServer,
+    api: OutboundApi,
+    proxy: Proxy,
+}
+
+async fn mesh(profile_routes: bool, first: Option<linkerd2_proxy_api::outbound::OutboundPolicy>) -> Mesh {
+    let v1 = HttpServer::start().await;
+    let v2 = HttpServer::start().await;
+    let api = OutboundApi::start(
+        &[("web.test.svc.cluster.local:80", v1.addr), ("web-v2.test.svc.cluster.local:80", v2.addr)],
+        vec![("web.test.svc.cluster.local:80", profile("web", profile_routes))],
+        first,
+    )
+    .await;
+    let proxy = Proxy::builder()
+        .env("WEFT_PROXY_DESTINATION_SVC_ADDR", api.addr)
+        .env("WEFT_PROXY_POLICY_WORKLOAD", WORKLOAD)
+        .spawn()
+        .await;
+    Mesh { v1, v2, api, proxy }
+}
+
+/// Header `x-canary: true` to v2, everything else to v1.
+fn canary() -> linkerd2_proxy_api::outbound::OutboundPolicy {
+    policy(
+        PORT,
+        vec![route(
+            "web-canary",
+            vec![
+                rule(vec![header_exact("x-canary", "true")], vec![], vec![backend("web-v2", PORT, 1)]),
+                rule(vec![prefix("/")], vec![], vec![backend("web", PORT, 1)]),
+            ],
+        )],
+    )
+}
+
+fn split(v1: u32, v2: u32) -> linkerd2_proxy_api::outbound::OutboundPolicy {
+    policy(
+        PORT,
+        vec![route(
+            "web-split",
+            vec![rule(
+                vec![prefix("/")],
+                vec![],
+                vec![backend("web", PORT, v1), backend("web-v2", PORT, v2)],
+            )],
+        )],
+    )
+}
+
+fn get(path: &str) -> http::request::Builder {
+    Request::get(format!("http://web.test.svc.cluster.local{path}"))
+}
+
+async fn send(
+    conn: &mut hyper::client::conn::http1::SendRequest<BoxBody>,
+    req: http::request::Builder,
+) -> Collected {
+    within("ready", conn.ready()).await.expect("connection usable");
+    let rsp = within("response", conn.send_request(req.body(empty()).unwrap())).await.expect("response");
+    collect(rsp).await
+}
+
+/// (requests v1 saw, requests v2 saw)
+fn seen(m: &Mesh) -> (usize, usize) {
+    (m.v1.seen().len(), m.v2.seen().len())
+}
+
+#[tokio::test]
+async fn a_header_match_sends_canaries_to_v2_and_the_rest_to_v1() {
+    let m = mesh(false, Some(canary())).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    for _ in 0..5 {
+        assert_eq!(send(&mut conn, get("/x")).await.status, StatusCode::OK);
+        assert_eq!(send(&mut conn, get("/x").header("x-canary", "true")).await.status, StatusCode::OK);
+    }
+    assert_eq!(seen(&m), (5, 5));
+    assert!(m.v2.seen().iter().all(|s| s.header("x-canary") == Some("true")));
+    let spec = m.api.specs.lock().unwrap()[0].clone();
+    assert_eq!(spec.source_workload, WORKLOAD);
+    assert_eq!(
+        spec.target,
+        Some(linkerd2_proxy_api::outbound::traffic_spec::Target::Authority(
+            "web.test.svc.cluster.local:80".into()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn weights_split_2000_requests_within_3_points_and_an_edit_moves_traffic_within_a_second() {
+    let m = mesh(false, Some(split(70, 30))).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    for _ in 0..2000 {
+        assert_eq!(send(&mut conn, get("/w")).await.status, StatusCode::OK);
+    }
+    let (v1, v2) = seen(&m);
+    assert_eq!(v1 + v2, 2000);
+    let share = v2 as f64 / 2000.0;
+    assert!((0.27..=0.33).contains(&share), "v2 got {share:.3} of requests, want 0.30 ± 0.03");
+
+    // Everything to v2 now: within a second, v1 sees nothing more.
+    m.api.set(Some(split(0, 1)));
+    let edited = Instant::now();
+    loop {
+        let before = seen(&m);
+        send(&mut conn, get("/w")).await;
+        if seen(&m).0 == before.0 {
+            break;
+        }
+        assert!(edited.elapsed() < Duration::from_secs(1), "the edit took more than a second");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = seen(&m);
+    for _ in 0..50 {
+        send(&mut conn, get("/w")).await;
+    }
+    assert_eq!(seen(&m), (before.0, before.1 + 50));
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Option<http_types::Headers> {
+    Some(http_types::Headers {
+        headers: pairs
+            .iter()
+            .map(|(n, v)| http_types::headers::Header { name: n.to_string(), value: v.as_bytes().to_vec() })
+            .collect(),
+    })
+}
+
+#[tokio::test]
+async fn filters_modify_headers_redirect_and_inject_failures() {
+    let rules = vec![
+        rule(
+            vec![prefix("/headers")],
+            vec![
+                Filter::RequestHeaderModifier(hr::RequestHeaderModifier {
+                    add: headers(&[("x-added", "1")]),
+                    set: headers(&[("x-set", "new")]),
+                    remove: vec!["x-secret".into()],
+                }),
+                Filter::ResponseHeaderModifier(hr::ResponseHeaderModifier {
+                    add: None,
+                    set: headers(&[("x-route", "web-filters")]),
+                    remove: vec![],
+                }),
+            ],
+            vec![backend("web", PORT, 1)],
+        ),
+        rule(
+            vec![prefix("/old")],
+            vec![Filter::Redirect(hr::RequestRedirect {
+                scheme: None,
+                host: "new.example".into(),
+                path: Some(hr::PathModifier {
+                    replace: Some(hr::path_modifier::Replace::Prefix("/new".into())),
+                }),
+                port: 0,
+                status: 301,
+            })],
+            vec![backend("web", PORT, 1)],
+        ),
+        rule(
+            vec![prefix("/chaos")],
+            vec![Filter::FailureInjector(hr::HttpFailureInjector {
+                status: 503,
+                message: "chaos".into(),
+                ratio: None,
+            })],
+            vec![backend("web", PORT, 1)],
+        ),
+    ];
+    let m = mesh(false, Some(policy(PORT, vec![route("web-filters", rules)]))).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+
+    let rsp = send(&mut conn, get("/headers").header("x-set", "old").header("x-secret", "s")).await;
+    assert_eq!(rsp.status, StatusCode::OK);
+    assert_eq!(rsp.headers["x-route"], "web-filters");
+    let seen = m.v1.last();
+    assert_eq!(seen.header("x-added"), Some("1"));
+    assert_eq!(seen.header("x-set"), Some("new"));
+    assert_eq!(seen.header("x-secret"), None);
+
+    let rsp = send(&mut conn, get("/old/page?q=1")).await;
+    assert_eq!(rsp.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(rsp.headers[http::header::LOCATION], "http://new.example/new/page?q=1");
+
+    let rsp = send(&mut conn, get("/chaos")).await;
+    assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(rsp.headers["l5d-proxy-error"], "chaos");
+    assert_eq!(m.v1.seen().len(), 1, "redirects and injected failures never reach the app");
+}
+
+#[tokio::test]
+async fn a_rule_timeout_answers_504_and_unmatched_requests_get_404() {
+    let rules = vec![with_timeout(
+        rule(vec![prefix("/slow")], vec![], vec![backend("web", PORT, 1)]),
+        Duration::from_millis(200),
+    )];
+    let m = mesh(false, Some(policy(PORT, vec![route("web-slow", rules)]))).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+
+    let start = Instant::now();
+    let rsp = send(&mut conn, get("/slow?ms=3000")).await;
+    assert_eq!(rsp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_millis(1500), "took {:?}", start.elapsed());
+    assert!(rsp.headers.contains_key("l5d-proxy-error"));
+
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    let rsp = send(&mut conn, get("/elsewhere")).await;
+    assert_eq!(rsp.status, StatusCode::NOT_FOUND);
+    assert_eq!(rsp.headers["l5d-proxy-error"], "no route found for request");
+    assert!(m.v1.seen().iter().all(|s| !s.uri.contains("/elsewhere")));
+
+    let metrics = m.proxy.metrics().await;
+    let statuses = |route: &str, status: &str| {
+        metrics.get(
+            "outbound_http_route_request_statuses_total",
+            &[("parent_name", "web"), ("route_name", route), ("http_status", status)],
+        )
+    };
+    assert_eq!(statuses("", ""), 1.0, "the unmatched request, counted under no route");
+    assert!(metrics.has("outbound_http_route_request_duration_seconds"));
+}
+
+#[tokio::test]
+async fn a_service_profile_with_routes_takes_precedence() {
+    let m = mesh(true, Some(canary())).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    for _ in 0..5 {
+        assert_eq!(send(&mut conn, get("/x").header("x-canary", "true")).await.status, StatusCode::OK);
+    }
+    assert_eq!(seen(&m), (5, 0), "the profile's service, not the policy's canary");
+}
+
+#[tokio::test]
+async fn malformed_policies_and_a_lost_control_plane_keep_the_last_good_policy() {
+    let m = mesh(false, Some(canary())).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    send(&mut conn, get("/x").header("x-canary", "true")).await;
+    assert_eq!(seen(&m), (0, 1));
+
+    // An invalid regex, a backend with no kind, no protocol at all.
+    let mut bad_regex = split(0, 1);
+    if let Some(linkerd2_proxy_api::outbound::proxy_protocol::Kind::Detect(d)) =
+        bad_regex.protocol.as_mut().and_then(|p| p.kind.as_mut())
+    {
+        d.http1 = Some(linkerd2_proxy_api::outbound::proxy_protocol::Http1 {
+            routes: vec![route(
+                "bad",
+                vec![rule(vec![regex_path("(")], vec![], vec![backend("web-v2", PORT, 1)])],
+            )],
+            failure_accrual: None,
+        });
+    }
+    let mut no_kind = split(0, 1);
+    if let Some(linkerd2_proxy_api::outbound::proxy_protocol::Kind::Detect(d)) =
+        no_kind.protocol.as_mut().and_then(|p| p.kind.as_mut())
+    {
+        let b = &mut d.http1.as_mut().unwrap().routes[0].rules[0];
+        if let Some(linkerd2_proxy_api::outbound::http_route::distribution::Kind::RandomAvailable(r)) =
+            b.backends.as_mut().and_then(|d| d.kind.as_mut())
+        {
+            r.backends[0].backend.as_mut().unwrap().backend.as_mut().unwrap().kind = None;
+        }
+    }
+    let no_protocol = linkerd2_proxy_api::outbound::OutboundPolicy { protocol: None, ..split(0, 1) };
+    for bad in [bad_regex, no_kind, no_protocol] {
+        m.api.set(Some(bad));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = seen(&m);
+        send(&mut conn, get("/x")).await;
+        send(&mut conn, get("/x").header("x-canary", "true")).await;
+        assert_eq!(seen(&m), (before.0 + 1, before.1 + 1), "the canary policy still routes");
+    }
+
+    m.api.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = seen(&m);
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    send(&mut conn, get("/x").header("x-canary", "true")).await;
+    assert_eq!(seen(&m), (before.0, before.1 + 1), "the last policy stays while the control plane is away");
+    assert!(m.proxy.stderr().contains("ignoring a malformed outbound policy"));
+    assert!(!m.proxy.stderr().contains("panicked"));
+}
