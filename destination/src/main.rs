@@ -123,6 +123,8 @@ async fn main() -> anyhow::Result<()> {
         control_plane_namespace: args.control_plane_namespace.clone(),
     };
 
+    let metrics = admin::install_metrics().context("installing the metrics recorder")?;
+    // After the recorder: the renewal task registers its metrics as it starts.
     let identity = identity_config(&args)?
         .map(|config| {
             info!(identity = %config.local_name, ca = %config.svc_addr, "gRPC over TLS once certified");
@@ -130,8 +132,6 @@ async fn main() -> anyhow::Result<()> {
         })
         .transpose()
         .context("starting the identity client")?;
-
-    let metrics = admin::install_metrics().context("installing the metrics recorder")?;
     let index = Index::new();
 
     if args.kubernetes {

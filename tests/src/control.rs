@@ -253,11 +253,52 @@ pub fn static_endpoints(name: &str, namespace: &str, port: u16, endpoints: &[Sta
 
 /// A running weft-destination serving a directory of manifests.
 pub struct DestinationService {
-    /// The Destination gRPC listener (plaintext).
+    /// The Destination gRPC listener (plaintext, or TLS with `tls`).
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: PathBuf,
     pub process: Process,
+    pub tls: Option<DestinationTls>,
+}
+
+/// weft-destination's own identity: with it, the gRPC port serves TLS
+/// with a certificate from weft-identity (`--identity-*`).
+#[derive(Clone, Debug)]
+pub struct DestinationTls {
+    pub identity_addr: SocketAddr,
+    pub trust_anchors: PathBuf,
+    pub token_file: PathBuf,
+    /// What weft-destination asks for and proves: the workload's identity
+    /// (the name proxies must expect, `WEFT_PROXY_DESTINATION_SVC_NAME`).
+    pub name: String,
+}
+
+impl DestinationTls {
+    /// Certified as `workload` (whose token the weft-identity at
+    /// `identity_addr` must accept) under `ca`; the token is written in `dir`.
+    pub fn new(ca: &Ca, identity_addr: SocketAddr, workload: &Workload, dir: &Path) -> DestinationTls {
+        let token_file = dir.join(format!("destination-{}.token", workload.service_account));
+        workload.write_token(&token_file);
+        DestinationTls {
+            identity_addr,
+            trust_anchors: ca.trust_anchors.clone(),
+            token_file,
+            name: workload.identity(),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--identity-addr".into(),
+            self.identity_addr.to_string(),
+            "--identity-local-name".into(),
+            self.name.clone(),
+            "--identity-token-file".into(),
+            self.token_file.display().to_string(),
+            "--trust-anchors".into(),
+            self.trust_anchors.display().to_string(),
+        ]
+    }
 }
 
 /// How often weft-destination checks its directory in these tests.
@@ -268,6 +309,24 @@ impl DestinationService {
     /// missing), starts weft-destination on it, and waits for `/ready`
     /// (every manifest loaded).
     pub async fn start(dir: &Path, manifests: &[(&str, String)]) -> DestinationService {
+        Self::start_with(dir, manifests, None).await
+    }
+
+    /// [`DestinationService::start`] serving TLS with `tls`'s identity;
+    /// `/ready` (awaited) includes its first certificate.
+    pub async fn start_tls(
+        dir: &Path,
+        manifests: &[(&str, String)],
+        tls: DestinationTls,
+    ) -> DestinationService {
+        Self::start_with(dir, manifests, Some(tls)).await
+    }
+
+    async fn start_with(
+        dir: &Path,
+        manifests: &[(&str, String)],
+        tls: Option<DestinationTls>,
+    ) -> DestinationService {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         for (file, yaml) in manifests {
             write_atomic(&dir.join(file), yaml);
@@ -276,9 +335,9 @@ impl DestinationService {
         loop {
             attempt += 1;
             let (addr, admin) = (free_addr(), free_addr());
-            let mut process = Self::spawn(dir, addr, admin);
+            let mut process = Self::spawn(dir, addr, admin, tls.as_ref());
             match process.wait_ready(admin, STEP).await {
-                Ok(()) => return DestinationService { addr, admin, dir: dir.to_path_buf(), process },
+                Ok(()) => return DestinationService { addr, admin, dir: dir.to_path_buf(), process, tls },
                 Err(e) if attempt < 3 && process.lost_port_race() => eprintln!("retrying: {e}"),
                 Err(e) => panic!("{e}"),
             }
@@ -289,20 +348,28 @@ impl DestinationService {
     /// same addresses, which the proxies know, and waits for `/ready`.
     pub async fn restart(&mut self) {
         self.process.kill();
-        self.process = Self::spawn(&self.dir, self.addr, self.admin);
+        self.process = Self::spawn(&self.dir, self.addr, self.admin, self.tls.as_ref());
         if let Err(e) = self.process.wait_ready(self.admin, STEP).await {
             panic!("{e}");
         }
     }
 
     /// weft-destination serving `dir` on `addr`, its admin on `admin`.
-    pub(crate) fn spawn(dir: &Path, addr: SocketAddr, admin: SocketAddr) -> Process {
+    pub(crate) fn spawn(
+        dir: &Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        tls: Option<&DestinationTls>,
+    ) -> Process {
         let mut cmd = Process::command("weft-destination");
         cmd.arg("--dir")
             .arg(dir)
             .args(["--addr", &addr.to_string(), "--admin-addr", &admin.to_string()])
             .args(["--trust-domain", TRUST_DOMAIN, "--control-plane-namespace", CONTROL_PLANE_NS])
             .args(["--poll-ms", &DESTINATION_POLL.as_millis().to_string()]);
+        if let Some(tls) = tls {
+            cmd.args(tls.args());
+        }
         Process::spawn("weft-destination", cmd)
     }
 

@@ -60,8 +60,8 @@ pub use cni::{cni_unavailable, CNI_PLUGINS};
 use crate::{
     bins::bin,
     control::{
-        identity_name, write_token_file, Ca, DestinationService, IdentityService, Workload, CONTROL_PLANE_NS,
-        DESTINATION_POLL,
+        identity_name, write_token_file, Ca, DestinationService, DestinationTls, IdentityService, Workload,
+        CONTROL_PLANE_NS, DESTINATION_POLL,
     },
     metrics::Metrics,
     net::{free_addr, http_get},
@@ -104,6 +104,8 @@ pub const DESTINATION_PORT: u16 = 8086;
 
 const IDENTITY_HOST: &str = "weft-identity.weft.svc.cluster.local";
 const DESTINATION_HOST: &str = "weft-destination.weft.svc.cluster.local";
+/// weft-destination's ServiceAccount in the chart, hence its identity.
+const DESTINATION_SA: &str = "weft-destination";
 
 /// Why pod tests cannot run here, if they cannot (not root, a tool missing).
 pub fn unavailable() -> Option<String> {
@@ -278,13 +280,18 @@ impl Mesh {
         let dir = TempDir::new(label);
         let ca = Ca::create(&dir.join("ca"));
         let node = Node::new();
-        let workloads: Vec<Workload> = workloads.iter().map(|(ns, sa)| Workload::new(ns, sa)).collect();
+        let mut workloads: Vec<Workload> = workloads.iter().map(|(ns, sa)| Workload::new(ns, sa)).collect();
+        // weft-destination is certified like any workload, as in the chart:
+        // the pods' proxies reach it over TLS (a non-loopback address).
+        let destination_workload = Workload::new(CONTROL_PLANE_NS, DESTINATION_SA);
+        workloads.push(destination_workload.clone());
         let mut identity = IdentityService::builder(&ca, dir.path()).addr(node.addr(IDENTITY_PORT));
         for w in &workloads {
             identity = identity.workload(w);
         }
         let identity = identity.arg("--reload-interval").arg("1s").start().await;
-        let destination = start_destination(&dir.join("destination"), node.addr(DESTINATION_PORT)).await;
+        let tls = DestinationTls::new(&ca, identity.addr, &destination_workload, dir.path());
+        let destination = start_destination(&dir.join("destination"), node.addr(DESTINATION_PORT), tls).await;
         Mesh {
             ca,
             identity,
@@ -437,14 +444,14 @@ impl Mesh {
 
 /// Starts weft-destination on `addr` (reachable from the pods), with its
 /// admin server on the node's loopback.
-async fn start_destination(dir: &Path, addr: SocketAddr) -> DestinationService {
+async fn start_destination(dir: &Path, addr: SocketAddr, tls: DestinationTls) -> DestinationService {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let admin = free_addr();
-    let mut process = DestinationService::spawn(dir, addr, admin);
+    let mut process = DestinationService::spawn(dir, addr, admin, Some(&tls));
     if let Err(e) = process.wait_ready(admin, STEP).await {
         panic!("{e}");
     }
-    DestinationService { addr, admin, dir: dir.to_path_buf(), process }
+    DestinationService { addr, admin, dir: dir.to_path_buf(), process, tls: Some(tls) }
 }
 
 // === pods ===
@@ -759,7 +766,7 @@ impl Pod {
             ("WEFT_PROXY_IDENTITY_TOKEN_FILE", token_file.display().to_string()),
             ("WEFT_PROXY_IDENTITY_TRUST_ANCHORS", trust_anchors_pem.to_string()),
             ("WEFT_PROXY_DESTINATION_SVC_ADDR", format!("{DESTINATION_HOST}:{DESTINATION_PORT}")),
-            ("WEFT_PROXY_DESTINATION_SVC_NAME", identity_name(CONTROL_PLANE_NS, "destination")),
+            ("WEFT_PROXY_DESTINATION_SVC_NAME", identity_name(CONTROL_PLANE_NS, DESTINATION_SA)),
             ("WEFT_PROXY_POLICY_SVC_ADDR", format!("{DESTINATION_HOST}:{DESTINATION_PORT}")),
             ("WEFT_PROXY_POLICY_WORKLOAD", format!(r#"{{"ns":"{}","pod":"{}"}}"#, s.namespace, s.name)),
             ("WEFT_PROXY_INBOUND_DEFAULT_POLICY", "all-unauthenticated".into()),
