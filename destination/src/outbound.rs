@@ -665,10 +665,7 @@ fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> O
             proxy_protocol::Kind::Detect(proxy_protocol::Detect {
                 timeout: Some(proto_duration(DETECT_TIMEOUT)),
                 opaque: Some(proxy_protocol::Opaque { routes: vec![opaque_route("opaq", &default)] }),
-                http1: Some(proxy_protocol::Http1 {
-                    routes: routes.clone(),
-                    failure_accrual: accrual,
-                }),
+                http1: Some(proxy_protocol::Http1 { routes: routes.clone(), failure_accrual: accrual }),
                 http2: Some(proxy_protocol::Http2 { routes, failure_accrual: accrual }),
             })
         }
@@ -726,4 +723,494 @@ fn pod_policy(state: &State, addr: SocketAddr) -> Option<pb::OutboundPolicy> {
         metadata: Some(default_meta("forward")),
         protocol: Some(pb::ProxyProtocol { kind: Some(kind) }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{files::parse_manifests, index::Index};
+    use pb::http_route::{distribution::Kind as Dist, filter::Kind as F};
+
+    const FIXTURES: [&str; 5] = [
+        "services-emojivoto.list.json",
+        "endpointslices-emojivoto.list.json",
+        "pods-emojivoto.list.json",
+        "httproutes.gateway.networking.k8s.io-emojivoto.list.json",
+        "httproutes.policy.linkerd.io-emojivoto.list.json",
+    ];
+
+    /// The fixtures plus `extra` manifests (YAML).
+    fn index(extra: &[&str]) -> Index {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
+        let cfg = MeshConfig::default();
+        let mut texts: Vec<String> =
+            FIXTURES.iter().map(|name| std::fs::read_to_string(dir.join(name)).expect("fixture")).collect();
+        texts.extend(extra.iter().map(|s| s.to_string()));
+        let mut objects = Vec::new();
+        for text in texts {
+            let (parsed, problems) = parse_manifests(&text, &cfg);
+            assert!(problems.is_empty(), "{problems:?}");
+            objects.extend(parsed.expect("parsed"));
+        }
+        let index = Index::new();
+        index.replace_all(objects);
+        index
+    }
+
+    fn get(index: &Index, target: Target) -> Option<pb::OutboundPolicy> {
+        let state = index.subscribe();
+        let state = state.borrow();
+        policy(&state, &MeshConfig::default(), &target)
+    }
+
+    fn svc(name: &str, port: u16) -> Target {
+        Target::Service { key: ObjKey::new("emojivoto", name), port }
+    }
+
+    fn kind(p: &pb::OutboundPolicy) -> &proxy_protocol::Kind {
+        p.protocol.as_ref().and_then(|p| p.kind.as_ref()).expect("a protocol")
+    }
+
+    /// The HTTP routes of a policy, checking HTTP/1 and HTTP/2 carry the same.
+    fn http_routes(p: &pb::OutboundPolicy) -> Vec<pb::HttpRoute> {
+        match kind(p) {
+            proxy_protocol::Kind::Detect(d) => {
+                let h1 = d.http1.as_ref().expect("http1").routes.clone();
+                assert_eq!(h1, d.http2.as_ref().expect("http2").routes);
+                h1
+            }
+            proxy_protocol::Kind::Http1(h) => h.routes.clone(),
+            proxy_protocol::Kind::Http2(h) => h.routes.clone(),
+            other => panic!("not HTTP: {other:?}"),
+        }
+    }
+
+    fn name(m: &Option<meta::Metadata>) -> String {
+        match m.as_ref().and_then(|m| m.kind.as_ref()) {
+            Some(metadata::Kind::Default(d)) => format!("default:{d}"),
+            Some(metadata::Kind::Resource(r)) if r.port != 0 => {
+                format!("{}:{}:{}/{}:{}", r.group, r.kind, r.namespace, r.name, r.port)
+            }
+            Some(metadata::Kind::Resource(r)) => format!("{}:{}:{}/{}", r.group, r.kind, r.namespace, r.name),
+            None => "none".into(),
+        }
+    }
+
+    /// (weight, backend name or dst path, failure message) of a rule.
+    fn backends(rule: &pb::http_route::Rule) -> Vec<(u32, String, Option<String>)> {
+        let describe = |rb: &pb::http_route::RouteBackend| {
+            let b = rb.backend.as_ref().expect("backend");
+            let what = match &b.kind {
+                Some(backend::Kind::Balancer(p2c)) => {
+                    match p2c.discovery.as_ref().and_then(|d| d.kind.as_ref()) {
+                        Some(backend::endpoint_discovery::Kind::Dst(dst)) => dst.path.clone(),
+                        None => "no discovery".into(),
+                    }
+                }
+                Some(backend::Kind::Forward(addr)) => format!("forward {:?}", addr.addr),
+                None => name(&b.metadata),
+            };
+            let failure = rb.filters.iter().find_map(|f| match &f.kind {
+                Some(F::FailureInjector(fi)) => Some(format!("{} {}", fi.status, fi.message)),
+                _ => None,
+            });
+            (what, failure)
+        };
+        match rule.backends.as_ref().and_then(|d| d.kind.as_ref()).expect("distribution") {
+            Dist::FirstAvailable(f) => f
+                .backends
+                .iter()
+                .map(|rb| {
+                    let (w, f) = describe(rb);
+                    (0, w, f)
+                })
+                .collect(),
+            Dist::RandomAvailable(r) => r
+                .backends
+                .iter()
+                .map(|wb| {
+                    let (w, f) = describe(wb.backend.as_ref().expect("route backend"));
+                    (wb.weight, w, f)
+                })
+                .collect(),
+            Dist::Empty(_) => Vec::new(),
+        }
+    }
+
+    fn secs(d: &Option<prost_types::Duration>) -> Option<f64> {
+        d.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+    }
+
+    const VOTING: &str = "voting-svc.emojivoto.svc.cluster.local:8080";
+
+    /// The fixture's Gateway API route on voting-svc (appProtocol
+    /// kubernetes.io/h2c): a header canary to a Service that does not exist,
+    /// a 90/10 split, a header modifier (the mirror is dropped), the
+    /// apiserver's defaults, and Linkerd's annotations.
+    #[test]
+    fn the_fixture_route_on_voting_svc() {
+        let index = index(&[]);
+        let p = get(&index, svc("voting-svc", 8080)).expect("voting-svc is known");
+        assert_eq!(name(&p.metadata), "core:Service:emojivoto/voting-svc:8080");
+        let proxy_protocol::Kind::Http2(h2) = kind(&p) else { panic!("h2c is HTTP/2: {:?}", kind(&p)) };
+        assert!(h2.failure_accrual.is_none());
+        let routes = http_routes(&p);
+        assert_eq!(routes.len(), 1);
+        let route = &routes[0];
+        assert_eq!(name(&route.metadata), "gateway.networking.k8s.io:HTTPRoute:emojivoto/voting-route");
+        assert_eq!(route.rules.len(), 2);
+
+        // Rule 1: x-canary: true, with the PathPrefix / the apiserver filled in.
+        let canary = &route.rules[0];
+        let m = &canary.matches[0];
+        assert_eq!(
+            m.headers[0].value,
+            Some(http_proto::header_match::Value::Exact(b"true".to_vec())),
+            "{m:?}"
+        );
+        assert_eq!(
+            m.path.as_ref().and_then(|p| p.kind.clone()),
+            Some(http_proto::path_match::Kind::Prefix("/".into()))
+        );
+        // voting-v2 is not a Service: its share fails with a 500, as in Linkerd.
+        assert_eq!(
+            backends(canary),
+            [(1, "default:invalid".into(), Some("500 Service not found voting-v2".into()))]
+        );
+
+        // Rule 2: /api split 90/10, a request header modifier; no mirror.
+        let split = &route.rules[1];
+        assert_eq!(
+            backends(split),
+            [
+                (90, VOTING.into(), None),
+                (10, "default:invalid".into(), Some("500 Service not found voting-v2".into()))
+            ]
+        );
+        assert_eq!(split.filters.len(), 1);
+        let Some(F::RequestHeaderModifier(m)) = &split.filters[0].kind else { panic!("{:?}", split.filters) };
+        assert_eq!(m.remove, ["x-debug"]);
+
+        // retry.linkerd.io/http: 5xx, limit 2, timeout.linkerd.io/request: 1s on every rule.
+        for rule in &route.rules {
+            let retry = rule.retry.as_ref().expect("retry");
+            assert_eq!(retry.max_retries, 2);
+            let ranges = &retry.conditions.as_ref().expect("conditions").status_ranges;
+            assert_eq!((ranges[0].start, ranges[0].end), (500, 599));
+            assert_eq!(secs(&rule.timeouts.as_ref().expect("timeouts").request), Some(1.0));
+        }
+
+        // The balancer is Linkerd's: P2C over peak-EWMA, a queue.
+        let Some(Dist::RandomAvailable(r)) = split.backends.as_ref().and_then(|d| d.kind.as_ref()) else {
+            panic!()
+        };
+        let b = r.backends[0].backend.as_ref().and_then(|b| b.backend.as_ref()).expect("backend");
+        assert_eq!(name(&b.metadata), "core:Service:emojivoto/voting-svc:8080");
+        assert_eq!(b.queue.as_ref().map(|q| q.capacity), Some(100));
+        let Some(backend::Kind::Balancer(p2c)) = &b.kind else { panic!() };
+        let Some(backend::balance_p2c::Load::PeakEwma(ewma)) = &p2c.load else { panic!() };
+        assert_eq!((secs(&ewma.default_rtt), secs(&ewma.decay)), (Some(0.03), Some(10.0)));
+    }
+
+    /// A Service without routes, found by its cluster IP: Detect, and the
+    /// default route to the Service itself.
+    #[test]
+    fn a_service_without_routes_gets_the_default_route() {
+        let index = index(&[]);
+        let by_ip = get(&index, Target::Ip("127.1.84.92:80".parse().unwrap())).expect("web-svc's cluster IP");
+        assert_eq!(by_ip, get(&index, svc("web-svc", 80)).expect("web-svc"));
+        let proxy_protocol::Kind::Detect(d) = kind(&by_ip) else { panic!("{:?}", kind(&by_ip)) };
+        assert_eq!(secs(&d.timeout), Some(10.0));
+        let opaque = d.opaque.as_ref().expect("opaque");
+        assert_eq!(name(&opaque.routes[0].metadata), "default:opaq");
+        let routes = http_routes(&by_ip);
+        assert_eq!(routes.len(), 1);
+        assert_eq!(name(&routes[0].metadata), "default:http");
+        let rule = &routes[0].rules[0];
+        assert_eq!(
+            rule.matches[0].path.as_ref().and_then(|p| p.kind.clone()),
+            Some(http_proto::path_match::Kind::Prefix("/".into()))
+        );
+        assert_eq!(backends(rule), [(0, "web-svc.emojivoto.svc.cluster.local:80".into(), None)]);
+        assert!(rule.retry.is_none() && rule.timeouts.is_none());
+        // A port the route's parentRef does not name gets no route either.
+        assert_eq!(
+            name(&http_routes(&get(&index, svc("voting-svc", 9999)).unwrap())[0].metadata),
+            "default:http"
+        );
+    }
+
+    const ANNOTATED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: books
+  namespace: emojivoto
+  annotations:
+    balancer.linkerd.io/failure-accrual: consecutive
+    balancer.linkerd.io/failure-accrual-consecutive-max-failures: "3"
+    balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 2s
+    balancer.linkerd.io/failure-accrual-consecutive-max-penalty: 1m
+    balancer.linkerd.io/failure-accrual-consecutive-jitter-ratio: "0.2"
+    retry.linkerd.io/http: gateway-error,429,500-501,bogus
+    retry.linkerd.io/timeout: 300ms
+    timeout.linkerd.io/idle: 30s
+spec:
+  clusterIP: 10.96.0.9
+  ports: [{name: http, port: 7000}, {name: db, port: 5432}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b-newer, namespace: emojivoto, creationTimestamp: "2026-12-03T15:00:00Z"}
+spec:
+  parentRefs: [{group: core, kind: Service, name: books, port: 7000}]
+  rules:
+  - matches: [{path: {type: Exact, value: /newer}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: z-older
+  namespace: emojivoto
+  creationTimestamp: "2026-12-03T14:00:00Z"
+  annotations: {retry.linkerd.io/limit: "4", timeout.linkerd.io/response: 2s}
+spec:
+  parentRefs: [{group: "", kind: Service, name: books}]
+  rules:
+  - matches: [{path: {type: Exact, value: /older}}]
+    timeouts: {request: 10s, backendRequest: 3s}
+    backendRefs: [{name: books, port: 7000, weight: 0}, {name: web-svc, port: 80}]
+---
+apiVersion: policy.linkerd.io/v1beta3
+kind: HTTPRoute
+metadata: {name: a-same-age, namespace: emojivoto, creationTimestamp: "2026-12-03T15:00:00Z"}
+spec:
+  parentRefs: [{group: core, kind: Service, name: books, port: 7000}]
+  rules: [{}]
+"#;
+
+    /// Precedence (oldest, then name, across both groups), route
+    /// annotations over the Service's, rule timeouts over annotations,
+    /// failure accrual, and zero weights kept as written.
+    #[test]
+    fn annotations_precedence_and_failure_accrual() {
+        let index = index(&[ANNOTATED]);
+        let p = get(&index, Target::Ip("10.96.0.9:7000".parse().unwrap())).expect("books");
+        let proxy_protocol::Kind::Detect(d) = kind(&p) else { panic!() };
+        let Some(pb::failure_accrual::Kind::ConsecutiveFailures(c)) =
+            d.http1.as_ref().and_then(|h| h.failure_accrual.as_ref()).and_then(|a| a.kind.as_ref())
+        else {
+            panic!("consecutive failure accrual")
+        };
+        assert_eq!(c.max_failures, 3);
+        let backoff = c.backoff.as_ref().expect("backoff");
+        assert_eq!((secs(&backoff.min_backoff), secs(&backoff.max_backoff)), (Some(2.0), Some(60.0)));
+        assert!((backoff.jitter_ratio - 0.2).abs() < 1e-6);
+
+        let routes = http_routes(&p);
+        let names: Vec<_> = routes.iter().map(|r| name(&r.metadata)).collect();
+        assert_eq!(
+            names,
+            [
+                "gateway.networking.k8s.io:HTTPRoute:emojivoto/z-older",
+                "policy.linkerd.io:HTTPRoute:emojivoto/a-same-age",
+                "gateway.networking.k8s.io:HTTPRoute:emojivoto/b-newer",
+            ]
+        );
+        // z-older: its own retry annotations (limit 4, the proxy's default
+        // conditions), its rule timeouts over its response annotation.
+        let older = &routes[0].rules[0];
+        let retry = older.retry.as_ref().expect("retry");
+        assert_eq!((retry.max_retries, retry.conditions.clone(), retry.timeout), (4, None, None));
+        let t = older.timeouts.as_ref().expect("timeouts");
+        assert_eq!((secs(&t.request), secs(&t.response), secs(&t.idle)), (Some(10.0), Some(3.0), None));
+        assert_eq!(
+            backends(older),
+            [
+                (0, "books.emojivoto.svc.cluster.local:7000".into(), None),
+                (1, "web-svc.emojivoto.svc.cluster.local:80".into(), None)
+            ]
+        );
+        // b-newer: no annotations of its own, so the Service's: the valid
+        // status ranges, the per-try timeout, the idle timeout; and no
+        // backendRefs means the Service itself.
+        let newer = &routes[2].rules[0];
+        let retry = newer.retry.as_ref().expect("the Service's retry");
+        let ranges: Vec<_> = retry
+            .conditions
+            .as_ref()
+            .expect("conditions")
+            .status_ranges
+            .iter()
+            .map(|r| (r.start, r.end))
+            .collect();
+        assert_eq!(ranges, [(502, 504), (429, 429), (500, 501)]);
+        assert_eq!((retry.max_retries, secs(&retry.timeout)), (1, Some(0.3)));
+        assert_eq!(secs(&newer.timeouts.as_ref().expect("idle").idle), Some(30.0));
+        assert_eq!(backends(newer), [(0, "books.emojivoto.svc.cluster.local:7000".into(), None)]);
+
+        // Port 5432: no route names it (b-newer and a-same-age name 7000), but
+        // z-older has no port and so applies to every port.
+        let db = get(&index, Target::Ip("10.96.0.9:5432".parse().unwrap())).expect("books:5432");
+        let names: Vec<_> = http_routes(&db).iter().map(|r| name(&r.metadata)).collect();
+        assert_eq!(names, ["gateway.networking.k8s.io:HTTPRoute:emojivoto/z-older"]);
+    }
+
+    const PROTOCOLS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: emojivoto
+  annotations: {config.linkerd.io/opaque-ports: "5432"}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: pg, port: 5432}
+  - {name: web, port: 80, appProtocol: http}
+  - {name: tls, port: 443, appProtocol: https}
+  - {name: raw, port: 9000, appProtocol: linkerd.io/opaque}
+"#;
+
+    #[test]
+    fn protocols_from_opaque_ports_and_app_protocol() {
+        let index = index(&[PROTOCOLS]);
+        for port in [5432, 443, 9000] {
+            let p = get(&index, svc("db", port)).expect("db");
+            let proxy_protocol::Kind::Opaque(o) = kind(&p) else { panic!("{port}: {:?}", kind(&p)) };
+            assert_eq!(name(&o.routes[0].metadata), "default:opaq");
+        }
+        let p = get(&index, svc("db", 80)).expect("db");
+        assert!(matches!(kind(&p), proxy_protocol::Kind::Http1(_)), "{:?}", kind(&p));
+    }
+
+    const GRPC: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: emoji-svc, namespace: emojivoto}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{name: grpc, port: 8080}]
+"#;
+
+    /// The fixture's GRPCRoute on emoji-svc: exact method matches, Linkerd's
+    /// gRPC retry conditions, limit and timeout.
+    #[test]
+    fn the_fixture_grpc_route() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
+        let routes =
+            std::fs::read_to_string(dir.join("grpcroutes.gateway.networking.k8s.io-emojivoto.list.json"))
+                .expect("fixture");
+        let index = index(&[GRPC, &routes]);
+        let p = get(&index, svc("emoji-svc", 8080)).expect("emoji-svc");
+        let proxy_protocol::Kind::Grpc(g) = kind(&p) else { panic!("{:?}", kind(&p)) };
+        assert_eq!(g.routes.len(), 1);
+        let route = &g.routes[0];
+        assert_eq!(name(&route.metadata), "gateway.networking.k8s.io:GRPCRoute:emojivoto/emoji-route");
+        let methods: Vec<_> = route
+            .rules
+            .iter()
+            .map(|r| r.matches[0].rpc.as_ref().map(|m| (m.service.clone(), m.method.clone())).expect("rpc"))
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                ("emojivoto.v1.EmojiService".to_owned(), "FindByShortcode".to_owned()),
+                ("emojivoto.v1.EmojiService".to_owned(), "ListAll".to_owned())
+            ]
+        );
+        let rule = &route.rules[0];
+        let retry = rule.retry.as_ref().expect("retry");
+        let c = retry.conditions.as_ref().expect("conditions");
+        assert!(c.internal && c.unavailable && !c.cancelled && !c.deadine_exceeded && !c.resource_exhausted);
+        assert_eq!(retry.max_retries, 3);
+        assert_eq!(secs(&rule.timeouts.as_ref().expect("timeouts").request), Some(0.5));
+        let Some(pb::grpc_route::distribution::Kind::RandomAvailable(r)) =
+            rule.backends.as_ref().and_then(|d| d.kind.as_ref())
+        else {
+            panic!()
+        };
+        let b = r.backends[0].backend.as_ref().and_then(|b| b.backend.as_ref()).expect("backend");
+        assert_eq!(name(&b.metadata), "core:Service:emojivoto/emoji-svc:8080");
+    }
+
+    #[test]
+    fn a_grpc_route_with_a_regex_method_is_refused() {
+        let bad = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: bad, namespace: emojivoto}
+spec:
+  parentRefs: [{group: core, kind: Service, name: emoji-svc}]
+  rules: [{matches: [{method: {type: RegularExpression, service: "emojivoto\\..*"}}]}]
+"#;
+        let (parsed, problems) = parse_manifests(bad, &MeshConfig::default());
+        assert!(parsed.expect("the file parses").is_empty());
+        assert!(problems[0].contains("GRPCRoute method match"), "{problems:?}");
+    }
+
+    /// A pod IP: a Forward backend with the pod's identity (voting-0 is
+    /// meshed); unknown IPs and names outside the cluster: nothing
+    /// (NOT_FOUND).
+    #[test]
+    fn pods_unknown_addresses_and_external_names() {
+        let index = index(&[]);
+        let p = get(&index, Target::Ip("10.42.0.31:8080".parse().unwrap())).expect("voting-0");
+        assert_eq!(name(&p.metadata), "default:forward");
+        let routes = http_routes(&p);
+        let Some(Dist::FirstAvailable(f)) =
+            routes[0].rules[0].backends.as_ref().and_then(|d| d.kind.as_ref())
+        else {
+            panic!()
+        };
+        let Some(backend::Kind::Forward(addr)) = &f.backends[0].backend.as_ref().expect("backend").kind
+        else {
+            panic!()
+        };
+        assert_eq!(
+            addr.addr.map(SocketAddr::try_from).and_then(Result::ok),
+            Some("10.42.0.31:8080".parse().unwrap())
+        );
+        let id = addr.tls_identity.as_ref().expect("voting-0 is meshed");
+        assert!(matches!(&id.strategy,
+            Some(destination::tls_identity::Strategy::DnsLikeIdentity(n))
+                if n.name == "voting.emojivoto.serviceaccount.identity.weft.cluster.local"));
+        // voting-1 is not meshed: no identity.
+        let p = get(&index, Target::Ip("10.42.1.32:8080".parse().unwrap())).expect("voting-1");
+        let routes = http_routes(&p);
+        let Some(Dist::FirstAvailable(f)) =
+            routes[0].rules[0].backends.as_ref().and_then(|d| d.kind.as_ref())
+        else {
+            panic!()
+        };
+        let Some(backend::Kind::Forward(addr)) = &f.backends[0].backend.as_ref().expect("backend").kind
+        else {
+            panic!()
+        };
+        assert!(addr.tls_identity.is_none());
+
+        assert_eq!(get(&index, Target::Ip("192.0.2.1:80".parse().unwrap())), None);
+        assert_eq!(get(&index, Target::External), None);
+        assert_eq!(get(&index, svc("nope", 80)), None);
+    }
+
+    /// A route with a regex that does not compile is refused as a whole: the
+    /// Service keeps its default route rather than a route matching more.
+    #[test]
+    fn an_invalid_regex_route_is_skipped() {
+        let bad = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad, namespace: emojivoto}
+spec:
+  parentRefs: [{group: core, kind: Service, name: web-svc, port: 80}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "/api/(("}}]}]
+"#;
+        let (parsed, problems) = parse_manifests(bad, &MeshConfig::default());
+        assert!(parsed.expect("the file parses").is_empty());
+        assert!(problems[0].contains("regex"), "{problems:?}");
+        // What the index holds once the route is refused.
+        let index = index(&[]);
+        assert_eq!(name(&http_routes(&get(&index, svc("web-svc", 80)).unwrap())[0].metadata), "default:http");
+    }
 }
