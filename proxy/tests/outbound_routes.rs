@@ -206,6 +206,21 @@ async fn filters_modify_headers_redirect_and_inject_failures() {
     assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rsp.headers["l5d-proxy-error"], "chaos");
     assert_eq!(m.v1.seen().len(), 1, "redirects and injected failures never reach the app");
+
+    let metrics = m.proxy.metrics().await;
+    for status in ["200", "301", "503"] {
+        let labels = [
+            ("parent_kind", "Service"),
+            ("parent_namespace", "test"),
+            ("parent_name", "web"),
+            ("parent_port", "80"),
+            ("route_group", "gateway.networking.k8s.io"),
+            ("route_kind", "HTTPRoute"),
+            ("route_name", "web-filters"),
+            ("http_status", status),
+        ];
+        assert_eq!(metrics.get("outbound_http_route_request_statuses_total", &labels), 1.0, "{status}");
+    }
 }
 
 #[tokio::test]
@@ -299,4 +314,32 @@ async fn malformed_policies_and_a_lost_control_plane_keep_the_last_good_policy()
     assert_eq!(seen(&m), (before.0, before.1 + 1), "the last policy stays while the control plane is away");
     assert!(m.proxy.stderr().contains("ignoring a malformed outbound policy"));
     assert!(!m.proxy.stderr().contains("panicked"));
+}
+
+#[tokio::test]
+async fn grpc_routes_match_service_and_method() {
+    use support::grpc::{msg, EchoClient, GrpcServer};
+    let echo = GrpcServer::start().await;
+    let api = OutboundApi::start(
+        &[("web.test.svc.cluster.local:80", echo.addr)],
+        vec![],
+        Some(grpc_policy(PORT, vec![grpc_route("echo-unary", &[("test.Echo", "Unary")], "web", PORT)])),
+    )
+    .await;
+    let proxy = Proxy::builder().env("WEFT_PROXY_DESTINATION_SVC_ADDR", api.addr).spawn().await;
+    let mut client = EchoClient::connect(proxy.outbound, "web.test.svc.cluster.local:80").await;
+
+    let reply = client.unary(msg("hi", 1)).await.expect("the routed method");
+    assert_eq!(reply.text, "echo: hi");
+    let Err(refused) = client.server_stream(msg("hi", 3)).await else { panic!("no rule for ServerStream") };
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metrics.get(
+            "outbound_http_route_backend_requests_total",
+            &[("route_name", "echo-unary"), ("route_kind", "GRPCRoute"), ("backend_name", "web")],
+        ),
+        1.0
+    );
 }

@@ -157,7 +157,9 @@ impl<S> Logical<S> {
             return rxs.clone();
         }
         let profiles = &self.layer.profiles;
-        let target = match self.layer.fixed {
+        // An address (transparent mode, or an IP authority) is asked for
+        // as one, so the control plane maps a ClusterIP to its Service.
+        let target = match self.layer.fixed.or_else(|| name.parse().ok()) {
             Some(addr) => Target::Addr(addr),
             None => Target::Authority(name.to_string()),
         };

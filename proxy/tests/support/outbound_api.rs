@@ -301,3 +301,54 @@ pub fn profile(name: &str, route: bool) -> dst::DestinationProfile {
         ..Default::default()
     }
 }
+
+/// A gRPC route with one rule per `(service, method)`, each to `backend`
+/// (`name.test.svc.cluster.local:port`).
+pub fn grpc_route(name: &str, methods: &[(&str, &str)], backend_name: &str, port: u16) -> api::GrpcRoute {
+    use linkerd2_proxy_api::grpc_route as gr;
+    let http = backend(backend_name, port, 1);
+    let route_backend = http.backend.unwrap();
+    let rules = methods
+        .iter()
+        .map(|(service, method)| api::grpc_route::Rule {
+            matches: vec![gr::GrpcRouteMatch {
+                rpc: Some(gr::GrpcRpcMatch { service: service.to_string(), method: method.to_string() }),
+                headers: vec![],
+            }],
+            filters: vec![],
+            backends: Some(api::grpc_route::Distribution {
+                kind: Some(api::grpc_route::distribution::Kind::RandomAvailable(
+                    api::grpc_route::distribution::RandomAvailable {
+                        backends: vec![api::grpc_route::WeightedRouteBackend {
+                            weight: 1,
+                            backend: Some(api::grpc_route::RouteBackend {
+                                backend: route_backend.backend.clone(),
+                                filters: vec![],
+                                ..Default::default()
+                            }),
+                        }],
+                    },
+                )),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    api::GrpcRoute {
+        metadata: resource("gateway.networking.k8s.io", "GRPCRoute", name, 0),
+        hosts: vec![],
+        rules,
+    }
+}
+
+/// The policy of Service `web` port `port` with protocol gRPC.
+pub fn grpc_policy(port: u16, routes: Vec<api::GrpcRoute>) -> api::OutboundPolicy {
+    api::OutboundPolicy {
+        metadata: resource("core", "Service", "web", u32::from(port)),
+        protocol: Some(api::ProxyProtocol {
+            kind: Some(api::proxy_protocol::Kind::Grpc(api::proxy_protocol::Grpc {
+                routes,
+                failure_accrual: None,
+            })),
+        }),
+    }
+}
