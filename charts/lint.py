@@ -490,9 +490,9 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
         for sp in svc.get("spec", {}).get("ports") or []:
             if sp.get("targetPort") not in names:
                 fail(f"{ctx} Service/weft-{comp} targetPort {sp.get('targetPort')} names no container port")
-        # appProtocol says how to speak to a port: h2c only where the port
-        # serves cleartext HTTP/2 (destination's gRPC), never on a TLS port.
-        tls_ports = {"identity": {"grpc"}, "injector": {"https", "webhook"}}.get(comp, set())
+        # appProtocol says how to speak to a port: h2c only where a port
+        # serves cleartext HTTP/2, never on a TLS port (all of weft's gRPC).
+        tls_ports = {"identity": {"grpc"}, "destination": {"grpc"}, "injector": {"https", "webhook"}}.get(comp, set())
         for sp in svc.get("spec", {}).get("ports") or []:
             if sp.get("name") in tls_ports and sp.get("appProtocol") == "kubernetes.io/h2c":
                 fail(f"{ctx} Service/weft-{comp} port {sp.get('name')} serves TLS but declares appProtocol h2c")
@@ -523,6 +523,7 @@ def check_render(label: str, docs: list, created: list[dict], values: dict, *, h
         if not any(a.startswith(flag) for a in args):
             fail(f"{ctx} weft-injector is not given {flag}...")
     check_inbound_policy_args(ctx, by, values)
+    check_destination_identity(ctx, by)
     cni_on = bool((values.get("cni") or {}).get("enabled"))
     if inj and ("--cni" in args) != cni_on:
         fail(f"{ctx} weft-injector must be given --cni exactly when cni.enabled ({cni_on}): {args}")
@@ -586,6 +587,44 @@ def container_args(by: dict, deployment: str) -> list[str]:
     dep = by.get(("Deployment", deployment)) or {}
     containers = ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
     return containers[0].get("args") or []
+
+
+def check_destination_identity(ctx: str, by: dict) -> None:
+    """weft-destination serves its gRPC over TLS with a certificate from
+    weft-identity: it needs the identity flags, a projected token with the
+    audience weft-identity reviews (the one the injector gives proxies), and
+    the trust anchors, mounted where the flags say."""
+    dep = by.get(("Deployment", "weft-destination")) or {}
+    pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+    args = container_args(by, "weft-destination")
+    flags = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    want_addr = f"weft-identity.{NAMESPACE}.svc."
+    if not flags.get("--identity-addr", "").startswith(want_addr) or not flags["--identity-addr"].endswith(":8080"):
+        fail(f"{ctx} weft-destination --identity-addr should be {want_addr}<domain>:8080, is {flags.get('--identity-addr')}")
+    if pod.get("serviceAccountName") != "weft-destination":
+        fail(f"{ctx} weft-destination must run as its ServiceAccount (its identity names it)")
+    mounts = {m["name"]: m["mountPath"] for c in pod.get("containers") or [] for m in c.get("volumeMounts") or []}
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    token_file = flags.get("--identity-token-file", "")
+    token_ok = False
+    for name, path in mounts.items():
+        sources = (volumes.get(name, {}).get("projected") or {}).get("sources") or []
+        for src in sources:
+            sat = src.get("serviceAccountToken")
+            if sat and token_file == f"{path}/{sat.get('path')}":
+                token_ok = sat.get("audience") == "identity.weft.io"
+    if not token_ok:
+        fail(f"{ctx} weft-destination --identity-token-file {token_file!r} is not a mounted projected "
+             f"ServiceAccount token with audience identity.weft.io")
+    anchors = flags.get("--trust-anchors", "")
+    anchors_ok = any(
+        (volumes.get(name, {}).get("configMap") or {}).get("name") == "weft-identity-trust-roots"
+        and anchors.startswith(path + "/")
+        for name, path in mounts.items()
+    )
+    if not anchors_ok:
+        fail(f"{ctx} weft-destination --trust-anchors {anchors!r} is not in the mounted weft-identity-trust-roots")
+    ok(f"{ctx} weft-destination: its own identity (flags, projected token, trust anchors) for gRPC over TLS")
 
 
 def check_inbound_policy_args(ctx: str, by: dict, values: dict) -> None:

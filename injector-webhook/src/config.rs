@@ -223,7 +223,9 @@ impl InjectorConfig {
     }
 
     pub fn destination_svc_name(&self) -> String {
-        self.control_plane_identity("destination")
+        // The chart's ServiceAccount, whose token weft-destination is
+        // certified with.
+        self.control_plane_identity("weft-destination")
     }
 
     /// The pod's own identity, resolved by the kubelet from the downward-API
@@ -246,7 +248,10 @@ mod tests {
         assert_eq!(c.identity_svc_addr(), "weft-identity.weft.svc.cluster.local:8080");
         assert_eq!(c.identity_svc_name(), "identity.weft.serviceaccount.identity.weft.cluster.local");
         assert_eq!(c.destination_svc_addr(), "weft-destination.weft.svc.cluster.local:8086");
-        assert_eq!(c.destination_svc_name(), "destination.weft.serviceaccount.identity.weft.cluster.local");
+        assert_eq!(
+            c.destination_svc_name(),
+            "weft-destination.weft.serviceaccount.identity.weft.cluster.local"
+        );
         assert_eq!(
             c.local_identity_template(),
             "$(_pod_sa).$(_pod_ns).serviceaccount.identity.weft.cluster.local"
