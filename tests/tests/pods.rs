@@ -503,7 +503,7 @@ async fn the_proxys_own_traffic_is_not_looped_back() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let later = client.metrics().await;
         assert_eq!(accepted(&later, "outbound"), N as f64, "{later}");
-        assert_eq!(mesh.identity.metrics().await.get("identity_certificates_issued_total", &[]), 2.0);
+        assert_eq!(mesh.identity.metrics().await.get("identity_certificates_issued_total", &[]), 3.0);
     })
     .await;
 }
