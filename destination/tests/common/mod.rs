@@ -1,6 +1,8 @@
 //! Shared test harness: a real server on 127.0.0.1:0 and a real tonic client.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::{net::SocketAddr, time::Duration};
 
 use linkerd2_proxy_api::destination::{
