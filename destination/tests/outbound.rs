@@ -100,8 +100,10 @@ fn routes(p: &pb::OutboundPolicy) -> Vec<pb::HttpRoute> {
     }
 }
 
-/// Each rule as (header names matched, [(weight, Destination path)]).
-fn rules(route: &pb::HttpRoute) -> Vec<(Vec<String>, Vec<(u32, String)>)> {
+/// A rule as (header names matched, [(weight, Destination path)]).
+type RuleView = (Vec<String>, Vec<(u32, String)>);
+
+fn rules(route: &pb::HttpRoute) -> Vec<RuleView> {
     let path = |b: &pb::Backend| match &b.kind {
         Some(backend::Kind::Balancer(p2c)) => match p2c.discovery.as_ref().and_then(|d| d.kind.as_ref()) {
             Some(backend::endpoint_discovery::Kind::Dst(d)) => d.path.clone(),
