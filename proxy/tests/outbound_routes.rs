@@ -343,3 +343,77 @@ async fn grpc_routes_match_service_and_method() {
         1.0
     );
 }
+
+/// Transparent mode, as in a pod: the app dials the Service's address
+/// (here `127.0.0.1:8080`, where nothing listens), iptables sends it to the
+/// proxy, and the proxy asks OutboundPolicies by that address. Needs root.
+#[test]
+fn transparent_mode_routes_by_the_original_destinations_policy() {
+    use support::netns::{skip, NetNs};
+    if skip() {
+        return;
+    }
+    const PROXY_UID: u32 = 2102;
+    let ns = NetNs::new("outpol");
+    let uid = PROXY_UID.to_string();
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        &uid,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "4140",
+    ]);
+    let wrapper = ns.exec_as(PROXY_UID);
+    ns.run(move || async move {
+        let v1 = HttpServer::start().await;
+        let v2 = HttpServer::start().await;
+        let cluster_ip: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let api = OutboundApi::start(
+            &[("web.test.svc.cluster.local:80", v1.addr), ("web-v2.test.svc.cluster.local:80", v2.addr)],
+            vec![],
+            Some(canary()),
+        )
+        .await;
+        let words: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let proxy = ProxyBuilder::new()
+            .wrapper(&words)
+            .fixed_addrs("127.0.0.1:4140".parse().unwrap(), loopback(free_port()), loopback(free_port()))
+            .env("WEFT_PROXY_DESTINATION_SVC_ADDR", api.addr)
+            .spawn()
+            .await;
+        for canary in ["false", "true"] {
+            let header = format!("x-canary: {canary}");
+            let out = curl(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &header,
+                "http://127.0.0.1:8080/t",
+            ])
+            .await;
+            assert_eq!(out.stdout, "200", "{out:?}\n{}", proxy.stderr());
+        }
+        assert_eq!((v1.seen().len(), v2.seen().len()), (1, 1));
+        let spec = api.specs.lock().unwrap()[0].clone();
+        assert_eq!(
+            spec.target,
+            Some(linkerd2_proxy_api::outbound::traffic_spec::Target::Addr(cluster_ip.into()))
+        );
+    });
+}
