@@ -1,5 +1,6 @@
 //! HTTPRoutes (`policy.linkerd.io/v1beta3` and `gateway.networking.k8s.io/v1`)
-//! as index records, and their matches and filters as Linkerd's proto types.
+//! and GRPCRoutes (`gateway.networking.k8s.io/v1`) as index records, and
+//! their matches and filters as Linkerd's proto types.
 //!
 //! Both groups share one schema for what weft reads: parentRefs, hostnames,
 //! rules with matches, filters and backendRefs. Inbound policy reads routes
@@ -758,6 +759,52 @@ mod tests {
             matches!(&r.rules[1].filters[0], Filter::RequestHeaderModifier(m) if m.remove == ["x-debug"])
         );
         assert_eq!(r.rules[1].filters[1], Filter::Unsupported("RequestMirror".into()));
+    }
+
+    /// The fixture's GRPCRoute: exact method matches, the apiserver's
+    /// defaults (weight 1, kind Service), Linkerd's annotations only.
+    #[test]
+    fn the_fixture_grpc_route() {
+        let list = fixture("grpcroutes.gateway.networking.k8s.io-emojivoto.list.json");
+        let item = &list["items"][0];
+        let r = grpc_route(ObjKey::new("emojivoto", "emoji-route"), &item["metadata"], &item["spec"])
+            .expect("valid route");
+        assert!(r.parents[0].is_service(&ObjKey::new("emojivoto", "emoji-svc"), 8080));
+        assert!(!r.parents[0].is_service(&ObjKey::new("emojivoto", "emoji-svc"), 9090));
+        assert_eq!(r.rules.len(), 2);
+        assert_eq!(
+            r.rules[1].matches[0].method,
+            Some(GrpcMethodMatch {
+                service: Some("emojivoto.v1.EmojiService".into()),
+                method: Some("ListAll".into())
+            })
+        );
+        assert_eq!((r.rules[0].backends[0].weight, r.rules[0].backends[0].kind.as_str()), (1, "Service"));
+        assert_eq!(
+            r.annotations.keys().collect::<Vec<_>>(),
+            ["retry.linkerd.io/grpc", "retry.linkerd.io/limit", "timeout.linkerd.io/request"]
+        );
+        let no_matches =
+            grpc_route(ObjKey::new("ns", "r"), &serde_json::Value::Null, &serde_json::json!({"rules": [{}]}))
+                .expect("valid");
+        assert_eq!(no_matches.rules[0].matches, [GrpcRouteMatch::default()]);
+    }
+
+    #[test]
+    fn rule_timeouts() {
+        let spec = serde_json::json!({"rules": [{"timeouts": {"request": "10s", "backendRequest": "500ms"}}, {"timeouts": {"request": "0s"}}]});
+        let r = http_route(GATEWAY_GROUP, ObjKey::new("ns", "r"), &serde_json::Value::Null, &spec)
+            .expect("valid");
+        assert_eq!(
+            r.rules[0].timeouts,
+            RuleTimeouts {
+                request: Some(Duration::from_secs(10)),
+                backend_request: Some(Duration::from_millis(500))
+            }
+        );
+        assert_eq!(r.rules[1].timeouts, RuleTimeouts::default(), "0s disables the timeout");
+        let bad = serde_json::json!({"rules": [{"timeouts": {"request": "soon"}}]});
+        assert!(http_route(GATEWAY_GROUP, ObjKey::new("ns", "r"), &serde_json::Value::Null, &bad).is_err());
     }
 
     #[test]

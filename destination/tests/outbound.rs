@@ -169,6 +169,15 @@ async fn get_and_watch_follow_the_routes() {
     assert_eq!(routes(&v1).iter().map(route_name).collect::<Vec<_>>(), ["default:http"]);
     assert_eq!(rules(&routes(&v1)[0]), [(vec![], vec![(0, V1.to_owned())])]);
 
+    // The backends' Destination paths resolve: linkerd2-proxy's next call.
+    let mut dst = common::client(d.addr).await;
+    let mut endpoints = common::get(&mut dst, V1).await;
+    assert_eq!(
+        common::u(common::next(&mut endpoints, Duration::from_secs(5), "Destination/Get").await),
+        common::U::NoEndpoints(true),
+        "web-v1 exists (no endpoints in the manifests)"
+    );
+
     // Watch: the same policy at once ...
     let mut watch = c.watch(addr("10.96.0.20:80")).await.expect("Watch").into_inner();
     assert_eq!(next(&mut watch, "first").await, first);
