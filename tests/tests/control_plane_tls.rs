@@ -81,3 +81,102 @@ async fn proxies_discover_through_weft_destination_over_tls_only_with_its_identi
     let (status, _, text) = get(&good).await;
     assert_eq!(status, 200, "{text}");
 }
+
+/// What linkerd2-proxy does towards its control plane, by hand: TLS with
+/// the identity as SNI and ALPN `h2`, the certificate verified against the
+/// anchors for that name, then `Destination/Get` over HTTP/2. Another name
+/// fails verification; a client offering only HTTP/1.1 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linkerd_style_client_gets_discovery_over_tls_with_alpn_h2() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+
+    let dir = TempDir::new("cp-tls-l5d");
+    let ca = Ca::create(&dir.join("ca"));
+    let destination_sa = Workload::new(CONTROL_PLANE_NS, "weft-destination");
+    let identity = IdentityService::builder(&ca, dir.path()).workload(&destination_sa).start().await;
+    let app = TestServer::start("web").await;
+    let tls = DestinationTls::new(&ca, identity.addr, &destination_sa, dir.path());
+    let destination = DestinationService::start_tls(
+        &dir.join("destination"),
+        &[("web.yaml", static_endpoints("web", "demo", 80, &[StaticEndpoint::plain(app.addr)]))],
+        tls,
+    )
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&ca.trust_anchors).expect("anchors") {
+        roots.add(cert.expect("anchor")).expect("add anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = |alpn: &[&[u8]]| {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(c))
+    };
+    let connect = |connector: tokio_rustls::TlsConnector, name: String| {
+        let addr = destination.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            connector.connect(ServerName::try_from(name).expect("server name"), tcp).await
+        }
+    };
+
+    // SNI and verified name: weft-destination's identity; ALPN h2.
+    let stream = connect(config(&[b"h2"]), destination_sa.identity()).await.expect("TLS to weft-destination");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    // Destination/Get { path } as a gRPC frame; the first message back is
+    // the endpoint's Add, its port a protobuf varint (2 or 3 bytes).
+    let path = "web.demo.svc.cluster.local:80";
+    let mut msg = vec![0x12, path.len() as u8];
+    msg.extend_from_slice(path.as_bytes());
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 over the TLS stream");
+    tokio::spawn(conn);
+    let req = http::Request::post("https://weft-destination/io.linkerd.proxy.destination.Destination/Get")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let rsp = h2.send_request(req).await.expect("Destination/Get");
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers().get("grpc-status"), None, "a trailers-only error: {rsp:?}");
+    let mut body = rsp.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::frame(&mut body))
+        .await
+        .expect("an update within 5s")
+        .expect("a frame")
+        .expect("no error");
+    let data = frame.into_data().expect("a DATA frame, not trailers");
+    assert!(data.len() > 5, "an update message: {data:?}");
+    let port = app.addr.port();
+    assert!(
+        data.windows(2).any(|w| w == [(port as u8) | 0x80, (port >> 7) as u8])
+            || data
+                .windows(3)
+                .any(|w| w == [(port as u8) | 0x80, ((port >> 7) as u8) | 0x80, (port >> 14) as u8]),
+        "the update names the app's port {port}: {data:?}"
+    );
+
+    // Another expected name: verification fails.
+    let other = Workload::new("demo", "other").identity();
+    assert!(connect(config(&[b"h2"]), other).await.is_err(), "accepted for another identity");
+    // HTTP/1.1 only: no application protocol in common.
+    assert!(
+        connect(config(&[b"http/1.1"]), destination_sa.identity()).await.is_err(),
+        "a client without h2 was accepted"
+    );
+}
