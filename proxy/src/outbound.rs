@@ -48,6 +48,8 @@ pub struct Outbound {
     stack: Stack,
     dns: Arc<DnsResolver>,
     discovery: Option<(Profiles, Balancers)>,
+    /// Routing by OutboundPolicies, with its per-route metric handles.
+    policy_routes: PolicyRouteLayer,
     mesh: Option<MeshClients>,
     /// The outbound listeners' own addresses, to refuse requests that would
     /// loop back into them.
@@ -62,7 +64,7 @@ impl Outbound {
         mesh: Option<MeshClients>,
         listen_addrs: BoundAddrs,
     ) -> Self {
-        Self { stack, dns, discovery, mesh, listen_addrs }
+        Self { stack, dns, discovery, policy_routes: PolicyRouteLayer::default(), mesh, listen_addrs }
     }
 
     /// Where an opaque connection to `dst` goes: with discovery, to an
@@ -122,7 +124,7 @@ impl Outbound {
                     Some((profiles, balancers)) => {
                         let service = front
                             .layer(LogicalLayer::new(profiles.clone(), orig_dst))
-                            .layer(PolicyRouteLayer)
+                            .layer(self.policy_routes.clone())
                             .layer(FiltersLayer)
                             .layer(RouteLayer)
                             .layer(RetryLayer)

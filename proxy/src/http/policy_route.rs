@@ -13,13 +13,14 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
 
+use foldhash::HashMap;
 use http::{Request, Response};
-use metrics::Label;
+use metrics::{Counter, Histogram, Label};
 use tokio::time::Instant;
 
 use super::{
@@ -31,19 +32,24 @@ use crate::{
     policy::{authorize::Matched, routes::RouteMatch},
 };
 
-#[derive(Copy, Clone, Debug, Default)]
-pub struct PolicyRouteLayer;
+/// Built once per proxy: its metric handles are shared by every
+/// connection.
+#[derive(Clone, Default)]
+pub struct PolicyRouteLayer {
+    series: SeriesCache,
+}
 
 impl<S> tower::Layer<S> for PolicyRouteLayer {
     type Service = PolicyRoute<S>;
     fn layer(&self, inner: S) -> PolicyRoute<S> {
-        PolicyRoute { inner }
+        PolicyRoute { inner, series: self.series.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct PolicyRoute<S> {
     inner: S,
+    series: SeriesCache,
 }
 
 impl<S, B, RspB> tower::Service<Request<B>> for PolicyRoute<S>
@@ -66,12 +72,12 @@ where
             return LayerFuture::inner(PolicyRouteFuture::passthrough(self.inner.call(req)));
         };
         let Some(matched) = table.matcher.route_for(&req) else {
-            RouteMetrics::new(&table, None).record(None, Instant::now());
+            self.series.get(&table, None).record(None, Instant::now());
             return LayerFuture::own(async { Err(RouteError::NoRoute.into()) });
         };
         let route = &table.routes[matched.route];
         let rule = &route.rules[matched.rule];
-        let metrics = RouteMetrics::new(&table, Some(matched));
+        let metrics = self.series.get(&table, Some(matched));
         let Some(backend) = rule.pick_backend() else {
             metrics.record(None, Instant::now());
             let name = route.meta.name.to_string();
@@ -120,7 +126,7 @@ pin_project_lite::pin_project! {
         inner: F,
         deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
         response_headers: Option<(Arc<RouteTable>, RouteMatch)>,
-        metrics: Option<(RouteMetrics, Instant)>,
+        metrics: Option<(Arc<RouteSeries>, Instant)>,
     }
 }
 
@@ -166,13 +172,55 @@ fn response_modifier(table: &RouteTable, m: RouteMatch) -> Option<&HeaderModifie
     table.routes.get(m.route)?.rules.get(m.rule)?.response_headers.as_ref()
 }
 
+/// Distinct routes kept resolved; past this the cache starts over (the
+/// registry keeps every series either way).
+const MAX_CACHED_ROUTES: usize = 4096;
+/// Distinct statuses or backends kept resolved per route.
+const MAX_CACHED_PER_ROUTE: usize = 32;
+
 /// Linkerd's per-route metrics: `outbound_http_route_request_statuses_total`,
 /// `outbound_http_route_request_duration_seconds` and
 /// `outbound_http_route_backend_requests_total`, labelled by parent and
 /// route (and backend) as the control plane named them, so their number is
-/// bounded by the cluster's resources, not by clients.
-struct RouteMetrics {
+/// bounded by the cluster's resources, not by clients. Each route's handles
+/// are resolved once: a request costs a lookup and a few atomic adds.
+#[derive(Clone, Default)]
+struct SeriesCache(Arc<Mutex<HashMap<RouteKey, Arc<RouteSeries>>>>);
+
+/// A route by its parent and its own name.
+type RouteKey = (ResourceRef, ResourceRef);
+
+impl SeriesCache {
+    fn get(&self, table: &RouteTable, matched: Option<RouteMatch>) -> Arc<RouteSeries> {
+        let unmatched = ResourceRef::default();
+        let route = matched.and_then(|m| table.routes.get(m.route)).map_or(&unmatched, |r| &r.meta);
+        let key = (table.parent.clone(), route.clone());
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(series) = cache.get(&key) {
+            return series.clone();
+        }
+        if cache.len() >= MAX_CACHED_ROUTES {
+            cache.clear();
+        }
+        let mut labels = Vec::with_capacity(12);
+        resource_labels(&mut labels, "parent", &table.parent, true);
+        resource_labels(&mut labels, "route", route, false);
+        let series = Arc::new(RouteSeries {
+            duration: metrics::histogram!("outbound_http_route_request_duration_seconds", labels.iter()),
+            labels,
+            statuses: Mutex::default(),
+            backends: Mutex::default(),
+        });
+        cache.insert(key, series.clone());
+        series
+    }
+}
+
+struct RouteSeries {
     labels: Vec<Label>,
+    duration: Histogram,
+    statuses: Mutex<Vec<(Option<u16>, Counter)>>,
+    backends: Mutex<Vec<(ResourceRef, Counter)>>,
 }
 
 fn resource_labels(labels: &mut Vec<Label>, prefix: &str, r: &ResourceRef, with_port: bool) {
@@ -186,38 +234,52 @@ fn resource_labels(labels: &mut Vec<Label>, prefix: &str, r: &ResourceRef, with_
     }
 }
 
-impl RouteMetrics {
-    fn new(table: &RouteTable, matched: Option<RouteMatch>) -> Self {
-        let mut labels = Vec::with_capacity(12);
-        resource_labels(&mut labels, "parent", &table.parent, true);
-        let unmatched = ResourceRef::default();
-        let route = matched.and_then(|m| table.routes.get(m.route)).map_or(&unmatched, |r| &r.meta);
-        resource_labels(&mut labels, "route", route, false);
-        RouteMetrics { labels }
+/// A handle from a short list, registered on first use; keys past the
+/// list's bound are registered each time rather than remembered.
+fn cached<K: PartialEq + Clone>(
+    list: &Mutex<Vec<(K, Counter)>>,
+    key: &K,
+    register: impl FnOnce() -> Counter,
+) -> Counter {
+    let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, handle)) = list.iter().find(|(k, _)| k == key) {
+        return handle.clone();
     }
+    let handle = register();
+    if list.len() < MAX_CACHED_PER_ROUTE {
+        list.push((key.clone(), handle.clone()));
+    }
+    handle
+}
 
+impl RouteSeries {
     fn backend(&self, backend: &ResourceRef) {
-        let mut labels = self.labels.clone();
-        resource_labels(&mut labels, "backend", backend, true);
-        metrics::counter!("outbound_http_route_backend_requests_total", labels.iter()).increment(1);
+        cached(&self.backends, backend, || {
+            let mut labels = self.labels.clone();
+            resource_labels(&mut labels, "backend", backend, true);
+            metrics::counter!("outbound_http_route_backend_requests_total", labels.iter())
+        })
+        .increment(1);
     }
 
     /// `status`: the response's, or `None` when the request failed in the
     /// proxy (no route, no backend, timeout, connection failure).
-    fn record(self, status: Option<u16>, start: Instant) {
-        let mut labels = self.labels;
-        metrics::histogram!("outbound_http_route_request_duration_seconds", labels.iter())
-            .record(start.elapsed().as_secs_f64());
-        match status {
-            Some(status) => {
-                labels.push(Label::new("http_status", status.to_string()));
-                labels.push(Label::from_static_parts("error", ""));
+    fn record(&self, status: Option<u16>, start: Instant) {
+        self.duration.record(start.elapsed().as_secs_f64());
+        cached(&self.statuses, &status, || {
+            let mut labels = self.labels.clone();
+            match status {
+                Some(status) => {
+                    labels.push(Label::new("http_status", status.to_string()));
+                    labels.push(Label::from_static_parts("error", ""));
+                }
+                None => {
+                    labels.push(Label::from_static_parts("http_status", ""));
+                    labels.push(Label::from_static_parts("error", "UNKNOWN"));
+                }
             }
-            None => {
-                labels.push(Label::from_static_parts("http_status", ""));
-                labels.push(Label::from_static_parts("error", "UNKNOWN"));
-            }
-        }
-        metrics::counter!("outbound_http_route_request_statuses_total", labels.iter()).increment(1);
+            metrics::counter!("outbound_http_route_request_statuses_total", labels.iter())
+        })
+        .increment(1);
     }
 }
