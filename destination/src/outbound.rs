@@ -378,6 +378,14 @@ fn http_failure(message: String) -> pb::http_route::Filter {
     }
 }
 
+/// Why a rule whose backendRefs all weigh 0 gets nothing but 500s (the
+/// Gateway API's rule; a proxy would refuse a distribution weighing 0).
+const ZERO_WEIGHTS: &str = "every backendRef of the rule has weight 0";
+
+fn all_zero(backends: &[BackendRef]) -> bool {
+    !backends.is_empty() && backends.iter().all(|b| b.weight == 0)
+}
+
 /// One rule's backends: the parent Service itself when the rule names none.
 fn http_distribution(
     state: &State,
@@ -390,6 +398,14 @@ fn http_distribution(
     let kind = if backends.is_empty() {
         distribution::Kind::FirstAvailable(distribution::FirstAvailable {
             backends: vec![RouteBackend { backend: Some(default.clone()), ..Default::default() }],
+        })
+    } else if all_zero(backends) {
+        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+            backends: vec![RouteBackend {
+                backend: Some(invalid_backend()),
+                filters: vec![http_failure(ZERO_WEIGHTS.into())],
+                ..Default::default()
+            }],
         })
     } else {
         distribution::Kind::RandomAvailable(distribution::RandomAvailable {
@@ -496,6 +512,18 @@ fn opaque_route(name: &str, default: &pb::Backend) -> pb::OpaqueRoute {
 
 // === gRPC routes ===
 
+/// gRPC's INTERNAL (13): what Linkerd answers for an unusable backend on a
+/// gRPC route.
+fn grpc_failure(message: String) -> pb::grpc_route::Filter {
+    pb::grpc_route::Filter {
+        kind: Some(pb::grpc_route::filter::Kind::FailureInjector(grpc_proto::GrpcFailureInjector {
+            code: 13,
+            message,
+            ratio: None,
+        })),
+    }
+}
+
 fn grpc_distribution(
     state: &State,
     cfg: &MeshConfig,
@@ -508,6 +536,14 @@ fn grpc_distribution(
         distribution::Kind::FirstAvailable(distribution::FirstAvailable {
             backends: vec![RouteBackend { backend: Some(default.clone()), ..Default::default() }],
         })
+    } else if all_zero(backends) {
+        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+            backends: vec![RouteBackend {
+                backend: Some(invalid_backend()),
+                filters: vec![grpc_failure(ZERO_WEIGHTS.into())],
+                ..Default::default()
+            }],
+        })
     } else {
         distribution::Kind::RandomAvailable(distribution::RandomAvailable {
             backends: backends
@@ -515,16 +551,7 @@ fn grpc_distribution(
                 .map(|b| {
                     let (backend, filters) = match resolve_backend(state, cfg, b, port) {
                         Ok(backend) => (backend, Vec::new()),
-                        // gRPC's INTERNAL (13), as Linkerd answers a missing
-                        // backend on a gRPC route.
-                        Err(message) => (
-                            invalid_backend(),
-                            vec![pb::grpc_route::Filter {
-                                kind: Some(pb::grpc_route::filter::Kind::FailureInjector(
-                                    grpc_proto::GrpcFailureInjector { code: 13, message, ratio: None },
-                                )),
-                            }],
-                        ),
+                        Err(message) => (invalid_backend(), vec![grpc_failure(message)]),
                     };
                     WeightedRouteBackend {
                         weight: b.weight,
@@ -1071,6 +1098,28 @@ spec:
   - {name: tls, port: 443, appProtocol: https}
   - {name: raw, port: 9000, appProtocol: linkerd.io/opaque}
 "#;
+
+    /// The fixture the apiserver accepted with every weight 0: the rule
+    /// answers 500 rather than a distribution a proxy would refuse.
+    #[test]
+    fn a_rule_whose_weights_are_all_zero_fails_with_500() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
+        let route =
+            std::fs::read_to_string(dir.join("accepted-httproute-gateway-zero-weights.response.json"))
+                .expect("fixture");
+        // Next to the fixtures' voting-route on the same Service port.
+        let index = index(&[&route]);
+        let p = get(&index, svc("voting-svc", 8080)).expect("voting-svc");
+        let routes = http_routes(&p);
+        let zero = routes
+            .iter()
+            .find(|r| name(&r.metadata).ends_with("/voting-zero-weights"))
+            .expect("the zero-weights route");
+        assert_eq!(
+            backends(&zero.rules[0]),
+            [(0, "default:invalid".into(), Some(format!("500 {ZERO_WEIGHTS}")))]
+        );
+    }
 
     #[test]
     fn protocols_from_opaque_ports_and_app_protocol() {
