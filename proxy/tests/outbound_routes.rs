@@ -417,3 +417,19 @@ fn transparent_mode_routes_by_the_original_destinations_policy() {
         );
     });
 }
+
+#[tokio::test]
+async fn forward_backends_and_rules_without_backends() {
+    let pod = HttpServer::start().await;
+    let rules = vec![
+        rule(vec![prefix("/pod")], vec![], vec![forward("web-0", pod.addr, 1)]),
+        rule(vec![prefix("/nowhere")], vec![], vec![backend("web", PORT, 0)]),
+    ];
+    let m = mesh(false, Some(policy(PORT, vec![route("web-forward", rules)]))).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    assert_eq!(send(&mut conn, get("/pod/a")).await.status, StatusCode::OK);
+    assert_eq!(pod.seen().len(), 1);
+    let rsp = send(&mut conn, get("/nowhere")).await;
+    assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE, "every weight is zero");
+    assert_eq!(seen(&m), (0, 0));
+}

@@ -352,3 +352,23 @@ pub fn grpc_policy(port: u16, routes: Vec<api::GrpcRoute>) -> api::OutboundPolic
         }),
     }
 }
+
+/// A backend sent straight to `addr` (a Forward backend: no discovery).
+pub fn forward(name: &str, addr: SocketAddr, weight: u32) -> api::http_route::WeightedRouteBackend {
+    api::http_route::WeightedRouteBackend {
+        weight,
+        backend: Some(api::http_route::RouteBackend {
+            backend: Some(api::Backend {
+                metadata: resource("core", "Pod", name, u32::from(addr.port())),
+                queue: None,
+                kind: Some(api::backend::Kind::Forward(dst::WeightedAddr {
+                    addr: Some(addr.into()),
+                    weight: 1,
+                    ..Default::default()
+                })),
+            }),
+            filters: vec![],
+            ..Default::default()
+        }),
+    }
+}
