@@ -1,5 +1,7 @@
 //! Looks up the service profile of the request's logical destination and
-//! attaches it, with the service's retry budget, for the layers below.
+//! attaches it, with the service's retry budget, for the layers below; and,
+//! with OutboundPolicies on, the destination's outbound policy (asked by
+//! address for an original destination or IP, by authority otherwise).
 //!
 //! The name looked up is the original destination `IP:port` (transparent
 //! mode: the destination service maps a ClusterIP to its service and a pod
