@@ -85,6 +85,8 @@ impl Replay {
         watches.insert("endpointslices", Gated::new("endpointslices-emojivoto.watch.jsonl"));
         watches.insert("trafficsplits", Gated::new(&format!("trafficsplits-{split_version}.watch.jsonl")));
         watches.insert("servers", Gated::new("servers.policy.linkerd.io-emojivoto.watch.jsonl"));
+        watches
+            .insert("httproutes", Gated::new("httproutes.gateway.networking.k8s.io-emojivoto.watch.jsonl"));
         let watches = Arc::new(watches);
         let expired = Arc::new(Mutex::new(expire_first_split_watch));
         let (log2, watches2) = (log.clone(), watches.clone());
@@ -177,7 +179,7 @@ fn route(
         }
         "/apis/policy.linkerd.io/v1beta3/httproutes" => ("httproutes.policy.linkerd.io-emojivoto.list.json", None),
         "/apis/gateway.networking.k8s.io/v1/httproutes" => {
-            ("httproutes.gateway.networking.k8s.io-emojivoto.list.json", None)
+            ("httproutes.gateway.networking.k8s.io-emojivoto.list.json", Some("httproutes"))
         }
         "/apis/gateway.networking.k8s.io/v1/grpcroutes" => {
             ("grpcroutes.gateway.networking.k8s.io-emojivoto.list.json", None)
@@ -475,4 +477,74 @@ async fn policy_resources_list_and_watch_into_the_index() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(names(state.borrow().servers.keys().collect()), ["voting-grpc", "voting-prom", "web-http"]);
     assert_eq!(replay.count("WATCH /apis/policy.linkerd.io/v1beta3/servers"), 1);
+}
+
+/// Gateway API HTTPRoutes through the real kube-rs client to
+/// `OutboundPolicies` watchers: the captured LIST, then the watch (web-route
+/// added on web-svc, voting-route's split 90/10 → 50/50, web-route deleted,
+/// two bookmarks), each event reaching only the Service it concerns.
+#[tokio::test]
+async fn http_route_watch_events_reach_outbound_policy_watchers() {
+    use linkerd2_proxy_api::{
+        meta::metadata::Kind as Meta,
+        net::TcpAddress,
+        outbound::{
+            http_route::distribution::Kind as Dist, outbound_policies_client::OutboundPoliciesClient,
+            proxy_protocol::Kind as Proto, traffic_spec::Target, HttpRoute, OutboundPolicy, TrafficSpec,
+        },
+    };
+    let replay = Replay::start_with("v1alpha4", false, true).await;
+    let server = start_mesh(&replay, SplitVersion::Auto).await;
+    let mut c = OutboundPoliciesClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    // As linkerd2-proxy asks: the cluster IP it dialled.
+    let by_ip = |ip: &str| TrafficSpec {
+        source_workload: String::new(),
+        target: Some(Target::Addr(TcpAddress::from(ip.parse::<SocketAddr>().unwrap()))),
+    };
+    let routes = |p: &OutboundPolicy| -> Vec<HttpRoute> {
+        match p.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
+            Some(Proto::Detect(d)) => d.http1.as_ref().unwrap().routes.clone(),
+            Some(Proto::Http2(h)) => h.routes.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let names = |p: &OutboundPolicy| -> Vec<String> {
+        routes(p)
+            .iter()
+            .map(|r| match r.metadata.as_ref().and_then(|m| m.kind.as_ref()) {
+                Some(Meta::Default(n)) => format!("default:{n}"),
+                Some(Meta::Resource(r)) => r.name.clone(),
+                None => String::new(),
+            })
+            .collect()
+    };
+    let weights = |p: &OutboundPolicy| -> Vec<u32> {
+        match routes(p)[0].rules[1].backends.as_ref().and_then(|d| d.kind.as_ref()) {
+            Some(Dist::RandomAvailable(r)) => r.backends.iter().map(|b| b.weight).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut web = c.watch(by_ip("127.1.84.92:80")).await.expect("web-svc").into_inner();
+    let mut voting = c.watch(by_ip("127.1.243.49:8080")).await.expect("voting-svc").into_inner();
+    assert_eq!(names(&next(&mut web, STEP, "web initial").await), ["default:http"]);
+    let v = next(&mut voting, STEP, "voting initial").await;
+    assert_eq!((names(&v), weights(&v)), (vec!["voting-route".to_owned()], vec![90, 10]));
+
+    replay.release("httproutes", 1);
+    let w = next(&mut web, STEP, "web-route added").await;
+    assert_eq!(names(&w), ["web-route"]);
+    let timeouts = routes(&w)[0].rules[0].timeouts.clone().expect("timeout.linkerd.io/request");
+    assert_eq!(timeouts.request.map(|d| d.seconds), Some(5));
+    quiet(&mut voting, Duration::from_millis(300)).await;
+
+    replay.release("httproutes", 1);
+    assert_eq!(weights(&next(&mut voting, STEP, "voting-route 50/50").await), [50, 50]);
+    quiet(&mut web, Duration::from_millis(300)).await;
+
+    replay.release("httproutes", 1);
+    assert_eq!(names(&next(&mut web, STEP, "web-route deleted").await), ["default:http"]);
+    replay.release("httproutes", 2);
+    quiet(&mut web, Duration::from_millis(300)).await;
+    quiet(&mut voting, Duration::from_millis(100)).await;
+    assert_eq!(replay.count("WATCH /apis/gateway.networking.k8s.io/v1/httproutes"), 1);
 }
