@@ -533,7 +533,7 @@ async fn http_route_watch_events_reach_outbound_policy_watchers() {
     replay.release("httproutes", 1);
     let w = next(&mut web, STEP, "web-route added").await;
     assert_eq!(names(&w), ["web-route"]);
-    let timeouts = routes(&w)[0].rules[0].timeouts.clone().expect("timeout.linkerd.io/request");
+    let timeouts = routes(&w)[0].rules[0].timeouts.expect("timeout.linkerd.io/request");
     assert_eq!(timeouts.request.map(|d| d.seconds), Some(5));
     quiet(&mut voting, Duration::from_millis(300)).await;
 
