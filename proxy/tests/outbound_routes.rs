@@ -433,3 +433,17 @@ async fn forward_backends_and_rules_without_backends() {
     assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE, "every weight is zero");
     assert_eq!(seen(&m), (0, 0));
 }
+
+#[tokio::test]
+async fn http2_requests_use_the_policys_http2_routes() {
+    let m = mesh(false, Some(canary())).await;
+    let mut conn = h2_conn(m.proxy.outbound).await;
+    for canary in ["false", "true"] {
+        let req = get("/h2").header("x-canary", canary).body(empty()).unwrap();
+        within("ready", conn.ready()).await.expect("connection usable");
+        let rsp = within("response", conn.send_request(req)).await.expect("response");
+        assert_eq!(collect(rsp).await.status, StatusCode::OK);
+    }
+    assert_eq!(seen(&m), (1, 1));
+    assert_eq!(m.v2.last().version, http::Version::HTTP_2, "HTTP/2 end to end");
+}
