@@ -15,27 +15,46 @@ const WEB: &str = "http://web.demo.svc.cluster.local:80";
 /// Short, so the test sees weft-destination renew its certificate.
 const LIFETIME: &str = "4s";
 
+/// A CA, weft-identity (certificates of `lifetime`), an app, and
+/// weft-destination certified as `weft-destination` serving TLS, where
+/// `web.demo.svc.cluster.local:80` is the app. Bind every field: dropping one
+/// stops its process.
+struct ControlPlane {
+    ca: Ca,
+    identity: IdentityService,
+    app: TestServer,
+    destination_sa: Workload,
+    destination: DestinationService,
+}
+
+impl ControlPlane {
+    async fn start(dir: &TempDir, client: Option<&Workload>, lifetime: &str) -> ControlPlane {
+        let ca = Ca::create(&dir.join("ca"));
+        let destination_sa = Workload::new(CONTROL_PLANE_NS, "weft-destination");
+        let mut identity = IdentityService::builder(&ca, dir.path()).workload(&destination_sa);
+        if let Some(client) = client {
+            identity = identity.workload(client);
+        }
+        let identity = identity.cert_lifetime(lifetime).start().await;
+        let app = TestServer::start("web").await;
+        let tls = DestinationTls::new(&ca, identity.addr, &destination_sa, dir.path());
+        // `start_tls` waits for /ready, which includes the first certificate.
+        let destination = DestinationService::start_tls(
+            &dir.join("destination"),
+            &[("web.yaml", static_endpoints("web", "demo", 80, &[StaticEndpoint::plain(app.addr)]))],
+            tls,
+        )
+        .await;
+        ControlPlane { ca, identity, app, destination_sa, destination }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_discover_through_weft_destination_over_tls_only_with_its_identity() {
     let dir = TempDir::new("cp-tls");
-    let ca = Ca::create(&dir.join("ca"));
     let client = Workload::new("demo", "client");
-    let destination_sa = Workload::new(CONTROL_PLANE_NS, "weft-destination");
-    let identity = IdentityService::builder(&ca, dir.path())
-        .workload(&client)
-        .workload(&destination_sa)
-        .cert_lifetime(LIFETIME)
-        .start()
-        .await;
-    let app = TestServer::start("web").await;
-    let tls = DestinationTls::new(&ca, identity.addr, &destination_sa, dir.path());
-    // `start_tls` waits for /ready, which includes the first certificate.
-    let destination = DestinationService::start_tls(
-        &dir.join("destination"),
-        &[("web.yaml", static_endpoints("web", "demo", 80, &[StaticEndpoint::plain(app.addr)]))],
-        tls,
-    )
-    .await;
+    let ControlPlane { ca, identity, app: _app, destination_sa, destination } =
+        ControlPlane::start(&dir, Some(&client), LIFETIME).await;
 
     let proxy = |label: &str, expected: &str, mode: &str| {
         Proxy::builder(label, dir.path())
@@ -93,17 +112,8 @@ async fn a_linkerd_style_client_gets_discovery_over_tls_with_alpn_h2() {
     use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 
     let dir = TempDir::new("cp-tls-l5d");
-    let ca = Ca::create(&dir.join("ca"));
-    let destination_sa = Workload::new(CONTROL_PLANE_NS, "weft-destination");
-    let identity = IdentityService::builder(&ca, dir.path()).workload(&destination_sa).start().await;
-    let app = TestServer::start("web").await;
-    let tls = DestinationTls::new(&ca, identity.addr, &destination_sa, dir.path());
-    let destination = DestinationService::start_tls(
-        &dir.join("destination"),
-        &[("web.yaml", static_endpoints("web", "demo", 80, &[StaticEndpoint::plain(app.addr)]))],
-        tls,
-    )
-    .await;
+    let ControlPlane { ca, identity: _identity, app, destination_sa, destination } =
+        ControlPlane::start(&dir, None, "1h").await;
 
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&ca.trust_anchors).expect("anchors") {
