@@ -265,7 +265,10 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
     };
     let gvk = GroupVersionKind::gvk(group, version, api_kind);
     let api = Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, crd.plural()));
-    watch_kind(api, kind, index, sync, move |obj: &DynamicObject| {
+    // A CRD we may not list (a ClusterRole from before weft read it) counts
+    // as empty, like a CRD that is not installed, rather than keeping the
+    // whole index from ever becoming ready.
+    watch_optional_kind(api, kind, index, sync, move |obj: &DynamicObject| {
         let key = ObjKey::from_meta(&obj.metadata)?;
         let spec = obj.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
         Ok(Some(match crd {
@@ -289,6 +292,36 @@ async fn watch_kind<K>(
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    watch(api, kind, index, sync, false, convert).await
+}
+
+/// [`watch_kind`] for a kind the mesh works without: a `403 Forbidden` on
+/// its first LIST marks it synced and empty (with a warning) while the
+/// watcher keeps retrying, so granting the permission later loads it.
+async fn watch_optional_kind<K>(
+    api: Api<K>,
+    kind: Kind,
+    index: Index,
+    sync: Arc<SyncTracker>,
+    convert: impl Fn(&K) -> Result<Option<Object>, ModelError>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watch(api, kind, index, sync, true, convert).await
+}
+
+async fn watch<K>(
+    api: Api<K>,
+    kind: Kind,
+    index: Index,
+    sync: Arc<SyncTracker>,
+    optional: bool,
+    convert: impl Fn(&K) -> Result<Option<Object>, ModelError>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let mut listed = false;
+    let mut forbidden_reported = false;
     let key = |obj: &K| {
         let key = ObjKey::from_meta(obj.meta()).ok()?;
         // Cluster-scoped: from_meta's "default" namespace is not theirs.
@@ -318,6 +351,7 @@ async fn watch_kind<K>(
                 metrics::counter!("destination_watch_resyncs_total", "kind" => kind.as_str()).increment(1);
                 index.replace(kind, std::mem::take(&mut buffer));
                 sync.done(kind);
+                listed = true;
             }
             Ok(watcher::Event::Apply(obj)) => match (converted(&obj), key(&obj)) {
                 (Some(o), _) => index.apply(o),
@@ -333,7 +367,20 @@ async fn watch_kind<K>(
                 // kube-runtime re-lists (410 Gone) or re-watches with backoff;
                 // the index keeps serving the last known state meanwhile.
                 metrics::counter!("destination_watch_errors_total", "kind" => kind.as_str()).increment(1);
-                warn!(%error, "watch error; resyncing");
+                let forbidden = matches!(
+                    &error,
+                    watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 403
+                );
+                if optional && forbidden && !listed {
+                    if !forbidden_reported {
+                        warn!(%error, "not allowed to list this kind (RBAC); serving none until allowed");
+                        index.replace(kind, Vec::new());
+                        sync.done(kind);
+                        forbidden_reported = true;
+                    }
+                } else {
+                    warn!(%error, "watch error; resyncing");
+                }
             }
         }
     }

@@ -66,6 +66,8 @@ struct Replay {
     /// Every request as `METHOD path?query`.
     log: Arc<Mutex<Vec<String>>>,
     watches: Arc<HashMap<&'static str, Gated>>,
+    /// Paths answered `403 Forbidden`, as without an RBAC rule for them.
+    forbidden: Arc<Mutex<Vec<&'static str>>>,
 }
 
 impl Replay {
@@ -89,24 +91,35 @@ impl Replay {
             .insert("httproutes", Gated::new("httproutes.gateway.networking.k8s.io-emojivoto.watch.jsonl"));
         let watches = Arc::new(watches);
         let expired = Arc::new(Mutex::new(expire_first_split_watch));
-        let (log2, watches2) = (log.clone(), watches.clone());
+        let forbidden = Arc::new(Mutex::new(Vec::new()));
+        let (log2, watches2, forbidden2) = (log.clone(), watches.clone(), forbidden.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (log, watches, expired) = (log2.clone(), watches2.clone(), expired.clone());
+                let (log, watches, expired, forbidden) =
+                    (log2.clone(), watches2.clone(), expired.clone(), forbidden2.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let rsp = route(&req, &log, &watches, &expired, policy);
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let rsp = if forbidden.lock().unwrap().contains(&req.uri().path()) {
+                                log.lock().unwrap().push(format!("FORBIDDEN {}", req.uri().path()));
+                                json(
+                                    403,
+                                    r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"forbidden","reason":"Forbidden","details":{},"code":403}"#.into(),
+                                )
+                            } else {
+                                route(&req, &log, &watches, &expired, policy)
+                            };
                             async move { Ok::<_, Infallible>(rsp) }
-                        });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Self { addr, log, watches }
+        Self { addr, log, watches, forbidden }
     }
 
     fn release(&self, resource: &str, n: usize) {
@@ -547,4 +560,23 @@ async fn http_route_watch_events_reach_outbound_policy_watchers() {
     quiet(&mut web, Duration::from_millis(300)).await;
     quiet(&mut voting, Duration::from_millis(100)).await;
     assert_eq!(replay.count("WATCH /apis/gateway.networking.k8s.io/v1/httproutes"), 1);
+}
+
+/// A ClusterRole from before weft read GRPCRoutes: the LIST is forbidden,
+/// and the controller still becomes ready, with no GRPCRoutes.
+#[tokio::test]
+async fn a_forbidden_optional_crd_counts_as_empty() {
+    let replay = Replay::start_with("v1alpha4", false, true).await;
+    replay.forbidden.lock().unwrap().push("/apis/gateway.networking.k8s.io/v1/grpcroutes");
+    let index = Index::new();
+    k8s::spawn(replay.client(), index.clone(), MeshConfig::default(), SplitVersion::Auto);
+    let mut state = index.subscribe();
+    tokio::time::timeout(STEP, state.wait_for(|s| s.synced))
+        .await
+        .expect("synced despite the forbidden GRPCRoutes")
+        .expect("index");
+    let s = state.borrow();
+    assert!(s.grpc_routes.is_empty());
+    assert_eq!(s.gateway_http_routes.len(), 1, "the other kinds loaded");
+    assert!(replay.count("FORBIDDEN /apis/gateway.networking.k8s.io/v1/grpcroutes") >= 1);
 }
