@@ -1,14 +1,15 @@
 //! weft-destination: service discovery and routing policy for weft proxies.
 //!
 //! Serves Linkerd's `io.linkerd.proxy.destination.Destination` API (`Get` and
-//! `GetProfile`) from one in-memory [`index::Index`]. Two backends feed the
+//! `GetProfile`), `InboundServerPolicies` and `OutboundPolicies` from one
+//! in-memory [`index::Index`]. Two backends feed the
 //! index with the same resource kinds:
 //!
 //! - [`k8s`]: kube-rs watchers (one per kind, shared by every subscriber);
 //! - [`files`]: Kubernetes-style YAML manifests in a directory, hot reloaded.
 //!
 //! Everything a subscriber sees is a pure function of the index
-//! ([`endpoints::view`], [`profile::profile`]); a stream task recomputes its
+//! ([`endpoints::view`], [`profile::profile`], [`outbound::policy`]); a stream task recomputes its
 //! view whenever the index changes and sends the difference.
 
 pub mod admin;
