@@ -235,6 +235,7 @@ pub fn service(svc: &core::Service) -> Result<ServiceRec, ModelError> {
         .filter(|(k, _)| route::POLICY_ANNOTATION_PREFIXES.iter().any(|p| k.starts_with(p)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    route::report_annotations(&key, "Service", &annotations);
     Ok(ServiceRec { key, cluster_ips, ports, opaque_ports, app_protocols, annotations })
 }
 

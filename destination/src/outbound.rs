@@ -19,7 +19,6 @@ use linkerd2_proxy_api::{
     meta::{self, metadata},
     outbound::{self as pb, backend, proxy_protocol},
 };
-use tracing::warn;
 
 use crate::{
     endpoints::{self, Hint},
@@ -151,13 +150,29 @@ fn annotation_group<'a>(
     }
 }
 
-fn duration_annotation(a: &BTreeMap<String, String>, key: &str, owner: &ObjKey) -> Option<Duration> {
+/// Problems found reading annotations. They are logged once, when the object
+/// arrives ([`annotation_problems`]), not on every recomputation.
+type Problems = Vec<String>;
+
+/// What is wrong with an object's retry, timeout and failure-accrual
+/// annotations (each problem is skipped when the policy is built).
+pub fn annotation_problems(a: &BTreeMap<String, String>) -> Problems {
+    let mut p = Problems::new();
+    timeouts(a, &RuleTimeouts::default(), &mut p);
+    http_retry(a, &mut p);
+    grpc_retry(a, &mut p);
+    failure_accrual(a, &mut p);
+    p.dedup();
+    p
+}
+
+fn duration_annotation(a: &BTreeMap<String, String>, key: &str, problems: &mut Problems) -> Option<Duration> {
     let v = a.get(key)?;
     match parse_go_duration(v) {
         Ok(d) if !d.is_zero() => Some(d),
         Ok(_) => None,
         Err(reason) => {
-            warn!(object = %owner, annotation = key, %reason, "ignoring an invalid annotation");
+            problems.push(format!("{key}: {reason}"));
             None
         }
     }
@@ -169,12 +184,12 @@ fn duration_annotation(a: &BTreeMap<String, String>, key: &str, owner: &ObjKey) 
 fn timeouts(
     a: &BTreeMap<String, String>,
     rule: &RuleTimeouts,
-    owner: &ObjKey,
+    problems: &mut Problems,
 ) -> Option<http_proto::Timeouts> {
-    let request = rule.request.or_else(|| duration_annotation(a, "timeout.linkerd.io/request", owner));
+    let request = rule.request.or_else(|| duration_annotation(a, "timeout.linkerd.io/request", problems));
     let response =
-        rule.backend_request.or_else(|| duration_annotation(a, "timeout.linkerd.io/response", owner));
-    let idle = duration_annotation(a, "timeout.linkerd.io/idle", owner);
+        rule.backend_request.or_else(|| duration_annotation(a, "timeout.linkerd.io/response", problems));
+    let idle = duration_annotation(a, "timeout.linkerd.io/idle", problems);
     if request.is_none() && response.is_none() && idle.is_none() {
         return None;
     }
@@ -193,7 +208,7 @@ struct RetryParams {
 
 /// `retry.linkerd.io/limit` and `/timeout`: `None` unless the group holds a
 /// retry annotation at all.
-fn retry_params(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<RetryParams> {
+fn retry_params(a: &BTreeMap<String, String>, problems: &mut Problems) -> Option<RetryParams> {
     if !a.keys().any(|k| k.starts_with("retry.linkerd.io/")) {
         return None;
     }
@@ -201,13 +216,14 @@ fn retry_params(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<RetryPar
         None => RETRY_LIMIT,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
-            warn!(object = %owner, annotation = "retry.linkerd.io/limit", "ignoring an invalid annotation");
+            problems
+                .push(format!("retry.linkerd.io/limit: {:?} is not a count", a["retry.linkerd.io/limit"]));
             RETRY_LIMIT
         }
     };
     Some(RetryParams {
         limit,
-        timeout: duration_annotation(a, "retry.linkerd.io/timeout", owner),
+        timeout: duration_annotation(a, "retry.linkerd.io/timeout", problems),
         backoff: pb::ExponentialBackoff {
             min_backoff: Some(proto_duration(RETRY_MIN_BACKOFF)),
             max_backoff: Some(proto_duration(RETRY_MAX_BACKOFF)),
@@ -218,9 +234,9 @@ fn retry_params(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<RetryPar
 }
 
 /// `retry.linkerd.io/http`: `5xx`, `gateway-error`, `429`, `500-504`, ...
-fn http_retry(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::http_route::Retry> {
+fn http_retry(a: &BTreeMap<String, String>, problems: &mut Problems) -> Option<pb::http_route::Retry> {
     use pb::http_route::retry::{conditions::StatusRange, Conditions};
-    let p = retry_params(a, owner)?;
+    let p = retry_params(a, problems)?;
     let conditions = a.get("retry.linkerd.io/http").map(|v| {
         let mut status_ranges = Vec::new();
         for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -236,7 +252,7 @@ fn http_retry(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::http_r
                 Some((start, end)) if (100..=599).contains(&start) && start <= end && end <= 599 => {
                     status_ranges.push(StatusRange { start, end })
                 }
-                _ => warn!(object = %owner, entry = item, "ignoring an invalid retry.linkerd.io/http entry"),
+                _ => problems.push(format!("retry.linkerd.io/http: {item:?} is not a status or range")),
             }
         }
         Conditions { status_ranges }
@@ -252,8 +268,8 @@ fn http_retry(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::http_r
 
 /// `retry.linkerd.io/grpc`: `cancelled,deadline-exceeded,internal,
 /// resource-exhausted,unavailable`.
-fn grpc_retry(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::grpc_route::Retry> {
-    let p = retry_params(a, owner)?;
+fn grpc_retry(a: &BTreeMap<String, String>, problems: &mut Problems) -> Option<pb::grpc_route::Retry> {
+    let p = retry_params(a, problems)?;
     let conditions = a.get("retry.linkerd.io/grpc").map(|v| {
         let mut c = pb::grpc_route::retry::Conditions::default();
         for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -263,7 +279,7 @@ fn grpc_retry(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::grpc_r
                 "resource-exhausted" => c.resource_exhausted = true,
                 "internal" => c.internal = true,
                 "unavailable" => c.unavailable = true,
-                _ => warn!(object = %owner, entry = item, "ignoring an invalid retry.linkerd.io/grpc entry"),
+                _ => problems.push(format!("retry.linkerd.io/grpc: {item:?} is not a gRPC condition")),
             }
         }
         c
@@ -280,13 +296,13 @@ fn grpc_retry(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::grpc_r
 /// `balancer.linkerd.io/failure-accrual: consecutive` on the Service, with
 /// `...-consecutive-max-failures`, `-min-penalty`, `-max-penalty`,
 /// `-jitter-ratio`.
-fn failure_accrual(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::FailureAccrual> {
+fn failure_accrual(a: &BTreeMap<String, String>, problems: &mut Problems) -> Option<pb::FailureAccrual> {
     const KEY: &str = "balancer.linkerd.io/failure-accrual";
     match a.get(KEY).map(|v| v.trim()) {
         None => return None,
         Some("consecutive") => {}
         Some(other) => {
-            warn!(object = %owner, annotation = KEY, value = other, "ignoring an unknown failure accrual kind");
+            problems.push(format!("{KEY}: {other:?} is not a failure accrual kind (consecutive)"));
             return None;
         }
     }
@@ -295,17 +311,17 @@ fn failure_accrual(a: &BTreeMap<String, String>, owner: &ObjKey) -> Option<pb::F
         None => ACCRUAL_MAX_FAILURES,
         Some(Ok(n)) if n > 0 => n,
         Some(_) => {
-            warn!(object = %owner, annotation = %key("max-failures"), "ignoring an invalid annotation");
+            problems.push(format!("{}: not a positive count", key("max-failures")));
             ACCRUAL_MAX_FAILURES
         }
     };
-    let min = duration_annotation(a, &key("min-penalty"), owner).unwrap_or(ACCRUAL_MIN_PENALTY);
-    let max = duration_annotation(a, &key("max-penalty"), owner).unwrap_or(ACCRUAL_MAX_PENALTY).max(min);
+    let min = duration_annotation(a, &key("min-penalty"), problems).unwrap_or(ACCRUAL_MIN_PENALTY);
+    let max = duration_annotation(a, &key("max-penalty"), problems).unwrap_or(ACCRUAL_MAX_PENALTY).max(min);
     let jitter_ratio = match a.get(&key("jitter-ratio")).map(|v| v.trim().parse::<f32>()) {
         None => ACCRUAL_JITTER,
         Some(Ok(j)) if (0.0..=100.0).contains(&j) => j,
         Some(_) => {
-            warn!(object = %owner, annotation = %key("jitter-ratio"), "ignoring an invalid annotation");
+            problems.push(format!("{}: not a ratio (0-100)", key("jitter-ratio")));
             ACCRUAL_JITTER
         }
     };
@@ -436,8 +452,10 @@ fn http_route(
     port: u16,
 ) -> pb::HttpRoute {
     let timeout_annotations = annotation_group(&r.annotations, service_annotations, "timeout.linkerd.io/");
-    let retry =
-        http_retry(annotation_group(&r.annotations, service_annotations, "retry.linkerd.io/"), &r.key);
+    let retry = http_retry(
+        annotation_group(&r.annotations, service_annotations, "retry.linkerd.io/"),
+        &mut Problems::new(),
+    );
     pb::HttpRoute {
         metadata: Some(meta::Metadata {
             kind: Some(metadata::Kind::Resource(meta::Resource {
@@ -456,7 +474,7 @@ fn http_route(
                 matches: rule.matches.iter().map(route::proto_match).collect(),
                 filters: rule.filters.iter().filter_map(http_filter).collect(),
                 backends: Some(http_distribution(state, cfg, &rule.backends, default, port)),
-                timeouts: timeouts(timeout_annotations, &rule.timeouts, &r.key),
+                timeouts: timeouts(timeout_annotations, &rule.timeouts, &mut Problems::new()),
                 retry: retry.clone(),
                 ..Default::default()
             })
@@ -466,11 +484,7 @@ fn http_route(
 
 /// `Default{http}`: every request to the Service itself, under the
 /// Service's retry and timeout annotations.
-fn default_http_route(
-    service: &ObjKey,
-    a: &BTreeMap<String, String>,
-    default: &pb::Backend,
-) -> pb::HttpRoute {
+fn default_http_route(a: &BTreeMap<String, String>, default: &pb::Backend) -> pb::HttpRoute {
     use pb::http_route::{distribution, Distribution, RouteBackend, Rule};
     let all = route::RouteMatch {
         path: Some(route::PathMatch::Prefix("/".into())),
@@ -488,8 +502,8 @@ fn default_http_route(
                     backends: vec![RouteBackend { backend: Some(default.clone()), ..Default::default() }],
                 })),
             }),
-            timeouts: timeouts(a, &RuleTimeouts::default(), service),
-            retry: http_retry(a, service),
+            timeouts: timeouts(a, &RuleTimeouts::default(), &mut Problems::new()),
+            retry: http_retry(a, &mut Problems::new()),
             ..Default::default()
         }],
     }
@@ -573,8 +587,10 @@ fn grpc_route(
     port: u16,
 ) -> pb::GrpcRoute {
     let timeout_annotations = annotation_group(&r.annotations, service_annotations, "timeout.linkerd.io/");
-    let retry =
-        grpc_retry(annotation_group(&r.annotations, service_annotations, "retry.linkerd.io/"), &r.key);
+    let retry = grpc_retry(
+        annotation_group(&r.annotations, service_annotations, "retry.linkerd.io/"),
+        &mut Problems::new(),
+    );
     pb::GrpcRoute {
         metadata: Some(meta::Metadata {
             kind: Some(metadata::Kind::Resource(meta::Resource {
@@ -605,7 +621,7 @@ fn grpc_route(
                     })
                     .collect(),
                 backends: Some(grpc_distribution(state, cfg, &rule.backends, default, port)),
-                timeouts: timeouts(timeout_annotations, &RuleTimeouts::default(), &r.key),
+                timeouts: timeouts(timeout_annotations, &RuleTimeouts::default(), &mut Problems::new()),
                 retry,
                 ..Default::default()
             })
@@ -651,7 +667,7 @@ fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> O
         || statics.is_some_and(|s| s.opaque_ports.contains(port));
     let proto = app_protocol(svc.and_then(|s| s.app_protocols.get(&port)).map(String::as_str), opaque);
     let default = service_backend(cfg, key, port);
-    let accrual = failure_accrual(annotations, key);
+    let accrual = failure_accrual(annotations, &mut Problems::new());
 
     let grpc_routes = grpc_routes_for(state, key, port);
     let http_routes = || {
@@ -660,7 +676,7 @@ fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> O
             .map(|r| http_route(state, cfg, r, annotations, &default, port))
             .collect();
         if routes.is_empty() {
-            routes.push(default_http_route(key, annotations, &default));
+            routes.push(default_http_route(annotations, &default));
         }
         routes
     };
@@ -1081,6 +1097,32 @@ spec:
         let db = get(&index, Target::Ip("10.96.0.9:5432".parse().unwrap())).expect("books:5432");
         let names: Vec<_> = http_routes(&db).iter().map(|r| name(&r.metadata)).collect();
         assert_eq!(names, ["gateway.networking.k8s.io:HTTPRoute:emojivoto/z-older"]);
+    }
+
+    /// Bad annotation values are reported (once, as the object arrives) and
+    /// skipped; the rest of the annotations apply.
+    #[test]
+    fn annotation_problems_name_the_annotation_and_value() {
+        let a: BTreeMap<String, String> = [
+            ("retry.linkerd.io/http", "5xx,bogus"),
+            ("retry.linkerd.io/limit", "many"),
+            ("timeout.linkerd.io/request", "soon"),
+            ("retry.linkerd.io/grpc", "internal,sometimes"),
+            ("balancer.linkerd.io/failure-accrual", "adaptive"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let problems = annotation_problems(&a).join("\n");
+        for needle in ["bogus", "\"many\"", "timeout.linkerd.io/request", "sometimes", "adaptive"] {
+            assert!(problems.contains(needle), "{needle} not in {problems}");
+        }
+        assert!(!problems.contains("5xx") && !problems.contains("internal"), "{problems}");
+        let retry = http_retry(&a, &mut Problems::new()).expect("retry");
+        assert_eq!(retry.max_retries, RETRY_LIMIT);
+        assert_eq!(retry.conditions.expect("conditions").status_ranges.len(), 1);
+        assert!(failure_accrual(&a, &mut Problems::new()).is_none());
+        assert!(annotation_problems(&BTreeMap::new()).is_empty());
     }
 
     const PROTOCOLS: &str = r#"

@@ -168,6 +168,14 @@ pub fn policy_annotations(meta: &serde_json::Value) -> BTreeMap<String, String> 
         .collect()
 }
 
+/// Logs what outbound policy will skip in an object's annotations, once,
+/// as it arrives.
+pub fn report_annotations(owner: &ObjKey, kind: &str, annotations: &BTreeMap<String, String>) {
+    for problem in crate::outbound::annotation_problems(annotations) {
+        tracing::warn!(object = %owner, kind, %problem, "ignoring an invalid annotation");
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRouteRec {
     pub key: ObjKey,
@@ -363,13 +371,15 @@ pub fn http_route(
         let timeouts = rule_timeouts(r.timeouts)?;
         rules.push(Rule { matches, filters, backends, timeouts });
     }
+    let annotations = policy_annotations(meta);
+    report_annotations(&key, "HTTPRoute", &annotations);
     Ok(HttpRouteRec {
         key,
         group: group.into(),
         parents,
         hostnames: spec.hostnames.unwrap_or_default(),
         rules,
-        annotations: policy_annotations(meta),
+        annotations,
         created: meta.get("creationTimestamp").and_then(|t| t.as_str()).map(str::to_owned),
     })
 }
@@ -595,12 +605,14 @@ pub fn grpc_route(
         let filters = r.filters.unwrap_or_default().into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
         rules.push(GrpcRule { matches, filters, backends: backend_refs(r.backend_refs, ns) });
     }
+    let annotations = policy_annotations(meta);
+    report_annotations(&key, "GRPCRoute", &annotations);
     Ok(GrpcRouteRec {
         parents: parent_refs(spec.parent_refs, ns),
         key,
         hostnames: spec.hostnames.unwrap_or_default(),
         rules,
-        annotations: policy_annotations(meta),
+        annotations,
         created: meta.get("creationTimestamp").and_then(|t| t.as_str()).map(str::to_owned),
     })
 }
