@@ -447,3 +447,89 @@ async fn http2_requests_use_the_policys_http2_routes() {
     assert_eq!(seen(&m), (1, 1));
     assert_eq!(m.v2.last().version, http::Version::HTTP_2, "HTTP/2 end to end");
 }
+
+/// An app that answers 503 to every other request (the first included).
+async fn flaky() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, AbortOnDrop) {
+    use std::sync::{atomic::Ordering, Arc};
+    let listener = tokio::net::TcpListener::bind(loopback(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let n = counted.fetch_add(1, Ordering::SeqCst);
+                    let status = if n.is_multiple_of(2) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder().status(status).body(full("flaky\n")).unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, count, AbortOnDrop(task))
+}
+
+#[tokio::test]
+async fn route_retries_recover_failures_up_to_the_limit_and_per_try_timeouts() {
+    use std::sync::atomic::Ordering;
+    let (flaky_addr, flaky_count, _flaky) = flaky().await;
+    let rules = vec![
+        with_retry(
+            rule(vec![prefix("/flaky")], vec![], vec![forward("flaky", flaky_addr, 1)]),
+            1,
+            (500, 599),
+            None,
+        ),
+        with_retry(rule(vec![prefix("/status")], vec![], vec![backend("web", PORT, 1)]), 2, (500, 599), None),
+        with_retry(
+            rule(vec![prefix("/slow")], vec![], vec![backend("web", PORT, 1)]),
+            1,
+            (500, 599),
+            Some(Duration::from_millis(150)),
+        ),
+        rule(vec![prefix("/status/504")], vec![], vec![backend("web-v2", PORT, 1)]),
+    ];
+    let m = mesh(false, Some(policy(PORT, vec![route("web-retries", rules)]))).await;
+    let mut conn = h1_conn(m.proxy.outbound).await;
+
+    // Every other try fails; one retry each time is enough.
+    for _ in 0..10 {
+        let rsp =
+            send(&mut conn, Request::post("http://web.test.svc.cluster.local/flaky").header("x-n", "1"))
+                .await;
+        assert_eq!(rsp.status, StatusCode::OK);
+    }
+    assert_eq!(flaky_count.load(Ordering::SeqCst), 20);
+
+    // Always failing: the first try and two retries, then the failure.
+    let rsp = send(&mut conn, get("/status/503")).await;
+    assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(m.v1.seen().iter().filter(|s| s.uri == "/status/503").count(), 3);
+
+    // Each try has 150ms; two tries, then 504.
+    let start = Instant::now();
+    let rsp = send(&mut conn, get("/slow?ms=2000")).await;
+    assert_eq!(rsp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(start.elapsed() < Duration::from_millis(1000), "took {:?}", start.elapsed());
+    assert_eq!(m.v1.state.started.load(Ordering::SeqCst), 5, "3 /status tries and 2 /slow tries");
+
+    // A rule without retries sends once.
+    let rsp = send(&mut conn, get("/status/504")).await;
+    assert_eq!(rsp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(m.v2.seen().len(), 1);
+
+    let metrics = m.proxy.metrics().await;
+    let route = [("route_name", "web-retries")];
+    assert_eq!(metrics.get("outbound_http_route_retry_requests_total", &route), 10.0 + 2.0 + 1.0);
+    assert_eq!(metrics.get("outbound_http_route_retry_successes_total", &route), 10.0);
+    assert_eq!(metrics.get("outbound_http_route_retry_limit_exceeded_total", &route), 2.0);
+}

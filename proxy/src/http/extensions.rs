@@ -5,13 +5,14 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use metrics::Counter;
 use tower::retry::budget::TpsBudget;
 
 use super::http1;
 use crate::{
     connect::ConnectError,
     discovery::EndpointMeta,
-    outbound_policy::OutboundPolicy,
+    outbound_policy::{OutboundPolicy, RetryPolicy},
     profile::{Profile, Route},
 };
 
@@ -94,6 +95,24 @@ pub enum RouteError {
 /// plane has one for it.
 #[derive(Clone)]
 pub struct LogicalPolicy(pub Arc<OutboundPolicy>);
+
+/// The matched policy rule's retries, and its route's retry counters
+/// (Linkerd's `outbound_http_route_retry_*_total`).
+#[derive(Clone)]
+pub struct RouteRetry {
+    pub policy: Arc<RetryPolicy>,
+    pub counters: RetryCounters,
+}
+
+#[derive(Clone)]
+pub struct RetryCounters {
+    /// Retries sent.
+    pub requests: Counter,
+    /// Requests that succeeded after at least one retry.
+    pub successes: Counter,
+    /// Requests that still failed when the rule's retry limit was reached.
+    pub limit_exceeded: Counter,
+}
 
 /// How the pooled upstream client failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,7 +24,10 @@ use metrics::{Counter, Histogram, Label};
 use tokio::time::Instant;
 
 use super::{
-    extensions::{Backend, EndpointInfo, LogicalPolicy, LogicalProfile, RouteError, RouteTimeout},
+    extensions::{
+        Backend, EndpointInfo, LogicalPolicy, LogicalProfile, RetryCounters, RouteError, RouteRetry,
+        RouteTimeout,
+    },
     BoxError, Endpoint, LayerFuture,
 };
 use crate::{
@@ -95,6 +98,10 @@ where
         }
         let timeout = rule.timeout;
         let response_headers = rule.response_headers.is_some().then(|| (table.clone(), matched));
+        if let Some(policy) = &rule.retry {
+            req.extensions_mut()
+                .insert(RouteRetry { policy: policy.clone(), counters: metrics.retry_counters() });
+        }
         req.extensions_mut().insert(Matched { policy: table.matcher.clone(), route: matched });
         LayerFuture::inner(PolicyRouteFuture {
             inner: self.inner.call(req),
@@ -210,6 +217,7 @@ impl SeriesCache {
             labels,
             statuses: Mutex::default(),
             backends: Mutex::default(),
+            retries: OnceLock::new(),
         });
         cache.insert(key, series.clone());
         series
@@ -221,6 +229,8 @@ struct RouteSeries {
     duration: Histogram,
     statuses: Mutex<Vec<(Option<u16>, Counter)>>,
     backends: Mutex<Vec<(ResourceRef, Counter)>>,
+    /// Registered once a rule of the route retries.
+    retries: OnceLock<RetryCounters>,
 }
 
 fn resource_labels(labels: &mut Vec<Label>, prefix: &str, r: &ResourceRef, with_port: bool) {
@@ -253,6 +263,22 @@ fn cached<K: PartialEq + Clone>(
 }
 
 impl RouteSeries {
+    fn retry_counters(&self) -> RetryCounters {
+        self.retries
+            .get_or_init(|| {
+                let labels = self.labels.iter();
+                RetryCounters {
+                    requests: metrics::counter!("outbound_http_route_retry_requests_total", labels.clone()),
+                    successes: metrics::counter!("outbound_http_route_retry_successes_total", labels.clone()),
+                    limit_exceeded: metrics::counter!(
+                        "outbound_http_route_retry_limit_exceeded_total",
+                        labels
+                    ),
+                }
+            })
+            .clone()
+    }
+
     fn backend(&self, backend: &ResourceRef) {
         cached(&self.backends, backend, || {
             let mut labels = self.labels.clone();

@@ -17,7 +17,7 @@ use tower::{retry::budget::Budget, ServiceExt};
 
 use super::{
     boxed,
-    extensions::{LogicalProfile, RouteParams},
+    extensions::{LogicalProfile, RouteParams, RouteRetry, RouteTimeout},
     BoxBody, BoxError, LayerFuture,
 };
 use crate::{connect::is_connect_error, profile::MAX_REPLAY_BODY};
@@ -58,14 +58,17 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let upgrade =
+            req.headers().contains_key(http::header::UPGRADE) || req.method() == http::Method::CONNECT;
+        if let Some(retry) = req.extensions().get::<RouteRetry>().filter(|_| !upgrade).cloned() {
+            return LayerFuture::own(retry_by_policy(self.inner.clone(), req, retry));
+        }
         // Without a profile (no discovery) there is no other endpoint to try.
         let Some(logical) = req.extensions().get::<LogicalProfile>().cloned() else {
             return LayerFuture::inner(self.inner.call(req));
         };
         let route = req.extensions().get::<RouteParams>().cloned();
         let route_retries = route.as_ref().is_some_and(|r| r.0.may_retry(req.method()));
-        let upgrade =
-            req.headers().contains_key(http::header::UPGRADE) || req.method() == http::Method::CONNECT;
         if upgrade || (!route_retries && !req.body().is_end_stream()) {
             return LayerFuture::inner(self.inner.call(req));
         }
@@ -98,6 +101,65 @@ where
                 attempt += 1;
             }
         })
+    }
+}
+
+/// An outbound policy rule's retries (Linkerd's HTTPRoute/GRPCRoute
+/// retries): up to the rule's limit, each try under its own timeout, on the
+/// rule's statuses and on failures to get a response at all; no budget (as
+/// Linkerd's route retries), the limit bounds them.
+async fn retry_by_policy<S>(
+    inner: S,
+    req: Request<BoxBody>,
+    retry: RouteRetry,
+) -> Result<Response<BoxBody>, BoxError>
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    let RouteRetry { policy, counters } = retry;
+    let (parts, body) = req.into_parts();
+    let replay = match buffer(body, policy.max_request_bytes).await {
+        Ok(replay) => replay,
+        Err(streaming) => {
+            return inner.oneshot(Request::from_parts(parts, streaming)).await.map_err(Into::into)
+        }
+    };
+    let mut backoff = policy.backoff.map(|(min, _)| min);
+    let mut retries = 0;
+    loop {
+        let attempt = inner.clone().oneshot(replay.request(&parts));
+        let res = match policy.per_try_timeout {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
+                Ok(res) => res.map_err(Into::into),
+                Err(_) => Err(RouteTimeout(t).into()),
+            },
+            None => attempt.await.map_err(Into::into),
+        };
+        let failed = match &res {
+            Ok(rsp) => policy.on.is_retryable(rsp.headers(), rsp.status()),
+            Err(_) => true,
+        };
+        if !failed {
+            if retries > 0 {
+                counters.successes.increment(1);
+            }
+            return res;
+        }
+        if retries >= policy.max_retries {
+            if policy.max_retries > 0 {
+                counters.limit_exceeded.increment(1);
+            }
+            return res;
+        }
+        drop(res);
+        retries += 1;
+        counters.requests.increment(1);
+        if let (Some(wait), Some((_, max))) = (backoff, policy.backoff) {
+            tokio::time::sleep(rand::random_range(wait / 2..=wait)).await;
+            backoff = Some((wait * 2).min(max));
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue};
 use linkerd2_proxy_api::{http_route as api_http, inbound as inbound_api, meta as api_meta, outbound as api};
 
 use super::{
-    BackendTarget, HeaderModifier, OutboundPolicy, OutboundRoute, ResourceRef, RouteTable, RuleParams,
-    WeightedBackend,
+    BackendTarget, HeaderModifier, OutboundPolicy, OutboundRoute, ResourceRef, RetryOn, RetryPolicy,
+    RouteTable, RuleParams, WeightedBackend,
 };
 use crate::{
     discovery::endpoint_from_api,
@@ -125,7 +125,29 @@ fn http_table(parent: &ResourceRef, routes: Vec<api::HttpRoute>) -> Result<Optio
                     .collect(),
             });
             let backends = http_distribution(rule.backends.map(|d| d.kind))?;
-            rules.push(RuleParams { timeout: timeout(rule.timeouts)?, backends, response_headers });
+            let retry = match rule.retry {
+                None => None,
+                Some(r) => {
+                    let ranges = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?.status_ranges;
+                    let ranges = bounded(ranges, "retry status ranges")?
+                        .into_iter()
+                        .map(|s| match (u16::try_from(s.start), u16::try_from(s.end)) {
+                            (Ok(lo), Ok(hi)) if lo <= hi && (100..=599).contains(&lo) && hi <= 599 => {
+                                Ok((lo, hi))
+                            }
+                            _ => Err(DecodeError::Invalid("retry status range")),
+                        })
+                        .collect::<Result<_>>()?;
+                    retry_policy(
+                        r.max_retries,
+                        r.max_request_bytes,
+                        RetryOn::Statuses(ranges),
+                        r.timeout,
+                        r.backoff,
+                    )?
+                }
+            };
+            rules.push(RuleParams { timeout: timeout(rule.timeouts)?, backends, response_headers, retry });
         }
         inbound_routes.push(inbound_api::HttpRoute {
             metadata: route.metadata,
@@ -168,7 +190,35 @@ fn grpc_table(parent: &ResourceRef, routes: Vec<api::GrpcRoute>) -> Result<Optio
                 .collect::<Result<_>>()?;
             inbound_rules.push(inbound_api::grpc_route::Rule { matches: rule.matches, filters });
             let backends = grpc_distribution(rule.backends.map(|d| d.kind))?;
-            rules.push(RuleParams { timeout: timeout(rule.timeouts)?, backends, response_headers: None });
+            let retry = match rule.retry {
+                None => None,
+                Some(r) => {
+                    let c = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?;
+                    let codes = [
+                        (c.cancelled, 1),
+                        (c.deadine_exceeded, 4),
+                        (c.resource_exhausted, 8),
+                        (c.internal, 13),
+                        (c.unavailable, 14),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, code)| on.then_some(code))
+                    .collect();
+                    retry_policy(
+                        r.max_retries,
+                        r.max_request_bytes,
+                        RetryOn::Grpc(codes),
+                        r.timeout,
+                        r.backoff,
+                    )?
+                }
+            };
+            rules.push(RuleParams {
+                timeout: timeout(rule.timeouts)?,
+                backends,
+                response_headers: None,
+                retry,
+            });
         }
         inbound_routes.push(inbound_api::GrpcRoute {
             metadata: route.metadata,
@@ -181,6 +231,43 @@ fn grpc_table(parent: &ResourceRef, routes: Vec<api::GrpcRoute>) -> Result<Optio
     let kind =
         inbound_api::proxy_protocol::Kind::Grpc(inbound_api::proxy_protocol::Grpc { routes: inbound_routes });
     Ok(Some(Arc::new(RouteTable { parent: parent.clone(), matcher: matcher(parent, kind)?, routes: params })))
+}
+
+/// Requests held for replay by default (Linkerd's), and at most.
+const DEFAULT_RETRY_BODY: usize = 64 * 1024;
+const MAX_RETRY_BODY: usize = 1024 * 1024;
+/// Retries beyond this are refused (a policy asking for more is malformed).
+const MAX_RETRIES: u32 = 100;
+
+fn retry_policy(
+    max_retries: u32,
+    max_request_bytes: u32,
+    on: RetryOn,
+    per_try_timeout: Option<prost_types::Duration>,
+    backoff: Option<api::ExponentialBackoff>,
+) -> Result<Option<Arc<RetryPolicy>>> {
+    if max_retries > MAX_RETRIES {
+        return Err(DecodeError::Invalid("retry limit"));
+    }
+    let duration =
+        |d: prost_types::Duration, what| Duration::try_from(d).map_err(|_| DecodeError::Invalid(what));
+    let per_try_timeout = match per_try_timeout {
+        None => None,
+        Some(d) => Some(duration(d, "retry timeout")?).filter(|d| !d.is_zero()),
+    };
+    let backoff = match backoff {
+        None => None,
+        Some(b) => {
+            let min = b.min_backoff.map(|d| duration(d, "retry backoff")).transpose()?.unwrap_or_default();
+            let max = b.max_backoff.map(|d| duration(d, "retry backoff")).transpose()?.unwrap_or(min);
+            Some((min, max.max(min)))
+        }
+    };
+    let max_request_bytes = match max_request_bytes as usize {
+        0 => DEFAULT_RETRY_BODY,
+        n => n.min(MAX_RETRY_BODY),
+    };
+    Ok(Some(Arc::new(RetryPolicy { max_retries, max_request_bytes, on, per_try_timeout, backoff })))
 }
 
 fn timeout(pb: Option<api_http::Timeouts>) -> Result<Option<Duration>> {

@@ -73,6 +73,44 @@ pub struct RuleParams {
     /// Empty: the rule has nowhere to send requests (503).
     pub backends: Vec<WeightedBackend>,
     pub response_headers: Option<HeaderModifier>,
+    pub retry: Option<Arc<RetryPolicy>>,
+}
+
+/// A rule's retries (`retry.linkerd.io/*`): what failed responses are
+/// retried, how often, and how long each try may take.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub max_retries: u32,
+    /// Larger request bodies are not held for replay: sent once.
+    pub max_request_bytes: usize,
+    pub on: RetryOn,
+    /// Each try's own timeout (`retry.linkerd.io/timeout`); a try that
+    /// exceeds it is retried.
+    pub per_try_timeout: Option<Duration>,
+    /// Waits between tries: exponential from `min` to `max`, jittered.
+    pub backoff: Option<(Duration, Duration)>,
+}
+
+#[derive(Debug)]
+pub enum RetryOn {
+    /// HTTP status ranges, inclusive (`5xx` is 500..=599).
+    Statuses(Vec<(u16, u16)>),
+    /// gRPC status codes (cancelled 1, deadline-exceeded 4, ...), as the
+    /// response headers (trailers-only responses) carry them.
+    Grpc(Vec<u32>),
+}
+
+impl RetryOn {
+    pub fn is_retryable(&self, rsp: &http::HeaderMap, status: http::StatusCode) -> bool {
+        match self {
+            RetryOn::Statuses(ranges) => ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status.as_u16())),
+            RetryOn::Grpc(codes) => rsp
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                .is_some_and(|code| codes.contains(&code)),
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -372,3 +372,22 @@ pub fn forward(name: &str, addr: SocketAddr, weight: u32) -> api::http_route::We
         }),
     }
 }
+
+/// `rule` retried up to `max` times on statuses `lo..=hi`, each try limited
+/// to `per_try` when set.
+pub fn with_retry(
+    mut rule: api::http_route::Rule,
+    max: u32,
+    (lo, hi): (u32, u32),
+    per_try: Option<Duration>,
+) -> api::http_route::Rule {
+    use api::http_route::retry::{conditions::StatusRange, Conditions};
+    rule.retry = Some(api::http_route::Retry {
+        max_retries: max,
+        max_request_bytes: 0,
+        conditions: Some(Conditions { status_ranges: vec![StatusRange { start: lo, end: hi }] }),
+        timeout: per_try.map(|t| t.try_into().unwrap()),
+        backoff: None,
+    });
+    rule
+}
