@@ -348,3 +348,87 @@ fn backend(pb: Option<api::Backend>, weight: u32) -> Result<WeightedBackend> {
     };
     Ok(WeightedBackend { weight, meta, target })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound_policy::RetryOn;
+
+    fn service() -> Option<api_meta::Metadata> {
+        Some(api_meta::Metadata {
+            kind: Some(api_meta::metadata::Kind::Resource(api_meta::Resource {
+                group: "core".into(),
+                kind: "Service".into(),
+                name: "web".into(),
+                namespace: "test".into(),
+                section: String::new(),
+                port: 80,
+            })),
+        })
+    }
+
+    fn grpc_with_retry(conditions: api::grpc_route::retry::Conditions) -> api::OutboundPolicy {
+        use api::grpc_route as gr;
+        let backend = api::Backend {
+            metadata: service(),
+            queue: None,
+            kind: Some(api::backend::Kind::Balancer(api::backend::BalanceP2c {
+                discovery: Some(api::backend::EndpointDiscovery {
+                    kind: Some(api::backend::endpoint_discovery::Kind::Dst(
+                        api::backend::endpoint_discovery::DestinationGet {
+                            path: "web.test.svc.cluster.local:80".into(),
+                        },
+                    )),
+                }),
+                load: None,
+            })),
+        };
+        let rule = gr::Rule {
+            backends: Some(gr::Distribution {
+                kind: Some(gr::distribution::Kind::FirstAvailable(gr::distribution::FirstAvailable {
+                    backends: vec![gr::RouteBackend { backend: Some(backend), ..Default::default() }],
+                })),
+            }),
+            retry: Some(gr::Retry { max_retries: 3, conditions: Some(conditions), ..Default::default() }),
+            ..Default::default()
+        };
+        api::OutboundPolicy {
+            metadata: service(),
+            protocol: Some(api::ProxyProtocol {
+                kind: Some(api::proxy_protocol::Kind::Grpc(api::proxy_protocol::Grpc {
+                    routes: vec![api::GrpcRoute { metadata: service(), hosts: vec![], rules: vec![rule] }],
+                    failure_accrual: None,
+                })),
+            }),
+        }
+    }
+
+    #[test]
+    fn grpc_retry_conditions_become_status_codes() {
+        let conditions =
+            api::grpc_route::retry::Conditions { unavailable: true, cancelled: true, ..Default::default() };
+        let policy = policy(grpc_with_retry(conditions)).unwrap();
+        let retry = policy.http2.unwrap().routes[0].rules[0].retry.clone().unwrap();
+        assert!(matches!(&retry.on, RetryOn::Grpc(codes) if codes == &[1, 14]));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert!(retry.on.is_retryable(&headers, http::StatusCode::OK));
+        headers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert!(!retry.on.is_retryable(&headers, http::StatusCode::OK));
+        assert!(!retry.on.is_retryable(&http::HeaderMap::new(), http::StatusCode::OK));
+    }
+
+    #[test]
+    fn a_retry_without_conditions_or_with_too_many_retries_is_malformed() {
+        let mut pb = grpc_with_retry(Default::default());
+        if let Some(api::proxy_protocol::Kind::Grpc(g)) = pb.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
+            g.routes[0].rules[0].retry.as_mut().unwrap().conditions = None;
+        }
+        assert!(policy(pb).is_err());
+        let mut pb = grpc_with_retry(Default::default());
+        if let Some(api::proxy_protocol::Kind::Grpc(g)) = pb.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
+            g.routes[0].rules[0].retry.as_mut().unwrap().max_retries = 1_000_000;
+        }
+        assert!(policy(pb).is_err());
+    }
+}
