@@ -80,6 +80,7 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
             Kind::Service,
             index.clone(),
             sync.clone(),
+            false,
             |s| model::service(s).map(|r| Some(Object::Service(r))),
         )
         .instrument(info_span!("watch", kind = "Service")),
@@ -90,15 +91,21 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
             Kind::EndpointSlice,
             index.clone(),
             sync.clone(),
+            false,
             |s| model::endpoint_slice(s).map(|r| r.map(Object::EndpointSlice)),
         )
         .instrument(info_span!("watch", kind = "EndpointSlice")),
     );
     let pod_cfg = cfg.clone();
     tokio::spawn(
-        watch_kind(Api::<core::Pod>::all(client.clone()), Kind::Pod, index.clone(), sync.clone(), move |p| {
-            model::pod(p, &pod_cfg).map(|r| Some(Object::Pod(r)))
-        })
+        watch_kind(
+            Api::<core::Pod>::all(client.clone()),
+            Kind::Pod,
+            index.clone(),
+            sync.clone(),
+            false,
+            move |p| model::pod(p, &pod_cfg).map(|r| Some(Object::Pod(r))),
+        )
         .instrument(info_span!("watch", kind = "Pod")),
     );
     // Namespaces carry the namespace-wide default inbound policy.
@@ -108,6 +115,7 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
             Kind::Namespace,
             index.clone(),
             sync.clone(),
+            false,
             |n| model::namespace(n).map(|r| Some(Object::Namespace(r))),
         )
         .instrument(info_span!("watch", kind = "Namespace")),
@@ -267,8 +275,8 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
     let api = Api::<DynamicObject>::all_with(client, &ApiResource::from_gvk_with_plural(&gvk, crd.plural()));
     // A CRD we may not list (a ClusterRole from before weft read it) counts
     // as empty, like a CRD that is not installed, rather than keeping the
-    // whole index from ever becoming ready.
-    watch_optional_kind(api, kind, index, sync, move |obj: &DynamicObject| {
+    // whole index from ever becoming ready: it is optional.
+    watch_kind(api, kind, index, sync, true, move |obj: &DynamicObject| {
         let key = ObjKey::from_meta(&obj.metadata)?;
         let spec = obj.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
         Ok(Some(match crd {
@@ -283,34 +291,11 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
     .await
 }
 
+/// Feeds the index from one kind's watch. `optional`: a kind the mesh works
+/// without (a custom resource), whose `403 Forbidden` on the first LIST marks
+/// it synced and empty, with a warning, while the watcher keeps retrying, so
+/// granting the permission later loads it.
 async fn watch_kind<K>(
-    api: Api<K>,
-    kind: Kind,
-    index: Index,
-    sync: Arc<SyncTracker>,
-    convert: impl Fn(&K) -> Result<Option<Object>, ModelError>,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    watch(api, kind, index, sync, false, convert).await
-}
-
-/// [`watch_kind`] for a kind the mesh works without: a `403 Forbidden` on
-/// its first LIST marks it synced and empty (with a warning) while the
-/// watcher keeps retrying, so granting the permission later loads it.
-async fn watch_optional_kind<K>(
-    api: Api<K>,
-    kind: Kind,
-    index: Index,
-    sync: Arc<SyncTracker>,
-    convert: impl Fn(&K) -> Result<Option<Object>, ModelError>,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    watch(api, kind, index, sync, true, convert).await
-}
-
-async fn watch<K>(
     api: Api<K>,
     kind: Kind,
     index: Index,
