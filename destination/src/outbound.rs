@@ -402,43 +402,50 @@ fn all_zero(backends: &[BackendRef]) -> bool {
     !backends.is_empty() && backends.iter().all(|b| b.weight == 0)
 }
 
-/// One rule's backends: the parent Service itself when the rule names none.
-fn http_distribution(
-    state: &State,
-    cfg: &MeshConfig,
-    backends: &[BackendRef],
-    default: &pb::Backend,
-    port: u16,
-) -> pb::http_route::Distribution {
-    use pb::http_route::{distribution, RouteBackend, WeightedRouteBackend};
-    let kind = if backends.is_empty() {
-        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![RouteBackend { backend: Some(default.clone()), ..Default::default() }],
-        })
+/// A rule's backends, before they are written as HTTP or gRPC proto:
+/// each backend with the failure its requests get, if any.
+enum Plan {
+    /// Every request to one backend: the parent Service when the rule names
+    /// none, a failure when every ref weighs 0.
+    One(Box<pb::Backend>, Option<String>),
+    Weighted(Vec<(u32, pb::Backend, Option<String>)>),
+}
+
+fn plan(state: &State, cfg: &MeshConfig, backends: &[BackendRef], default: &pb::Backend, port: u16) -> Plan {
+    if backends.is_empty() {
+        Plan::One(Box::new(default.clone()), None)
     } else if all_zero(backends) {
-        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![RouteBackend {
-                backend: Some(invalid_backend()),
-                filters: vec![http_failure(ZERO_WEIGHTS.into())],
-                ..Default::default()
-            }],
-        })
+        Plan::One(Box::new(invalid_backend()), Some(ZERO_WEIGHTS.into()))
     } else {
-        distribution::Kind::RandomAvailable(distribution::RandomAvailable {
-            backends: backends
+        Plan::Weighted(
+            backends
                 .iter()
-                .map(|b| {
-                    let (backend, filters) = match resolve_backend(state, cfg, b, port) {
-                        Ok(backend) => (backend, Vec::new()),
-                        Err(message) => (invalid_backend(), vec![http_failure(message)]),
-                    };
-                    WeightedRouteBackend {
-                        weight: b.weight,
-                        backend: Some(RouteBackend { backend: Some(backend), filters, ..Default::default() }),
-                    }
+                .map(|b| match resolve_backend(state, cfg, b, port) {
+                    Ok(backend) => (b.weight, backend, None),
+                    Err(message) => (b.weight, invalid_backend(), Some(message)),
                 })
                 .collect(),
-        })
+        )
+    }
+}
+
+fn http_distribution(plan: Plan) -> pb::http_route::Distribution {
+    use pb::http_route::{distribution, RouteBackend, WeightedRouteBackend};
+    let route_backend = |backend, failure: Option<String>| RouteBackend {
+        backend: Some(backend),
+        filters: failure.map(http_failure).into_iter().collect(),
+        ..Default::default()
+    };
+    let kind = match plan {
+        Plan::One(b, failure) => distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+            backends: vec![route_backend(*b, failure)],
+        }),
+        Plan::Weighted(list) => distribution::Kind::RandomAvailable(distribution::RandomAvailable {
+            backends: list
+                .into_iter()
+                .map(|(weight, b, f)| WeightedRouteBackend { weight, backend: Some(route_backend(b, f)) })
+                .collect(),
+        }),
     };
     pb::http_route::Distribution { kind: Some(kind) }
 }
@@ -473,7 +480,7 @@ fn http_route(
             .map(|rule| pb::http_route::Rule {
                 matches: rule.matches.iter().map(route::proto_match).collect(),
                 filters: rule.filters.iter().filter_map(http_filter).collect(),
-                backends: Some(http_distribution(state, cfg, &rule.backends, default, port)),
+                backends: Some(http_distribution(plan(state, cfg, &rule.backends, default, port))),
                 timeouts: timeouts(timeout_annotations, &rule.timeouts, &mut Problems::new()),
                 retry: retry.clone(),
                 ..Default::default()
@@ -538,42 +545,23 @@ fn grpc_failure(message: String) -> pb::grpc_route::Filter {
     }
 }
 
-fn grpc_distribution(
-    state: &State,
-    cfg: &MeshConfig,
-    backends: &[BackendRef],
-    default: &pb::Backend,
-    port: u16,
-) -> pb::grpc_route::Distribution {
+fn grpc_distribution(plan: Plan) -> pb::grpc_route::Distribution {
     use pb::grpc_route::{distribution, RouteBackend, WeightedRouteBackend};
-    let kind = if backends.is_empty() {
-        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![RouteBackend { backend: Some(default.clone()), ..Default::default() }],
-        })
-    } else if all_zero(backends) {
-        distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![RouteBackend {
-                backend: Some(invalid_backend()),
-                filters: vec![grpc_failure(ZERO_WEIGHTS.into())],
-                ..Default::default()
-            }],
-        })
-    } else {
-        distribution::Kind::RandomAvailable(distribution::RandomAvailable {
-            backends: backends
-                .iter()
-                .map(|b| {
-                    let (backend, filters) = match resolve_backend(state, cfg, b, port) {
-                        Ok(backend) => (backend, Vec::new()),
-                        Err(message) => (invalid_backend(), vec![grpc_failure(message)]),
-                    };
-                    WeightedRouteBackend {
-                        weight: b.weight,
-                        backend: Some(RouteBackend { backend: Some(backend), filters, ..Default::default() }),
-                    }
-                })
+    let route_backend = |backend, failure: Option<String>| RouteBackend {
+        backend: Some(backend),
+        filters: failure.map(grpc_failure).into_iter().collect(),
+        ..Default::default()
+    };
+    let kind = match plan {
+        Plan::One(b, failure) => distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+            backends: vec![route_backend(*b, failure)],
+        }),
+        Plan::Weighted(list) => distribution::Kind::RandomAvailable(distribution::RandomAvailable {
+            backends: list
+                .into_iter()
+                .map(|(weight, b, f)| WeightedRouteBackend { weight, backend: Some(route_backend(b, f)) })
                 .collect(),
-        })
+        }),
     };
     pb::grpc_route::Distribution { kind: Some(kind) }
 }
@@ -620,7 +608,7 @@ fn grpc_route(
                         _ => None,
                     })
                     .collect(),
-                backends: Some(grpc_distribution(state, cfg, &rule.backends, default, port)),
+                backends: Some(grpc_distribution(plan(state, cfg, &rule.backends, default, port))),
                 timeouts: timeouts(timeout_annotations, &RuleTimeouts::default(), &mut Problems::new()),
                 retry,
                 ..Default::default()
