@@ -288,8 +288,29 @@ async fn bad_requests_are_refused_and_never_kill_the_server() {
             assert!(err.message().len() < 300, "{rpc}: the error quotes too much: {}", err.message().len());
         }
     }
+    // A route whose regex does not compile is refused whole and counted;
+    // the Service keeps its default route.
+    write(
+        &dir.join("bad-route.yaml"),
+        &ROUTE.replace(
+            "[{headers: [{name: x-canary, value: \"true\"}]}]",
+            "[{path: {type: RegularExpression, value: \"/api/((\"}}]",
+        ),
+    );
+    let admin = d.admin;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = tokio::task::spawn_blocking(move || metrics(admin)).await.unwrap();
+        let line = "destination_invalid_objects_total{kind=\"HTTPRoute.gateway.networking.k8s.io\"}";
+        if gauge(&body, line).is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bad route was not counted: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Still serving, and still alive.
-    c.get(authority("web.demo.svc.cluster.local:80")).await.expect("after garbage");
+    let p = c.get(authority("web.demo.svc.cluster.local:80")).await.expect("after garbage").into_inner();
+    assert_eq!(routes(&p).iter().map(route_name).collect::<Vec<_>>(), ["default:http"]);
     let mut proc = d.proc;
     assert!(proc.0.try_wait().unwrap().is_none(), "the server exited");
     let _ = std::fs::remove_dir_all(&dir);
