@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     let identity = identity_config(&args)?
         .map(|config| {
             info!(identity = %config.local_name, ca = %config.svc_addr, "gRPC over TLS once certified");
-            weft_tls::certify::start(config)
+            weft_tls::certify::start(config, log_renewal)
         })
         .transpose()
         .context("starting the identity client")?;
@@ -196,6 +196,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The identity client reports; logged here under this binary's target, as the
+/// proxy logs its own (proxy/src/identity.rs).
+fn log_renewal(event: &weft_tls::certify::Renewal<'_>) {
+    use weft_tls::certify::Renewal;
+    match *event {
+        Renewal::Certified { name, valid_for, renew_in } => {
+            info!(identity = %name, ?valid_for, ?renew_in, "certified")
+        }
+        Renewal::Failed { name, error, retry_in, still_valid } => {
+            warn!(identity = %name, %error, ?retry_in, still_valid, "certification failed")
+        }
+    }
 }
 
 /// The `--identity-*` group; `None` without --identity-addr.

@@ -19,7 +19,6 @@ use rand::Rng;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{info, info_span, warn, Instrument};
 
 use crate::{grpc, CurrentCert, IdentityName, MeshTls, PrivateKey, TrustAnchors, ALPN_GRPC};
 
@@ -79,15 +78,24 @@ enum CertifyError {
     BadCertificate(String),
 }
 
+/// What the renewal loop has to say, handed to the caller to log under its
+/// own target: a proxy's log filter (`warn,weft_proxy=info`) names its
+/// crate, not this one.
+#[derive(Debug)]
+pub enum Renewal<'a> {
+    Certified { name: &'a IdentityName, valid_for: Duration, renew_in: Duration },
+    Failed { name: &'a IdentityName, error: &'a dyn std::error::Error, retry_in: Duration, still_valid: bool },
+}
+
 /// Renew at this fraction of the certificate's lifetime.
 const RENEW_AT: f64 = 0.7;
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Generates the key, starts certification in the background, and returns
-/// at once: callers watch [`LocalIdentity::is_ready`]. Must be called
-/// within a tokio runtime.
-pub fn start(config: IdentityConfig) -> Result<LocalIdentity, IdentityError> {
+/// at once: callers watch [`LocalIdentity::is_ready`]; `report` hears of
+/// every certificate and failure. Must be called within a tokio runtime.
+pub fn start(config: IdentityConfig, report: fn(&Renewal<'_>)) -> Result<LocalIdentity, IdentityError> {
     let key = PrivateKey::generate()?;
     let tls = MeshTls::new(&config.trust_anchors, CurrentCert::new())?;
     let ca_tls = tls.client_config(&config.svc_name, &[ALPN_GRPC])?;
@@ -98,11 +106,14 @@ pub fn start(config: IdentityConfig) -> Result<LocalIdentity, IdentityError> {
     let channel = grpc::connect_lazy(endpoint, &config.svc_addr, ca_tls);
     let (certified_tx, certified) = watch::channel(false);
     let local = LocalIdentity { name: config.local_name.clone(), tls: tls.clone(), certified };
-    let span = info_span!("identity", name = %config.local_name);
-    tokio::spawn(
-        renew(config, key, tls.current_cert().clone(), IdentityClient::new(channel), certified_tx)
-            .instrument(span),
-    );
+    tokio::spawn(renew(
+        config,
+        key,
+        tls.current_cert().clone(),
+        IdentityClient::new(channel),
+        certified_tx,
+        report,
+    ));
     Ok(local)
 }
 
@@ -112,6 +123,7 @@ async fn renew(
     current: Arc<CurrentCert>,
     mut client: IdentityClient<Channel>,
     first_cert: watch::Sender<bool>,
+    report: fn(&Renewal<'_>),
 ) {
     let expiry_gauge = metrics::gauge!("identity_cert_expiration_timestamp_seconds");
     let refreshes = metrics::counter!("identity_cert_refresh_total");
@@ -129,7 +141,7 @@ async fn renew(
                 expiry_gauge.set(secs);
                 let lifetime = expiry.duration_since(SystemTime::now()).unwrap_or_default();
                 let renew_in = lifetime.mul_f64(RENEW_AT);
-                info!(valid_for = ?lifetime, renew_in = ?renew_in, "certified");
+                report(&Renewal::Certified { name: &config.local_name, valid_for: lifetime, renew_in });
                 valid_until = Some(expiry);
                 retry = RETRY_MIN;
                 tokio::time::sleep(renew_in).await;
@@ -141,7 +153,12 @@ async fn renew(
                     valid_until.and_then(|v| v.duration_since(SystemTime::now()).ok()).unwrap_or(RETRY_MAX);
                 let wait = retry.min(remaining / 4).max(Duration::from_millis(100));
                 let jittered = rand::rng().random_range(wait / 2..=wait);
-                warn!(%error, retry_in = ?jittered, still_valid = current.is_ready(), "certification failed");
+                report(&Renewal::Failed {
+                    name: &config.local_name,
+                    error: &error,
+                    retry_in: jittered,
+                    still_valid: current.is_ready(),
+                });
                 retry = (retry * 2).min(RETRY_MAX);
                 tokio::time::sleep(jittered).await;
             }
