@@ -709,9 +709,9 @@ fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> O
 
 /// A pod IP: one `Forward` backend straight to that endpoint, with the pod's
 /// identity and protocol hint when it is meshed, so a client dialling a pod
-/// directly still gets mTLS. Linkerd answers `NOT_FOUND` here and leaves the
-/// proxy to its own fallback; weft gives the answer that fallback would
-/// have to rebuild from `GetProfile`.
+/// directly still gets mTLS. Linkerd's controller describes Services only;
+/// answering `NOT_FOUND` would leave the proxy to rebuild this from
+/// `GetProfile`.
 fn pod_policy(state: &State, addr: SocketAddr) -> Option<pb::OutboundPolicy> {
     let endpoints::View::Endpoints { endpoints, .. } = endpoints::view(state, &Target::Ip(addr)) else {
         return None;
