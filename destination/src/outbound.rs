@@ -1163,6 +1163,32 @@ spec:
         assert!(matches!(kind(&p), proxy_protocol::Kind::Http1(_)), "{:?}", kind(&p));
     }
 
+    /// StaticEndpoints are addressed like Services: the same policy, its
+    /// `opaquePorts` making a port opaque.
+    #[test]
+    fn static_endpoints_are_served_like_services() {
+        let statics = r#"
+apiVersion: weft.io/v1alpha1
+kind: StaticEndpoints
+metadata: {name: legacy, namespace: emojivoto}
+spec:
+  opaquePorts: "5432"
+  ports:
+  - {port: 80, endpoints: [{address: "192.0.2.10:8080"}]}
+  - {port: 5432, endpoints: [{address: "192.0.2.10:5432"}]}
+"#;
+        let index = index(&[statics]);
+        let p = get(&index, svc("legacy", 80)).expect("legacy");
+        assert_eq!(name(&p.metadata), "core:Service:emojivoto/legacy:80");
+        let routes = http_routes(&p);
+        assert_eq!(
+            backends(&routes[0].rules[0]),
+            [(0, "legacy.emojivoto.svc.cluster.local:80".into(), None)]
+        );
+        let db = get(&index, svc("legacy", 5432)).expect("legacy:5432");
+        assert!(matches!(kind(&db), proxy_protocol::Kind::Opaque(_)), "{:?}", kind(&db));
+    }
+
     const GRPC: &str = r#"
 apiVersion: v1
 kind: Service
