@@ -24,11 +24,24 @@ use crate::discovery::{EndpointMeta, EndpointSet, EndpointsRx, Resolution};
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast old latency observations fade.
 const DECAY: Duration = Duration::from_secs(10);
-/// Consecutive failed requests that eject an endpoint. A refused
-/// connection ejects at once: the endpoint is plainly not there.
-const FAILURES_TO_EJECT: u32 = 5;
-const EJECT_MIN: Duration = Duration::from_secs(1);
-const EJECT_MAX: Duration = Duration::from_secs(60);
+/// Failure accrual: `max_failures` failed requests in a row eject an
+/// endpoint for `min_penalty`, doubled for each ejection in a row up to
+/// `max_penalty`; once due back it gets one probe request, and a failed
+/// probe ejects it again. A refused connection ejects at once: the endpoint
+/// is plainly not there. The default (5, 1s, 60s) holds unless an outbound
+/// policy sets its own (`balancer.linkerd.io/failure-accrual`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Accrual {
+    pub max_failures: u32,
+    pub min_penalty: Duration,
+    pub max_penalty: Duration,
+}
+
+impl Default for Accrual {
+    fn default() -> Self {
+        Accrual { max_failures: 5, min_penalty: Duration::from_secs(1), max_penalty: Duration::from_secs(60) }
+    }
+}
 
 pub struct Balancer {
     state: Mutex<State>,
@@ -215,12 +228,12 @@ impl Endpoint {
 
     /// Marks a request as started; the returned guard must be completed
     /// with the outcome, or dropped (counted as neither).
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub fn start(self: &Arc<Self>, accrual: Accrual) -> InFlight {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint: self.clone(), start: Instant::now() }
+        InFlight { endpoint: self.clone(), start: Instant::now(), accrual }
     }
 
-    fn observe(&self, rtt: Duration, outcome: Outcome) {
+    fn observe(&self, rtt: Duration, outcome: Outcome, accrual: Accrual) {
         let now = Instant::now();
         let mut stats = lock(&self.stats);
         let rtt_ns = rtt.as_nanos() as f64;
@@ -243,11 +256,14 @@ impl Endpoint {
                 let probing = stats.ejections > 0;
                 if outcome == Outcome::Unreachable
                     || probing
-                    || stats.consecutive_failures >= FAILURES_TO_EJECT
+                    || stats.consecutive_failures >= accrual.max_failures.max(1)
                 {
                     // Each ejection in a row doubles the time out, so a dead
                     // endpoint is probed ever less often.
-                    let backoff = EJECT_MIN.saturating_mul(1 << stats.ejections.min(6)).min(EJECT_MAX);
+                    let backoff = accrual
+                        .min_penalty
+                        .saturating_mul(1 << stats.ejections.min(6))
+                        .min(accrual.max_penalty.max(accrual.min_penalty));
                     stats.ejected_until = Some(now + backoff);
                     stats.ejections += 1;
                     stats.consecutive_failures = 0;
@@ -275,11 +291,12 @@ impl Stats {
 pub struct InFlight {
     endpoint: Arc<Endpoint>,
     start: Instant,
+    accrual: Accrual,
 }
 
 impl InFlight {
     pub fn complete(self, outcome: Outcome) {
-        self.endpoint.observe(self.start.elapsed(), outcome);
+        self.endpoint.observe(self.start.elapsed(), outcome, self.accrual);
     }
 }
 
@@ -322,7 +339,7 @@ mod tests {
         for _ in 0..20 {
             if let Pick::Endpoint(e) = b.pick() {
                 let rtt = if e.addr.ip().to_string() == "10.0.0.1" { 200 } else { 2 };
-                e.observe(Duration::from_millis(rtt), Outcome::Success);
+                e.observe(Duration::from_millis(rtt), Outcome::Success, Accrual::default());
             }
         }
         let fast = (0..100).filter(|_| picked(&b).to_string() == "10.0.0.2:80").count();
@@ -335,7 +352,7 @@ mod tests {
         let b = Balancer::new(rx);
         let dead: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let ep = b.state.lock().unwrap().endpoints.iter().find(|e| e.addr == dead).unwrap().clone();
-        ep.start().complete(Outcome::Unreachable);
+        ep.start(Accrual::default()).complete(Outcome::Unreachable);
         assert!(ep.is_ejected());
         assert!((0..200).all(|_| picked(&b) != dead));
     }
@@ -345,7 +362,7 @@ mod tests {
         let (tx, rx) = watch::channel(set(&["10.0.0.1:80", "10.0.0.2:80"]));
         let b = Balancer::new(rx);
         let ep1 = b.state.lock().unwrap().endpoints[0].clone();
-        ep1.start().complete(Outcome::Unreachable);
+        ep1.start(Accrual::default()).complete(Outcome::Unreachable);
         tx.send(set(&["10.0.0.1:80", "10.0.0.3:80"])).unwrap();
         let _ = b.pick();
         let eps = b.state.lock().unwrap().endpoints.clone();

@@ -450,6 +450,14 @@ async fn http2_requests_use_the_policys_http2_routes() {
 
 /// An app that answers 503 to every other request (the first included).
 async fn flaky() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, AbortOnDrop) {
+    failing_app(|n| n.is_multiple_of(2)).await
+}
+
+/// An app that answers 503 to its `n`th request when `fails(n)`, else 200,
+/// and counts its requests.
+async fn failing_app(
+    fails: fn(usize) -> bool,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>, AbortOnDrop) {
     use std::sync::{atomic::Ordering, Arc};
     let listener = tokio::net::TcpListener::bind(loopback(0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -462,7 +470,7 @@ async fn flaky() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::Ato
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
                     let n = counted.fetch_add(1, Ordering::SeqCst);
-                    let status = if n.is_multiple_of(2) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+                    let status = if fails(n) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             http::Response::builder().status(status).body(full("flaky\n")).unwrap(),
@@ -532,4 +540,46 @@ async fn route_retries_recover_failures_up_to_the_limit_and_per_try_timeouts() {
     assert_eq!(metrics.get("outbound_http_route_retry_requests_total", &route), 10.0 + 2.0 + 1.0);
     assert_eq!(metrics.get("outbound_http_route_retry_successes_total", &route), 10.0);
     assert_eq!(metrics.get("outbound_http_route_retry_limit_exceeded_total", &route), 2.0);
+}
+
+#[tokio::test]
+async fn failure_accrual_ejects_an_endpoint_after_its_failures_and_probes_it_back() {
+    use std::sync::atomic::Ordering;
+    let (bad, bad_count, _bad) = failing_app(|_| true).await;
+    let good = HttpServer::start().await;
+    let api = OutboundApi::start(
+        &[("web.test.svc.cluster.local:80", bad), ("web.test.svc.cluster.local:80", good.addr)],
+        vec![],
+        Some(with_accrual(
+            policy(
+                PORT,
+                vec![route("web", vec![rule(vec![prefix("/")], vec![], vec![backend("web", PORT, 1)])])],
+            ),
+            2,
+            Duration::from_millis(1500),
+        )),
+    )
+    .await;
+    let proxy = Proxy::builder().env("WEFT_PROXY_DESTINATION_SVC_ADDR", api.addr).spawn().await;
+    let mut conn = h1_conn(proxy.outbound).await;
+    // The good endpoint is the slower one, so the bad one wins every
+    // comparison while it is in the pool.
+    let took = burst(&mut conn).await;
+    assert!(took < Duration::from_millis(1500), "the burst must fit in the penalty: {took:?}");
+    assert_eq!(bad_count.load(Ordering::SeqCst), 2, "ejected after 2 failures in a row, not the default 5");
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    burst(&mut conn).await;
+    assert_eq!(bad_count.load(Ordering::SeqCst), 3, "one probe once the penalty is over, then ejected again");
+}
+
+/// 10 requests that the good endpoint answers after 40ms (slower than the
+/// balancer's default estimate, so an endpoint it knows nothing about wins
+/// the comparison); how long they took.
+async fn burst(conn: &mut hyper::client::conn::http1::SendRequest<BoxBody>) -> Duration {
+    let start = Instant::now();
+    for _ in 0..10 {
+        send(conn, get("/slow?ms=40")).await;
+    }
+    start.elapsed()
 }

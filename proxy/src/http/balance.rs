@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    extensions::{Backend, EndpointInfo, RouteError},
+    extensions::{Backend, EndpointInfo, FailureAccrual, RouteError},
     BoxError, Endpoint, LayerFuture,
 };
 use crate::{
@@ -136,6 +136,7 @@ where
         let Some(Backend(name)) = req.extensions().get::<Backend>().cloned() else {
             return LayerFuture::inner(self.inner.call(req));
         };
+        let accrual = req.extensions().get::<FailureAccrual>().map(|a| a.0).unwrap_or_default();
         let mut inner = super::take_ready(&mut self.inner);
         let balancers = self.balancers.clone();
         LayerFuture::own(async move {
@@ -151,7 +152,7 @@ where
             };
             req.extensions_mut().insert(Endpoint(endpoint.addr));
             req.extensions_mut().insert(EndpointInfo(endpoint.meta.clone()));
-            let in_flight = endpoint.start();
+            let in_flight = endpoint.start(accrual);
             let res = inner.call(req).await.map_err(Into::into);
             in_flight.complete(match &res {
                 Ok(rsp) if rsp.status().is_server_error() => Outcome::Failure,

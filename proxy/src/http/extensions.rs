@@ -10,6 +10,7 @@ use tower::retry::budget::TpsBudget;
 
 use super::http1;
 use crate::{
+    balance::Accrual,
     connect::ConnectError,
     discovery::EndpointMeta,
     outbound_policy::{OutboundPolicy, RetryPolicy},
@@ -95,6 +96,10 @@ pub enum RouteError {
 /// plane has one for it.
 #[derive(Clone)]
 pub struct LogicalPolicy(pub Arc<OutboundPolicy>);
+
+/// The failure accrual an outbound policy sets for its backends' endpoints.
+#[derive(Copy, Clone, Debug)]
+pub struct FailureAccrual(pub Accrual);
 
 /// The matched policy rule's retries, and its route's retry counters
 /// (Linkerd's `outbound_http_route_retry_*_total`).

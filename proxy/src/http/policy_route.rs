@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use super::{
     extensions::{
-        Backend, EndpointInfo, LogicalPolicy, LogicalProfile, RetryCounters, RouteError, RouteRetry,
-        RouteTimeout,
+        Backend, EndpointInfo, FailureAccrual, LogicalPolicy, LogicalProfile, RetryCounters, RouteError,
+        RouteRetry, RouteTimeout,
     },
     BoxError, Endpoint, LayerFuture,
 };
@@ -95,6 +95,9 @@ where
                 req.extensions_mut().insert(Endpoint(*addr));
                 req.extensions_mut().insert(EndpointInfo(meta.clone()));
             }
+        }
+        if let Some(accrual) = table.accrual {
+            req.extensions_mut().insert(FailureAccrual(accrual));
         }
         let timeout = rule.timeout;
         let response_headers = rule.response_headers.is_some().then(|| (table.clone(), matched));

@@ -15,6 +15,7 @@ use super::{
     RouteTable, RuleParams, WeightedBackend,
 };
 use crate::{
+    balance::Accrual,
     discovery::endpoint_from_api,
     policy::decode::{self as inbound_decode, DecodeError},
 };
@@ -35,22 +36,22 @@ pub fn policy(pb: api::OutboundPolicy) -> Result<OutboundPolicy> {
     use api::proxy_protocol::Kind;
     let parent = resource(pb.metadata)?;
     let kind = pb.protocol.and_then(|p| p.kind).ok_or(DecodeError::Missing("protocol"))?;
-    let http = |routes: Vec<api::HttpRoute>| http_table(&parent, routes);
+    let http = |routes: Vec<api::HttpRoute>, accrual| http_table(&parent, routes, failure_accrual(accrual)?);
     let (http1, http2) = match kind {
-        Kind::Detect(d) => (
-            http(d.http1.map(|h| h.routes).unwrap_or_default())?,
-            http(d.http2.map(|h| h.routes).unwrap_or_default())?,
-        ),
+        Kind::Detect(d) => {
+            let (h1, h2) = (d.http1.unwrap_or_default(), d.http2.unwrap_or_default());
+            (http(h1.routes, h1.failure_accrual)?, http(h2.routes, h2.failure_accrual)?)
+        }
         Kind::Http1(h) => {
-            let t = http(h.routes)?;
+            let t = http(h.routes, h.failure_accrual)?;
             (t.clone(), t)
         }
         Kind::Http2(h) => {
-            let t = http(h.routes)?;
+            let t = http(h.routes, h.failure_accrual)?;
             (t.clone(), t)
         }
         Kind::Grpc(g) => {
-            let t = grpc_table(&parent, g.routes)?;
+            let t = grpc_table(&parent, g.routes, failure_accrual(g.failure_accrual)?)?;
             (t.clone(), t)
         }
         // Opaque and TLS routing are not done by policy (yet): the
@@ -93,7 +94,38 @@ fn matcher(
     Ok(Arc::new(inbound_decode::server(server)?))
 }
 
-fn http_table(parent: &ResourceRef, routes: Vec<api::HttpRoute>) -> Result<Option<Arc<RouteTable>>> {
+/// Consecutive-failures accrual (`balancer.linkerd.io/failure-accrual:
+/// consecutive`); none set, the balancer's default.
+fn failure_accrual(pb: Option<api::FailureAccrual>) -> Result<Option<Accrual>> {
+    use api::failure_accrual::Kind;
+    let (max_failures, backoff) = match pb.and_then(|a| a.kind) {
+        None => return Ok(None),
+        Some(Kind::ConsecutiveFailures(c)) => (c.max_failures, c.backoff),
+        Some(Kind::Unified(u)) => (u.max_consecutive_failures, u.backoff),
+    };
+    if max_failures == 0 {
+        return Err(DecodeError::Invalid("failure accrual max failures"));
+    }
+    let duration = |d: Option<prost_types::Duration>| {
+        d.map(|d| Duration::try_from(d).map_err(|_| DecodeError::Invalid("failure accrual backoff")))
+            .transpose()
+    };
+    let defaults = Accrual::default();
+    let (min_penalty, max_penalty) = match backoff {
+        None => (defaults.min_penalty, defaults.max_penalty),
+        Some(b) => {
+            let min = duration(b.min_backoff)?.unwrap_or(defaults.min_penalty);
+            (min, duration(b.max_backoff)?.unwrap_or(defaults.max_penalty).max(min))
+        }
+    };
+    Ok(Some(Accrual { max_failures, min_penalty, max_penalty }))
+}
+
+fn http_table(
+    parent: &ResourceRef,
+    routes: Vec<api::HttpRoute>,
+    accrual: Option<Accrual>,
+) -> Result<Option<Arc<RouteTable>>> {
     use api::http_route::filter::Kind as F;
     use inbound_api::http_route::filter::Kind as InF;
     let routes = bounded(routes, "routes")?;
@@ -161,10 +193,19 @@ fn http_table(parent: &ResourceRef, routes: Vec<api::HttpRoute>) -> Result<Optio
         routes: inbound_routes,
         local_rate_limit: None,
     });
-    Ok(Some(Arc::new(RouteTable { parent: parent.clone(), matcher: matcher(parent, kind)?, routes: params })))
+    Ok(Some(Arc::new(RouteTable {
+        parent: parent.clone(),
+        matcher: matcher(parent, kind)?,
+        routes: params,
+        accrual,
+    })))
 }
 
-fn grpc_table(parent: &ResourceRef, routes: Vec<api::GrpcRoute>) -> Result<Option<Arc<RouteTable>>> {
+fn grpc_table(
+    parent: &ResourceRef,
+    routes: Vec<api::GrpcRoute>,
+    accrual: Option<Accrual>,
+) -> Result<Option<Arc<RouteTable>>> {
     use api::grpc_route::filter::Kind as F;
     use inbound_api::grpc_route::filter::Kind as InF;
     let routes = bounded(routes, "routes")?;
@@ -230,7 +271,12 @@ fn grpc_table(parent: &ResourceRef, routes: Vec<api::GrpcRoute>) -> Result<Optio
     }
     let kind =
         inbound_api::proxy_protocol::Kind::Grpc(inbound_api::proxy_protocol::Grpc { routes: inbound_routes });
-    Ok(Some(Arc::new(RouteTable { parent: parent.clone(), matcher: matcher(parent, kind)?, routes: params })))
+    Ok(Some(Arc::new(RouteTable {
+        parent: parent.clone(),
+        matcher: matcher(parent, kind)?,
+        routes: params,
+        accrual,
+    })))
 }
 
 /// Requests held for replay by default (Linkerd's), and at most.

@@ -16,7 +16,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue};
 
-use crate::{discovery::EndpointMeta, policy::ServerPolicy};
+use crate::{balance::Accrual, discovery::EndpointMeta, policy::ServerPolicy};
 
 pub use api::{OutboundPolicies, PolicyRx};
 
@@ -58,6 +58,8 @@ pub struct RouteTable {
     pub matcher: Arc<ServerPolicy>,
     /// `routes[i]` is `matcher.routes[i]`; `rules[j]` its rule `j`.
     pub routes: Vec<OutboundRoute>,
+    /// The backends' endpoints' failure accrual, when the policy sets one.
+    pub accrual: Option<Accrual>,
 }
 
 #[derive(Debug)]

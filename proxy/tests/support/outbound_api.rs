@@ -38,7 +38,7 @@ pub struct OutboundApi {
 struct Handler {
     policy: watch::Receiver<Option<api::OutboundPolicy>>,
     specs: Arc<Mutex<Vec<api::TrafficSpec>>>,
-    endpoints: Arc<HashMap<String, SocketAddr>>,
+    endpoints: Arc<HashMap<String, Vec<SocketAddr>>>,
     profiles: Arc<HashMap<String, dst::DestinationProfile>>,
 }
 
@@ -85,9 +85,12 @@ impl dst_srv::Destination for Handler {
 
     async fn get(&self, req: Request<dst::GetDestination>) -> Result<Response<Self::GetStream>, Status> {
         let path = req.into_inner().path;
-        let addr = *self.endpoints.get(&path).ok_or_else(|| Status::invalid_argument("unknown name"))?;
+        let addrs = self.endpoints.get(&path).ok_or_else(|| Status::invalid_argument("unknown name"))?;
         let add = dst::WeightedAddrSet {
-            addrs: vec![dst::WeightedAddr { addr: Some(addr.into()), weight: 1, ..Default::default() }],
+            addrs: addrs
+                .iter()
+                .map(|a| dst::WeightedAddr { addr: Some((*a).into()), weight: 1, ..Default::default() })
+                .collect(),
             ..Default::default()
         };
         Ok(Response::new(once_then_open(dst::Update { update: Some(dst::update::Update::Add(add)) })))
@@ -106,7 +109,8 @@ impl dst_srv::Destination for Handler {
 }
 
 impl OutboundApi {
-    /// `endpoints`: discovery path → the one endpoint `Get` gives it;
+    /// `endpoints`: discovery path → an endpoint `Get` gives it (a path
+    /// listed more than once has them all);
     /// `profiles`: path → the profile `GetProfile` gives it.
     pub async fn start(
         endpoints: &[(&str, SocketAddr)],
@@ -120,7 +124,10 @@ impl OutboundApi {
         let handler = Handler {
             policy: rx,
             specs: specs.clone(),
-            endpoints: Arc::new(endpoints.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            endpoints: Arc::new(endpoints.iter().fold(HashMap::new(), |mut m, (k, v)| {
+                m.entry(k.to_string()).or_insert_with(Vec::new).push(*v);
+                m
+            })),
             profiles: Arc::new(profiles.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
         };
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
@@ -390,4 +397,37 @@ pub fn with_retry(
         backoff: None,
     });
     rule
+}
+
+/// Consecutive-failures accrual on every protocol of `policy`.
+pub fn with_accrual(
+    mut policy: api::OutboundPolicy,
+    max_failures: u32,
+    penalty: Duration,
+) -> api::OutboundPolicy {
+    use api::{failure_accrual, proxy_protocol::Kind, ExponentialBackoff, FailureAccrual};
+    let accrual = Some(FailureAccrual {
+        ejection: None,
+        kind: Some(failure_accrual::Kind::ConsecutiveFailures(failure_accrual::ConsecutiveFailures {
+            max_failures,
+            backoff: Some(ExponentialBackoff {
+                min_backoff: Some(penalty.try_into().unwrap()),
+                max_backoff: Some(penalty.try_into().unwrap()),
+                jitter_ratio: 0.0,
+                respect_retry_after_hint: false,
+            }),
+        })),
+    });
+    if let Some(Kind::Detect(d)) = policy.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
+        for h in [
+            d.http1.as_mut().map(|h| &mut h.failure_accrual),
+            d.http2.as_mut().map(|h| &mut h.failure_accrual),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *h = accrual;
+        }
+    }
+    policy
 }
