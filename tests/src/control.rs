@@ -322,6 +322,22 @@ impl DestinationService {
         Self::start_with(dir, manifests, Some(tls)).await
     }
 
+    /// weft-destination with `tls`'s identity, not waiting for `/ready`
+    /// (its CA may not be up yet): returns once `/live` answers.
+    pub async fn spawn_tls(dir: &Path, tls: DestinationTls) -> DestinationService {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let (addr, admin) = (free_addr(), free_addr());
+        let process = Self::spawn(dir, addr, admin, Some(&tls));
+        let live = crate::poll_until(STEP, Duration::from_millis(50), || async {
+            http_get(admin, "/live").await.ok().filter(|r| r.status == 200)
+        })
+        .await;
+        if live.is_none() {
+            panic!("weft-destination's admin server never answered:\n{}", process.tail(30));
+        }
+        DestinationService { addr, admin, dir: dir.to_path_buf(), process, tls: Some(tls) }
+    }
+
     async fn start_with(
         dir: &Path,
         manifests: &[(&str, String)],

@@ -7,7 +7,9 @@
 //! `WEFT_PROXY_CONTROL_PLANE_TLS=always` makes these proxies use TLS as they
 //! would towards a non-loopback address (the netns pod tests do it for real).
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 
 use weft_e2e::{client::get_once, control::DestinationTls, *};
 
@@ -107,35 +109,12 @@ async fn proxies_discover_through_weft_destination_over_tls_only_with_its_identi
 /// fails verification; a client offering only HTTP/1.1 is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linkerd_style_client_gets_discovery_over_tls_with_alpn_h2() {
-    use std::sync::Arc;
-
-    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-
     let dir = TempDir::new("cp-tls-l5d");
     let ControlPlane { ca, identity: _identity, app, destination_sa, destination } =
         ControlPlane::start(&dir, None, "1h").await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&ca.trust_anchors).expect("anchors") {
-        roots.add(cert.expect("anchor")).expect("add anchor");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = |alpn: &[&[u8]]| {
-        let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        tokio_rustls::TlsConnector::from(Arc::new(c))
-    };
-    let connect = |connector: tokio_rustls::TlsConnector, name: String| {
-        let addr = destination.addr;
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            connector.connect(ServerName::try_from(name).expect("server name"), tcp).await
-        }
-    };
+    let config = |alpn: &[&[u8]]| tls_client(&ca, alpn);
+    let connect = |connector, name| tls_connect(destination.addr, connector, name);
 
     // SNI and verified name: weft-destination's identity; ALPN h2.
     let stream = connect(config(&[b"h2"]), destination_sa.identity()).await.expect("TLS to weft-destination");
@@ -189,4 +168,66 @@ async fn a_linkerd_style_client_gets_discovery_over_tls_with_alpn_h2() {
         connect(config(&[b"http/1.1"]), destination_sa.identity()).await.is_err(),
         "a client without h2 was accepted"
     );
+}
+
+/// weft-destination holds its port's connections until it has a
+/// certificate (a handshake then would fail), and says it is not ready;
+/// once weft-identity answers, it is ready and serves TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_destination_is_ready_and_serves_only_once_certified() {
+    let dir = TempDir::new("cp-tls-ca-down");
+    let ca = Ca::create(&dir.join("ca"));
+    let destination_sa = Workload::new(CONTROL_PLANE_NS, "weft-destination");
+    let ca_addr = free_addr();
+    let tls = DestinationTls::new(&ca, ca_addr, &destination_sa, dir.path());
+    let mut destination = DestinationService::spawn_tls(&dir.join("destination"), tls).await;
+
+    for _ in 0..5 {
+        let ready = http_get(destination.admin, "/ready").await.expect("/ready");
+        assert_eq!(ready.status, 503, "ready without a certificate: {}", ready.body);
+        assert!(ready.body.contains("certificate"), "{}", ready.body);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pending = tokio::time::timeout(
+        Duration::from_secs(1),
+        tls_connect(destination.addr, tls_client(&ca, &[b"h2"]), destination_sa.identity()),
+    )
+    .await;
+    assert!(pending.is_err(), "a handshake completed (or failed) before the first certificate");
+
+    let _identity =
+        IdentityService::builder(&ca, dir.path()).workload(&destination_sa).addr(ca_addr).start().await;
+    let admin = destination.admin;
+    destination.process.wait_ready(admin, STEP).await.expect("ready once weft-identity answers");
+    let stream = tls_connect(destination.addr, tls_client(&ca, &[b"h2"]), destination_sa.identity())
+        .await
+        .expect("TLS once certified");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+}
+
+/// A TLS client as linkerd2-proxy's towards its control plane: TLS 1.3,
+/// `ca`'s anchors, no client certificate, ALPN `alpn`.
+fn tls_client(ca: &Ca, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&ca.trust_anchors).expect("anchors") {
+        roots.add(cert.expect("anchor")).expect("add anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(c))
+}
+
+/// Connects to `addr` with SNI `name`, the certificate verified for it.
+async fn tls_connect(
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    name: String,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector.connect(ServerName::try_from(name).expect("server name"), tcp).await
 }
