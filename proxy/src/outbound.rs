@@ -4,8 +4,9 @@
 //!   HTTP: metrics → errors → profile and outbound policy → policy route
 //!         (rule, backend, timeout; steps aside for a ServiceProfile with
 //!         routes or a split) → the rule's filters → profile route (timeout)
-//!         → retry → split → balance → fallback endpoint (orig dst |
-//!         authority) → tap → forward
+//!         → retry (the profile route's, or the policy rule's) → split →
+//!         balance (with the policy's failure accrual) → fallback endpoint
+//!         (orig dst | authority) → tap → forward
 //!         (without discovery: metrics → errors → endpoint → tap → forward)
 //!   else: opaque TCP to the original destination
 //!

@@ -2,7 +2,10 @@
 //! i.e. HTTPRoute/GRPCRoute with the Service as parent): the first matching
 //! rule by Gateway API precedence, its backend picked by weight, its
 //! request timeout over the whole request, its response header changes,
-//! and the per-route metrics Linkerd's proxy reports.
+//! and the per-route metrics Linkerd's proxy reports. What layers below do
+//! for the rule travels as request extensions: its retries (`RouteRetry`,
+//! http/retry.rs) and the policy's failure accrual (`FailureAccrual`,
+//! http/balance.rs).
 //!
 //! Linkerd's precedence: a ServiceProfile with routes or dst_overrides wins,
 //! and this layer steps aside. No policy, or a policy without HTTP routes,
