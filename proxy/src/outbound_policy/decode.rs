@@ -126,8 +126,6 @@ fn http_table(
     routes: Vec<api::HttpRoute>,
     accrual: Option<Accrual>,
 ) -> Result<Option<Arc<RouteTable>>> {
-    use api::http_route::filter::Kind as F;
-    use inbound_api::http_route::filter::Kind as InF;
     let routes = bounded(routes, "routes")?;
     if routes.is_empty() {
         return Ok(None);
@@ -136,51 +134,10 @@ fn http_table(
     let mut params = Vec::with_capacity(routes.len());
     for route in routes {
         let meta = resource(route.metadata.clone())?;
-        let mut rules = Vec::new();
-        let mut inbound_rules = Vec::new();
-        for rule in bounded(route.rules, "rules")? {
-            let mut filters = Vec::new();
-            let mut response_headers = None;
-            for f in bounded(rule.filters, "filters")? {
-                match f.kind.ok_or(DecodeError::Missing("filter"))? {
-                    F::FailureInjector(f) => filters.push(InF::FailureInjector(f)),
-                    F::RequestHeaderModifier(m) => filters.push(InF::RequestHeaderModifier(m)),
-                    F::Redirect(r) => filters.push(InF::Redirect(r)),
-                    F::ResponseHeaderModifier(m) => response_headers = Some(header_modifier(m)?),
-                }
-            }
-            inbound_rules.push(inbound_api::http_route::Rule {
-                matches: rule.matches,
-                filters: filters
-                    .into_iter()
-                    .map(|kind| inbound_api::http_route::Filter { kind: Some(kind) })
-                    .collect(),
-            });
-            let backends = http_distribution(rule.backends.map(|d| d.kind))?;
-            let retry = match rule.retry {
-                None => None,
-                Some(r) => {
-                    let ranges = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?.status_ranges;
-                    let ranges = bounded(ranges, "retry status ranges")?
-                        .into_iter()
-                        .map(|s| match (u16::try_from(s.start), u16::try_from(s.end)) {
-                            (Ok(lo), Ok(hi)) if lo <= hi && (100..=599).contains(&lo) && hi <= 599 => {
-                                Ok((lo, hi))
-                            }
-                            _ => Err(DecodeError::Invalid("retry status range")),
-                        })
-                        .collect::<Result<_>>()?;
-                    retry_policy(
-                        r.max_retries,
-                        r.max_request_bytes,
-                        RetryOn::Statuses(ranges),
-                        r.timeout,
-                        r.backoff,
-                    )?
-                }
-            };
-            rules.push(RuleParams { timeout: timeout(rule.timeouts)?, backends, response_headers, retry });
-        }
+        let (inbound_rules, rules) = bounded(route.rules, "rules")?
+            .into_iter()
+            .map(http_rule)
+            .collect::<Result<(Vec<_>, Vec<_>)>>()?;
         inbound_routes.push(inbound_api::HttpRoute {
             metadata: route.metadata,
             hosts: route.hosts,
@@ -201,13 +158,52 @@ fn http_table(
     })))
 }
 
+/// A rule's matches and request filters in the inbound shape, and the rest.
+fn http_rule(rule: api::http_route::Rule) -> Result<(inbound_api::http_route::Rule, RuleParams)> {
+    use api::http_route::filter::Kind as F;
+    use inbound_api::http_route::filter::Kind as InF;
+    let mut filters = Vec::new();
+    let mut response_headers = None;
+    for f in bounded(rule.filters, "filters")? {
+        let kind = match f.kind.ok_or(DecodeError::Missing("filter"))? {
+            F::FailureInjector(f) => InF::FailureInjector(f),
+            F::RequestHeaderModifier(m) => InF::RequestHeaderModifier(m),
+            F::Redirect(r) => InF::Redirect(r),
+            F::ResponseHeaderModifier(m) => {
+                response_headers = Some(header_modifier(m)?);
+                continue;
+            }
+        };
+        filters.push(inbound_api::http_route::Filter { kind: Some(kind) });
+    }
+    let retry = match rule.retry {
+        None => None,
+        Some(r) => {
+            let ranges = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?.status_ranges;
+            let ranges = bounded(ranges, "retry status ranges")?
+                .into_iter()
+                .map(|s| match (u16::try_from(s.start), u16::try_from(s.end)) {
+                    (Ok(lo), Ok(hi)) if lo <= hi && (100..=599).contains(&lo) && hi <= 599 => Ok((lo, hi)),
+                    _ => Err(DecodeError::Invalid("retry status range")),
+                })
+                .collect::<Result<_>>()?;
+            retry_policy(r.max_retries, r.max_request_bytes, RetryOn::Statuses(ranges), r.timeout, r.backoff)?
+        }
+    };
+    let params = RuleParams {
+        timeout: timeout(rule.timeouts)?,
+        backends: http_distribution(rule.backends.map(|d| d.kind))?,
+        response_headers,
+        retry,
+    };
+    Ok((inbound_api::http_route::Rule { matches: rule.matches, filters }, params))
+}
+
 fn grpc_table(
     parent: &ResourceRef,
     routes: Vec<api::GrpcRoute>,
     accrual: Option<Accrual>,
 ) -> Result<Option<Arc<RouteTable>>> {
-    use api::grpc_route::filter::Kind as F;
-    use inbound_api::grpc_route::filter::Kind as InF;
     let routes = bounded(routes, "routes")?;
     if routes.is_empty() {
         return Ok(None);
@@ -216,51 +212,10 @@ fn grpc_table(
     let mut params = Vec::with_capacity(routes.len());
     for route in routes {
         let meta = resource(route.metadata.clone())?;
-        let mut rules = Vec::new();
-        let mut inbound_rules = Vec::new();
-        for rule in bounded(route.rules, "rules")? {
-            let filters = bounded(rule.filters, "filters")?
-                .into_iter()
-                .map(|f| {
-                    let kind = match f.kind.ok_or(DecodeError::Missing("filter"))? {
-                        F::FailureInjector(f) => InF::FailureInjector(f),
-                        F::RequestHeaderModifier(m) => InF::RequestHeaderModifier(m),
-                    };
-                    Ok(inbound_api::grpc_route::Filter { kind: Some(kind) })
-                })
-                .collect::<Result<_>>()?;
-            inbound_rules.push(inbound_api::grpc_route::Rule { matches: rule.matches, filters });
-            let backends = grpc_distribution(rule.backends.map(|d| d.kind))?;
-            let retry = match rule.retry {
-                None => None,
-                Some(r) => {
-                    let c = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?;
-                    let codes = [
-                        (c.cancelled, 1),
-                        (c.deadine_exceeded, 4),
-                        (c.resource_exhausted, 8),
-                        (c.internal, 13),
-                        (c.unavailable, 14),
-                    ]
-                    .into_iter()
-                    .filter_map(|(on, code)| on.then_some(code))
-                    .collect();
-                    retry_policy(
-                        r.max_retries,
-                        r.max_request_bytes,
-                        RetryOn::Grpc(codes),
-                        r.timeout,
-                        r.backoff,
-                    )?
-                }
-            };
-            rules.push(RuleParams {
-                timeout: timeout(rule.timeouts)?,
-                backends,
-                response_headers: None,
-                retry,
-            });
-        }
+        let (inbound_rules, rules) = bounded(route.rules, "rules")?
+            .into_iter()
+            .map(grpc_rule)
+            .collect::<Result<(Vec<_>, Vec<_>)>>()?;
         inbound_routes.push(inbound_api::GrpcRoute {
             metadata: route.metadata,
             hosts: route.hosts,
@@ -277,6 +232,45 @@ fn grpc_table(
         routes: params,
         accrual,
     })))
+}
+
+fn grpc_rule(rule: api::grpc_route::Rule) -> Result<(inbound_api::grpc_route::Rule, RuleParams)> {
+    use api::grpc_route::filter::Kind as F;
+    use inbound_api::grpc_route::filter::Kind as InF;
+    let filters = bounded(rule.filters, "filters")?
+        .into_iter()
+        .map(|f| {
+            let kind = match f.kind.ok_or(DecodeError::Missing("filter"))? {
+                F::FailureInjector(f) => InF::FailureInjector(f),
+                F::RequestHeaderModifier(m) => InF::RequestHeaderModifier(m),
+            };
+            Ok(inbound_api::grpc_route::Filter { kind: Some(kind) })
+        })
+        .collect::<Result<_>>()?;
+    let retry = match rule.retry {
+        None => None,
+        Some(r) => {
+            let c = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?;
+            let codes = [
+                (c.cancelled, 1),
+                (c.deadine_exceeded, 4),
+                (c.resource_exhausted, 8),
+                (c.internal, 13),
+                (c.unavailable, 14),
+            ]
+            .into_iter()
+            .filter_map(|(on, code)| on.then_some(code))
+            .collect();
+            retry_policy(r.max_retries, r.max_request_bytes, RetryOn::Grpc(codes), r.timeout, r.backoff)?
+        }
+    };
+    let params = RuleParams {
+        timeout: timeout(rule.timeouts)?,
+        backends: grpc_distribution(rule.backends.map(|d| d.kind))?,
+        response_headers: None,
+        retry,
+    };
+    Ok((inbound_api::grpc_route::Rule { matches: rule.matches, filters }, params))
 }
 
 /// Requests held for replay by default (Linkerd's), and at most.
