@@ -347,6 +347,7 @@ RBAC_ALLOWED = {
     ("weft-destination", "policy.linkerd.io", "egressnetworks"): READ,
     # Gateway API HTTPRoutes whose parentRefs name a Server: inbound routes.
     ("weft-destination", "gateway.networking.k8s.io", "httproutes"): READ,
+    ("weft-destination", "gateway.networking.k8s.io", "grpcroutes"): READ,
     ("weft-injector", "", "namespaces"): READ,
     # weft-cni's plugin reads a new sandbox's pod and its namespace (only with cni.enabled).
     ("weft-cni", "", "pods"): {"get"},
