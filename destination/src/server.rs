@@ -2,8 +2,9 @@
 //!
 //! Each `Get`/`GetProfile` call becomes one task that owns a receiver on the
 //! index: it computes the target's view, sends what changed, and sleeps until
-//! the index changes again or the client goes away. Plain HTTP/2 (no TLS) for
-//! now: the control plane's mTLS comes with the proxy's identity work.
+//! the index changes again or the client goes away. `serve_incoming` serves
+//! it with the policy APIs over whatever connections it is given: TLS ones
+//! from `tls.rs` when weft-destination has an identity, plain TCP otherwise.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
