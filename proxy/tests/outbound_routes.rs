@@ -272,7 +272,7 @@ async fn malformed_policies_and_a_lost_control_plane_keep_the_last_good_policy()
     send(&mut conn, get("/x").header("x-canary", "true")).await;
     assert_eq!(seen(&m), (0, 1));
 
-    // An invalid regex, a backend with no kind, no protocol at all.
+    // An invalid regex, a balancer without discovery, no protocol at all.
     let mut bad_regex = split(0, 1);
     if let Some(linkerd2_proxy_api::outbound::proxy_protocol::Kind::Detect(d)) =
         bad_regex.protocol.as_mut().and_then(|p| p.kind.as_mut())
@@ -285,19 +285,20 @@ async fn malformed_policies_and_a_lost_control_plane_keep_the_last_good_policy()
             failure_accrual: None,
         });
     }
-    let mut no_kind = split(0, 1);
+    let mut no_discovery = split(0, 1);
     if let Some(linkerd2_proxy_api::outbound::proxy_protocol::Kind::Detect(d)) =
-        no_kind.protocol.as_mut().and_then(|p| p.kind.as_mut())
+        no_discovery.protocol.as_mut().and_then(|p| p.kind.as_mut())
     {
         let b = &mut d.http1.as_mut().unwrap().routes[0].rules[0];
         if let Some(linkerd2_proxy_api::outbound::http_route::distribution::Kind::RandomAvailable(r)) =
             b.backends.as_mut().and_then(|d| d.kind.as_mut())
         {
-            r.backends[0].backend.as_mut().unwrap().backend.as_mut().unwrap().kind = None;
+            r.backends[0].backend.as_mut().unwrap().backend.as_mut().unwrap().kind =
+                Some(linkerd2_proxy_api::outbound::backend::Kind::Balancer(Default::default()));
         }
     }
     let no_protocol = linkerd2_proxy_api::outbound::OutboundPolicy { protocol: None, ..split(0, 1) };
-    for bad in [bad_regex, no_kind, no_protocol] {
+    for bad in [bad_regex, no_discovery, no_protocol] {
         m.api.set(Some(bad));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = seen(&m);
@@ -419,11 +420,17 @@ fn transparent_mode_routes_by_the_original_destinations_policy() {
 }
 
 #[tokio::test]
-async fn forward_backends_and_rules_without_backends() {
+async fn forward_backends_invalid_backends_and_backend_filters() {
     let pod = HttpServer::start().await;
     let rules = vec![
         rule(vec![prefix("/pod")], vec![], vec![forward("web-0", pod.addr, 1)]),
         rule(vec![prefix("/nowhere")], vec![], vec![backend("web", PORT, 0)]),
+        rule(vec![prefix("/missing")], vec![], vec![invalid_backend("Service web-gone not found", 1)]),
+        rule(
+            vec![prefix("/tagged")],
+            vec![],
+            vec![with_backend_header(backend("web", PORT, 1), "x-backend", "web")],
+        ),
     ];
     let m = mesh(false, Some(policy(PORT, vec![route("web-forward", rules)]))).await;
     let mut conn = h1_conn(m.proxy.outbound).await;
@@ -432,6 +439,15 @@ async fn forward_backends_and_rules_without_backends() {
     let rsp = send(&mut conn, get("/nowhere")).await;
     assert_eq!(rsp.status, StatusCode::SERVICE_UNAVAILABLE, "every weight is zero");
     assert_eq!(seen(&m), (0, 0));
+
+    // weft-destination's answer for a backendRef to a missing Service.
+    let rsp = send(&mut conn, get("/missing")).await;
+    assert_eq!(rsp.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(rsp.headers["l5d-proxy-error"], "Service web-gone not found");
+    assert_eq!(seen(&m), (0, 0));
+
+    assert_eq!(send(&mut conn, get("/tagged")).await.status, StatusCode::OK);
+    assert_eq!(m.v1.last().header("x-backend"), Some("web"), "the backend's own filter");
 }
 
 #[tokio::test]

@@ -111,6 +111,8 @@ pub fn status_for(error: &(dyn std::error::Error + 'static)) -> StatusCode {
                 }
                 RouteError::NoEndpoints(_) | RouteError::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
                 RouteError::NoRoute => StatusCode::NOT_FOUND,
+                RouteError::InvalidBackend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RouteError::Injected(status, _) => *status,
             };
         }
         if let Some(ConnectError::Timeout(..)) = e.downcast_ref::<ConnectError>() {

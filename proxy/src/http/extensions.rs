@@ -90,6 +90,11 @@ pub enum RouteError {
     NoRoute,
     #[error("route {0} has no backends")]
     NoBackend(String),
+    #[error("backend {0} is invalid")]
+    InvalidBackend(String),
+    /// A backend's failure filter fired; the message is the control plane's.
+    #[error("{1}")]
+    Injected(http::StatusCode, String),
 }
 
 /// The destination's outbound policy (OutboundPolicies), when the control

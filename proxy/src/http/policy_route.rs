@@ -90,6 +90,14 @@ where
             return LayerFuture::own(async move { Err(RouteError::NoBackend(name).into()) });
         };
         metrics.backend(&backend.meta);
+        if let Some(failure) = backend.filters.failure.as_ref().filter(|f| f.fires()) {
+            metrics.record(Some(failure.status.as_u16()), Instant::now());
+            let error = RouteError::Injected(failure.status, failure.message.clone());
+            return LayerFuture::own(async move { Err(error.into()) });
+        }
+        if let Some(modifier) = &backend.filters.request_headers {
+            modifier.apply(req.headers_mut());
+        }
         match &backend.target {
             BackendTarget::Balance(path) => {
                 req.extensions_mut().insert(Backend(path.clone()));
@@ -97,6 +105,11 @@ where
             BackendTarget::Forward(addr, meta) => {
                 req.extensions_mut().insert(Endpoint(*addr));
                 req.extensions_mut().insert(EndpointInfo(meta.clone()));
+            }
+            BackendTarget::Invalid => {
+                metrics.record(None, Instant::now());
+                let error = RouteError::InvalidBackend(backend.meta.name.to_string());
+                return LayerFuture::own(async move { Err(error.into()) });
             }
         }
         if let Some(accrual) = table.accrual {

@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue};
 use linkerd2_proxy_api::{http_route as api_http, inbound as inbound_api, meta as api_meta, outbound as api};
 
 use super::{
-    BackendTarget, HeaderModifier, OutboundPolicy, OutboundRoute, ResourceRef, RetryOn, RetryPolicy,
-    RouteTable, RuleParams, WeightedBackend,
+    BackendFilters, BackendTarget, HeaderModifier, InjectedFailure, OutboundPolicy, OutboundRoute,
+    ResourceRef, RetryOn, RetryPolicy, RouteTable, RuleParams, WeightedBackend,
 };
 use crate::{
     balance::Accrual,
@@ -170,7 +170,7 @@ fn http_rule(rule: api::http_route::Rule) -> Result<(inbound_api::http_route::Ru
             F::RequestHeaderModifier(m) => InF::RequestHeaderModifier(m),
             F::Redirect(r) => InF::Redirect(r),
             F::ResponseHeaderModifier(m) => {
-                response_headers = Some(header_modifier(m)?);
+                response_headers = Some(response_header_modifier(m)?);
                 continue;
             }
         };
@@ -179,7 +179,9 @@ fn http_rule(rule: api::http_route::Rule) -> Result<(inbound_api::http_route::Ru
     let retry = match rule.retry {
         None => None,
         Some(r) => {
-            let ranges = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?.status_ranges;
+            // Without conditions (only a limit or timeout set), a try is
+            // retried when it gets no response or times out.
+            let ranges = r.conditions.map(|c| c.status_ranges).unwrap_or_default();
             let ranges = bounded(ranges, "retry status ranges")?
                 .into_iter()
                 .map(|s| match (u16::try_from(s.start), u16::try_from(s.end)) {
@@ -250,7 +252,7 @@ fn grpc_rule(rule: api::grpc_route::Rule) -> Result<(inbound_api::grpc_route::Ru
     let retry = match rule.retry {
         None => None,
         Some(r) => {
-            let c = r.conditions.ok_or(DecodeError::Missing("retry conditions"))?;
+            let c = r.conditions.unwrap_or_default();
             let codes = [
                 (c.cancelled, 1),
                 (c.deadine_exceeded, 4),
@@ -320,7 +322,13 @@ fn timeout(pb: Option<api_http::Timeouts>) -> Result<Option<Duration>> {
     }
 }
 
-fn header_modifier(pb: api_http::ResponseHeaderModifier) -> Result<HeaderModifier> {
+/// Request and response header modifiers are the same message under two
+/// names.
+fn response_header_modifier(pb: api_http::ResponseHeaderModifier) -> Result<HeaderModifier> {
+    header_modifier(api_http::RequestHeaderModifier { add: pb.add, set: pb.set, remove: pb.remove })
+}
+
+fn header_modifier(pb: api_http::RequestHeaderModifier) -> Result<HeaderModifier> {
     let pairs = |headers: Option<linkerd2_proxy_api::http_types::Headers>| {
         bounded(headers.map(|h| h.headers).unwrap_or_default(), "headers")?
             .into_iter()
@@ -346,38 +354,100 @@ fn header_modifier(pb: api_http::ResponseHeaderModifier) -> Result<HeaderModifie
 /// availability tracking yet); Empty means no backend. HTTP and gRPC rules
 /// have the same messages under different names.
 macro_rules! distribution {
-    ($name:ident, $module:ident) => {
+    ($name:ident, $module:ident, $filters:ident) => {
         fn $name(pb: Option<Option<api::$module::distribution::Kind>>) -> Result<Vec<WeightedBackend>> {
             use api::$module::distribution::Kind;
+            let backend =
+                |b: api::$module::RouteBackend, weight| backend(b.backend, $filters(b.filters)?, weight);
             match pb.flatten().ok_or(DecodeError::Missing("backends"))? {
                 Kind::Empty(_) => Ok(vec![]),
-                Kind::FirstAvailable(f) => bounded(f.backends, "backends")?
-                    .into_iter()
-                    .take(1)
-                    .map(|b| backend(b.backend, 1))
-                    .collect(),
+                Kind::FirstAvailable(f) => {
+                    bounded(f.backends, "backends")?.into_iter().take(1).map(|b| backend(b, 1)).collect()
+                }
                 Kind::RandomAvailable(r) => bounded(r.backends, "backends")?
                     .into_iter()
-                    .map(|b| backend(b.backend.ok_or(DecodeError::Missing("backend"))?.backend, b.weight))
+                    .map(|b| backend(b.backend.ok_or(DecodeError::Missing("backend"))?, b.weight))
                     .collect(),
             }
         }
     };
 }
 
-distribution!(http_distribution, http_route);
-distribution!(grpc_distribution, grpc_route);
+distribution!(http_distribution, http_route, http_backend_filters);
+distribution!(grpc_distribution, grpc_route, grpc_backend_filters);
 
-fn backend(pb: Option<api::Backend>, weight: u32) -> Result<WeightedBackend> {
+fn ratio(r: Option<api_http::Ratio>) -> Result<(u32, u32)> {
+    match r {
+        None => Ok((1, 1)),
+        Some(r) if r.denominator == 0 || r.numerator > r.denominator => {
+            Err(DecodeError::Invalid("failure ratio"))
+        }
+        Some(r) => Ok((r.numerator, r.denominator)),
+    }
+}
+
+/// A backend's own filters: header changes and failures (how the control
+/// plane fails a backend it cannot resolve). Redirects and response header
+/// changes on a backend are not applied.
+fn http_backend_filters(pb: Vec<api::http_route::Filter>) -> Result<BackendFilters> {
+    use api::http_route::filter::Kind;
+    let mut filters = BackendFilters::default();
+    for f in bounded(pb, "backend filters")? {
+        match f.kind.ok_or(DecodeError::Missing("backend filter"))? {
+            Kind::RequestHeaderModifier(m) => filters.request_headers = Some(header_modifier(m)?),
+            Kind::FailureInjector(f) => {
+                let status = u16::try_from(f.status)
+                    .ok()
+                    .and_then(|s| http::StatusCode::from_u16(s).ok())
+                    .ok_or(DecodeError::Invalid("failure status"))?;
+                let (numerator, denominator) = ratio(f.ratio)?;
+                filters.failure =
+                    Some(InjectedFailure { status, message: f.message, numerator, denominator });
+            }
+            Kind::Redirect(_) | Kind::ResponseHeaderModifier(_) => {}
+        }
+    }
+    Ok(filters)
+}
+
+fn grpc_backend_filters(pb: Vec<api::grpc_route::Filter>) -> Result<BackendFilters> {
+    use api::grpc_route::filter::Kind;
+    let mut filters = BackendFilters::default();
+    for f in bounded(pb, "backend filters")? {
+        match f.kind.ok_or(DecodeError::Missing("backend filter"))? {
+            Kind::RequestHeaderModifier(m) => filters.request_headers = Some(header_modifier(m)?),
+            Kind::FailureInjector(f) => {
+                // The proxy answers a gRPC request's failure with the gRPC
+                // status of an HTTP one (errors.rs); pick the HTTP status
+                // whose gRPC status is the one asked for.
+                let status = match f.code {
+                    4 => http::StatusCode::GATEWAY_TIMEOUT,
+                    5 => http::StatusCode::NOT_FOUND,
+                    7 => http::StatusCode::FORBIDDEN,
+                    8 => http::StatusCode::TOO_MANY_REQUESTS,
+                    13 => http::StatusCode::BAD_REQUEST,
+                    _ => http::StatusCode::SERVICE_UNAVAILABLE,
+                };
+                let (numerator, denominator) = ratio(f.ratio)?;
+                filters.failure =
+                    Some(InjectedFailure { status, message: f.message, numerator, denominator });
+            }
+        }
+    }
+    Ok(filters)
+}
+
+fn backend(pb: Option<api::Backend>, filters: BackendFilters, weight: u32) -> Result<WeightedBackend> {
     use api::backend::{endpoint_discovery::Kind as Discovery, Kind};
     let pb = pb.ok_or(DecodeError::Missing("backend"))?;
     let meta = resource(pb.metadata)?;
-    let target = match pb.kind.ok_or(DecodeError::Missing("backend kind"))? {
-        Kind::Forward(addr) => {
+    let target = match pb.kind {
+        None => BackendTarget::Invalid,
+        Some(Kind::Forward(addr)) => {
             let (addr, meta) = endpoint_from_api(addr).ok_or(DecodeError::Invalid("forward address"))?;
             BackendTarget::Forward(addr, meta)
         }
-        Kind::Balancer(p2c) => {
+        Some(Kind::Balancer(p2c)) => {
             let Discovery::Dst(dst) =
                 p2c.discovery.and_then(|d| d.kind).ok_or(DecodeError::Missing("balancer discovery"))?;
             if dst.path.is_empty() {
@@ -386,7 +456,7 @@ fn backend(pb: Option<api::Backend>, weight: u32) -> Result<WeightedBackend> {
             BackendTarget::Balance(dst.path.into())
         }
     };
-    Ok(WeightedBackend { weight, meta, target })
+    Ok(WeightedBackend { weight, meta, target, filters })
 }
 
 #[cfg(test)]
@@ -459,12 +529,13 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_without_conditions_or_with_too_many_retries_is_malformed() {
+    fn a_retry_without_conditions_retries_only_failures_to_answer_and_too_many_is_malformed() {
         let mut pb = grpc_with_retry(Default::default());
         if let Some(api::proxy_protocol::Kind::Grpc(g)) = pb.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
             g.routes[0].rules[0].retry.as_mut().unwrap().conditions = None;
         }
-        assert!(policy(pb).is_err());
+        let retry = policy(pb).unwrap().http2.unwrap().routes[0].rules[0].retry.clone().unwrap();
+        assert!(matches!(&retry.on, RetryOn::Grpc(codes) if codes.is_empty()));
         let mut pb = grpc_with_retry(Default::default());
         if let Some(api::proxy_protocol::Kind::Grpc(g)) = pb.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
             g.routes[0].rules[0].retry.as_mut().unwrap().max_retries = 1_000_000;

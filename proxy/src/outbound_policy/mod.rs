@@ -120,6 +120,30 @@ pub struct WeightedBackend {
     pub weight: u32,
     pub meta: ResourceRef,
     pub target: BackendTarget,
+    /// Applied to requests this backend was picked for.
+    pub filters: BackendFilters,
+}
+
+#[derive(Debug, Default)]
+pub struct BackendFilters {
+    pub request_headers: Option<HeaderModifier>,
+    pub failure: Option<InjectedFailure>,
+}
+
+/// Fails `numerator / denominator` of requests with `status` (weft-destination
+/// fails a backend it cannot resolve this way, with the reason as message).
+#[derive(Debug)]
+pub struct InjectedFailure {
+    pub status: http::StatusCode,
+    pub message: String,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl InjectedFailure {
+    pub fn fires(&self) -> bool {
+        self.denominator > 0 && rand::random_range(0..self.denominator) < self.numerator
+    }
 }
 
 #[derive(Debug)]
@@ -129,6 +153,9 @@ pub enum BackendTarget {
     Balance(Arc<str>),
     /// One address, over mTLS when it has an identity.
     Forward(SocketAddr, Arc<EndpointMeta>),
+    /// A backend the control plane could not resolve (no kind): requests
+    /// picking it fail.
+    Invalid,
 }
 
 #[derive(Debug, Default)]

@@ -431,3 +431,49 @@ pub fn with_accrual(
     }
     policy
 }
+
+/// A backend the control plane could not resolve, as weft-destination sends
+/// it: no kind, and a filter failing its requests with 500 and `message`.
+pub fn invalid_backend(message: &str, weight: u32) -> api::http_route::WeightedRouteBackend {
+    api::http_route::WeightedRouteBackend {
+        weight,
+        backend: Some(api::http_route::RouteBackend {
+            backend: Some(api::Backend {
+                metadata: Some(meta::Metadata {
+                    kind: Some(meta::metadata::Kind::Default("invalid".into())),
+                }),
+                queue: None,
+                kind: None,
+            }),
+            filters: vec![api::http_route::Filter {
+                kind: Some(api::http_route::filter::Kind::FailureInjector(hr::HttpFailureInjector {
+                    status: 500,
+                    message: message.into(),
+                    ratio: None,
+                })),
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+/// `b` with a request header set when it is picked.
+pub fn with_backend_header(
+    mut b: api::http_route::WeightedRouteBackend,
+    name: &str,
+    value: &str,
+) -> api::http_route::WeightedRouteBackend {
+    let set = Some(linkerd2_proxy_api::http_types::Headers {
+        headers: vec![linkerd2_proxy_api::http_types::headers::Header {
+            name: name.into(),
+            value: value.as_bytes().to_vec(),
+        }],
+    });
+    b.backend.as_mut().unwrap().filters.push(api::http_route::Filter {
+        kind: Some(api::http_route::filter::Kind::RequestHeaderModifier(hr::RequestHeaderModifier {
+            set,
+            ..Default::default()
+        })),
+    });
+    b
+}
