@@ -87,8 +87,9 @@ impl ServerPolicy {
                 continue;
             }
             for (i, rule) in route.rules.iter().enumerate() {
+                // No matches: every request, as `PathPrefix /` would.
                 let score = if rule.matches.is_empty() {
-                    Some(Score { path_kind: 1, path_len: 1, method: false, headers: 0, query_params: 0 })
+                    Some(Score { path_kind: 2, path_len: 1, method: false, headers: 0, query_params: 0 })
                 } else {
                     rule.matches.iter().filter_map(|m| m.score(req)).max()
                 };
