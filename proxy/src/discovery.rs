@@ -117,14 +117,14 @@ impl Discovery {
 
     pub fn profile(&self, name: &str) -> ProfileRx {
         let inner = self.inner.clone();
-        watch_cached(&self.inner.profiles, name, self.inner.idle_timeout, move |name, tx| {
+        watch_cached(&self.inner.profiles, name, self.inner.idle_timeout, discover_span, move |name, tx| {
             follow_profile(inner, name, tx)
         })
     }
 
     pub fn endpoints(&self, name: &str) -> EndpointsRx {
         let inner = self.inner.clone();
-        watch_cached(&self.inner.endpoints, name, self.inner.idle_timeout, move |name, tx| {
+        watch_cached(&self.inner.endpoints, name, self.inner.idle_timeout, discover_span, move |name, tx| {
             follow_endpoints(inner, name, tx)
         })
     }
@@ -174,41 +174,55 @@ pub fn control_plane_tls(
     }
 }
 
-type Cache<T> = Arc<Mutex<HashMap<String, watch::Receiver<Resolution<T>>>>>;
+type Cache<T> = WatchCache<String, T>;
 
-fn watch_cached<T, F, Fut>(
-    cache: &Cache<T>,
-    name: &str,
+/// Watches by key, each fed by one task while anyone holds its receiver.
+pub(crate) type WatchCache<K, T> = Arc<Mutex<HashMap<K, watch::Receiver<Resolution<T>>>>>;
+
+/// `key`'s watch from `cache`, or a new one fed by `follow`'s task (in
+/// `span`), which ends, taking the entry with it, once only the cache has
+/// held the receiver for `idle_timeout`. Shared by discovery and the
+/// OutboundPolicies client.
+pub(crate) fn watch_cached<K, Q, T, F, Fut>(
+    cache: &WatchCache<K, T>,
+    key: &Q,
     idle_timeout: Duration,
+    span: impl FnOnce(&K) -> tracing::Span,
     follow: F,
 ) -> watch::Receiver<Resolution<T>>
 where
+    K: std::borrow::Borrow<Q> + Clone + Eq + std::hash::Hash + Send + 'static,
+    Q: ToOwned<Owned = K> + Eq + std::hash::Hash + ?Sized,
     T: Send + Sync + 'static,
-    F: FnOnce(String, watch::Sender<Resolution<T>>) -> Fut,
+    F: FnOnce(K, watch::Sender<Resolution<T>>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut entries = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(rx) = entries.get(name) {
+    if let Some(rx) = entries.get(key) {
         return rx.clone();
     }
+    let key = key.to_owned();
     let (tx, rx) = watch::channel(Resolution::Pending);
-    entries.insert(name.to_string(), rx.clone());
+    entries.insert(key.clone(), rx.clone());
     drop(entries);
-    let stream = follow(name.to_string(), tx.clone());
+    let stream = follow(key.clone(), tx.clone());
     let cache = cache.clone();
-    let name = name.to_string();
-    let span = info_span!("discover", name = %name);
+    let span = span(&key);
     tokio::spawn(
         async move {
             tokio::select! {
                 () = stream => {}
                 () = idle(&tx, idle_timeout) => debug!("no longer watched"),
             }
-            cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            cache.lock().unwrap_or_else(|p| p.into_inner()).remove::<K>(&key);
         }
         .instrument(span),
     );
     rx
+}
+
+fn discover_span(name: &String) -> tracing::Span {
+    info_span!("discover", name = %name)
 }
 
 /// Resolves once only the cache itself has held the name for `timeout`.

@@ -9,22 +9,17 @@
 //! mean no policy: requests go on as they did without it. A message that
 //! does not decode is logged and ignored.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use linkerd2_proxy_api::outbound::{
     outbound_policies_client::OutboundPoliciesClient, traffic_spec, TrafficSpec,
 };
 use tokio::sync::watch;
 use tonic::transport::Channel;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
 use super::{decode, OutboundPolicy};
-use crate::discovery::{Backoff, Resolution};
+use crate::discovery::{watch_cached, Backoff, Resolution, WatchCache};
 
 pub type PolicyRx = watch::Receiver<Resolution<Arc<OutboundPolicy>>>;
 
@@ -45,7 +40,7 @@ struct Inner {
     /// TrafficSpec.source_workload (`WEFT_PROXY_POLICY_WORKLOAD`).
     workload: String,
     idle_timeout: Duration,
-    targets: Mutex<HashMap<Target, PolicyRx>>,
+    targets: WatchCache<Target, Arc<OutboundPolicy>>,
 }
 
 impl OutboundPolicies {
@@ -55,50 +50,22 @@ impl OutboundPolicies {
                 client: OutboundPoliciesClient::new(channel),
                 workload: workload.unwrap_or_default(),
                 idle_timeout,
-                targets: Mutex::default(),
+                targets: WatchCache::default(),
             }),
         }
     }
 
     /// `target`'s policy, watched from the first call until unused.
     pub fn watch(&self, target: Target) -> PolicyRx {
-        let mut targets = self.inner.targets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(rx) = targets.get(&target) {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(Resolution::Pending);
-        targets.insert(target.clone(), rx.clone());
-        drop(targets);
         let inner = self.inner.clone();
-        let span = info_span!("outbound_policy", target = ?target);
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    () = follow(&inner, &target, &tx) => {}
-                    () = idle(&tx, inner.idle_timeout) => debug!("no longer watched"),
-                }
-                inner.targets.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
-            }
-            .instrument(span),
-        );
-        rx
-    }
-}
-
-/// Resolves once only the cache itself has held the policy for `timeout`.
-async fn idle<T>(tx: &watch::Sender<T>, timeout: Duration) {
-    let mut quiet_since = None;
-    let tick = (timeout / 4).max(Duration::from_millis(50));
-    loop {
-        tokio::time::sleep(tick).await;
-        if tx.receiver_count() <= 1 {
-            let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= timeout {
-                return;
-            }
-        } else {
-            quiet_since = None;
-        }
+        let span = |target: &Target| info_span!("outbound_policy", target = ?target);
+        watch_cached(
+            &self.inner.targets,
+            &target,
+            self.inner.idle_timeout,
+            span,
+            move |target, tx| async move { follow(&inner, &target, &tx).await },
+        )
     }
 }
 
