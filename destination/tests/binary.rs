@@ -4,24 +4,13 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use common::*;
-
-/// Kills the child however the test ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -31,11 +20,6 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     s.read_to_string(&mut out).unwrap();
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, out)
-}
-
-fn field(line: &str, name: &str) -> SocketAddr {
-    let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-    line[start..].split_whitespace().next().unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -51,36 +35,8 @@ async fn the_binary_serves_a_directory_and_reports_bad_input() {
         "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: {name: web.demo.svc.cluster.local, namespace: demo}\nspec:\n  routes:\n  - name: bad-regex\n    condition: {pathRegex: \"/x/(\"}\n",
     );
 
-    let mut child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_weft-destination"))
-            .args(["--dir", dir.to_str().unwrap(), "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(["--control-plane-namespace", "weft-system", "--trust-domain", "example.org"])
-            .env("WEFT_DESTINATION_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut logs = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let listening = loop {
-        let line =
-            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no 'listening' log");
-        logs.push(line.clone());
-        if line.contains("listening") {
-            break line;
-        }
-    };
-    let (addr, admin) = (field(&listening, "addr"), field(&listening, "admin"));
+    let binary::Destination { proc: _proc, addr, admin, logs: rx, startup_logs: mut logs } =
+        binary::start(&dir, &[]);
 
     let mut c = client(addr).await;
     let mut s = get(&mut c, "web.demo.svc.cluster.local:80").await;

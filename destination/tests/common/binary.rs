@@ -22,8 +22,10 @@ pub struct Destination {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    /// The binary's log lines (stderr).
+    /// The binary's log lines (stderr) after `listening` ...
     pub logs: mpsc::Receiver<String>,
+    /// ... and up to it.
+    pub startup_logs: Vec<String>,
 }
 
 fn field(line: &str, name: &str) -> SocketAddr {
@@ -62,14 +64,22 @@ pub fn start(dir: &std::path::Path, extra: &[&str]) -> Destination {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut startup_logs = Vec::new();
     let listening = loop {
         let line =
             rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no 'listening' log");
+        startup_logs.push(line.clone());
         if line.contains("listening") {
             break line;
         }
     };
-    Destination { addr: field(&listening, "addr"), admin: field(&listening, "admin"), proc: child, logs: rx }
+    Destination {
+        addr: field(&listening, "addr"),
+        admin: field(&listening, "admin"),
+        proc: child,
+        logs: rx,
+        startup_logs,
+    }
 }
 
 /// `GET /metrics` on the admin port.
