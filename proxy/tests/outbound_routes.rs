@@ -356,27 +356,7 @@ fn transparent_mode_routes_by_the_original_destinations_policy() {
     }
     const PROXY_UID: u32 = 2102;
     let ns = NetNs::new("outpol");
-    let uid = PROXY_UID.to_string();
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8080",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "4140",
-    ]);
+    ns.redirect_outbound("iptables", "8080", PROXY_UID);
     let wrapper = ns.exec_as(PROXY_UID);
     ns.run(move || async move {
         let v1 = HttpServer::start().await;

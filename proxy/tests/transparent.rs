@@ -23,27 +23,7 @@ fn outbound_redirect_http_and_opaque_over_ipv4_and_ipv6() {
     let ns = NetNs::new("out");
     for ipt in ["iptables", "ip6tables"] {
         for port in ["8080", "9090"] {
-            let uid = PROXY_UID.to_string();
-            ns.exec(&[
-                ipt,
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                port,
-                "-m",
-                "owner",
-                "!",
-                "--uid-owner",
-                &uid,
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                "4140",
-            ]);
+            ns.redirect_outbound(ipt, port, PROXY_UID);
         }
     }
     let wrapper = ns.exec_as(PROXY_UID);

@@ -55,6 +55,32 @@ impl NetNs {
         run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
     }
 
+    /// `iptables` (or `ip6tables`) rule sending the namespace's TCP to
+    /// `port` to the outbound proxy on 4140, except the proxy's own (`uid`).
+    pub fn redirect_outbound(&self, iptables: &str, port: &str, uid: u32) {
+        let uid = uid.to_string();
+        self.exec(&[
+            iptables,
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-m",
+            "owner",
+            "!",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "4140",
+        ]);
+    }
+
     /// The words that run a program inside the namespace as `uid`.
     pub fn exec_as(&self, uid: u32) -> Vec<String> {
         ["ip", "netns", "exec", &self.name, "setpriv"]
