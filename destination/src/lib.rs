@@ -25,6 +25,7 @@ pub mod policy;
 pub mod policy_api;
 pub mod profile;
 pub mod route;
+pub mod route_status;
 pub mod server;
 pub mod target;
 

@@ -189,6 +189,9 @@ pub struct HttpRouteRec {
     /// `metadata.creationTimestamp` (RFC 3339, UTC: sorts as text), the
     /// first key of Gateway API precedence between routes.
     pub created: Option<String>,
+    /// `metadata.generation`, published as the status' `observedGeneration`
+    /// (it changes only with the spec, so it wakes no extra subscriber).
+    pub generation: Option<i64>,
 }
 
 // === Parsing ===
@@ -381,6 +384,7 @@ pub fn http_route(
         rules,
         annotations,
         created: meta.get("creationTimestamp").and_then(|t| t.as_str()).map(str::to_owned),
+        generation: meta.get("generation").and_then(|g| g.as_i64()),
     })
 }
 
@@ -536,6 +540,7 @@ pub struct GrpcRouteRec {
     pub rules: Vec<GrpcRule>,
     pub annotations: BTreeMap<String, String>,
     pub created: Option<String>,
+    pub generation: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -614,6 +619,7 @@ pub fn grpc_route(
         rules,
         annotations,
         created: meta.get("creationTimestamp").and_then(|t| t.as_str()).map(str::to_owned),
+        generation: meta.get("generation").and_then(|g| g.as_i64()),
     })
 }
 
