@@ -16,11 +16,22 @@ const LATENCY_BUCKETS_MS: &[f64] = &[
     3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
 ];
 
+/// linkerd2-proxy's request buckets for its per-route
+/// `outbound_http_route_request_duration_seconds` (its route metrics'
+/// `REQUEST_BUCKETS`, in seconds): few on purpose, as there is one
+/// histogram per parent and route. Dashboards built for Linkerd query
+/// `_bucket{le="0.05"}` and friends, so ours must have the same bounds.
+const ROUTE_DURATION_BUCKETS_S: &[f64] = &[0.05, 0.5, 1.0, 10.0];
+
 /// Installs the process-wide Prometheus recorder and returns the handle the
 /// admin server renders `/metrics` from.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("response_latency_ms".into()), LATENCY_BUCKETS_MS)?
+        .set_buckets_for_metric(
+            Matcher::Full("outbound_http_route_request_duration_seconds".into()),
+            ROUTE_DURATION_BUCKETS_S,
+        )?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)

@@ -56,6 +56,33 @@ pub struct ActiveTap {
     dropped: metrics::Counter,
 }
 
+/// The route a request was routed by, as tap reports it (`route_meta`,
+/// which `weft tap` prints as `rt_route=...`). Left on the request by the
+/// routing layer, built once per route rather than per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TapRoute(pub Arc<[(String, String)]>);
+
+impl TapRoute {
+    /// An OutboundPolicies route (HTTPRoute/GRPCRoute): its name, kind and
+    /// namespace, as the control plane named them.
+    pub fn policy(name: &str, kind: &str, namespace: &str) -> Self {
+        let labels = [("route", name), ("route_kind", kind), ("route_namespace", namespace)];
+        Self(
+            labels
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    /// A ServiceProfile route: its name, under the `route` label Linkerd's
+    /// profile routes are reported with.
+    pub fn profile(name: &str) -> Self {
+        Self(Arc::from([("route".to_string(), name.to_string())]))
+    }
+}
+
 /// What a request looks like to a tap filter.
 pub struct Inspect<'a> {
     pub source: SocketAddr,
@@ -65,6 +92,7 @@ pub struct Inspect<'a> {
     pub authority: Option<&'a str>,
     pub path: &'a str,
     pub destination_labels: &'a [(String, String)],
+    pub route_labels: &'a [(String, String)],
 }
 
 impl Taps {
@@ -133,6 +161,7 @@ enum Matcher {
     Authority(Str),
     Path(Str),
     DestinationLabel(String, String),
+    RouteLabel(String, String),
 }
 
 enum Net {
@@ -167,9 +196,7 @@ impl Matcher {
                 m::http::Match::Path(s) => Matcher::Path(Str::from_api(s)?),
             },
             m::Match::DestinationLabel(l) => Matcher::DestinationLabel(l.key, l.value),
-            // Route labels come from profiles' metrics labels, which the
-            // tap layer does not see; a filter on them matches nothing.
-            m::Match::RouteLabel(_) => Matcher::Any(Vec::new()),
+            m::Match::RouteLabel(l) => Matcher::RouteLabel(l.key, l.value),
         })
     }
 
@@ -185,6 +212,7 @@ impl Matcher {
             Matcher::Authority(s) => r.authority.is_some_and(|a| s.matches(a)),
             Matcher::Path(s) => s.matches(r.path),
             Matcher::DestinationLabel(k, v) => r.destination_labels.iter().any(|(lk, lv)| lk == k && lv == v),
+            Matcher::RouteLabel(k, v) => r.route_labels.iter().any(|(lk, lv)| lk == k && lv == v),
         }
     }
 }

@@ -252,7 +252,7 @@ async fn a_rule_timeout_answers_504_and_unmatched_requests_get_404() {
         )
     };
     assert_eq!(statuses("", ""), 1.0, "the unmatched request, counted under no route");
-    assert!(metrics.has("outbound_http_route_request_duration_seconds"));
+    assert!(metrics.has("outbound_http_route_request_duration_seconds_count"));
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ use super::{
 use crate::{
     outbound_policy::{BackendTarget, HeaderModifier, ResourceRef, RouteTable},
     policy::{authorize::Matched, routes::RouteMatch},
+    tap::TapRoute,
 };
 
 /// Built once per proxy: its metric handles are shared by every
@@ -122,6 +123,7 @@ where
                 .insert(RouteRetry { policy: policy.clone(), counters: metrics.retry_counters() });
         }
         req.extensions_mut().insert(Matched { policy: table.matcher.clone(), route: matched });
+        req.extensions_mut().insert(metrics.tap.clone());
         LayerFuture::inner(PolicyRouteFuture {
             inner: self.inner.call(req),
             deadline: timeout.map(|t| (Box::pin(tokio::time::sleep(t)), t)),
@@ -233,6 +235,7 @@ impl SeriesCache {
         resource_labels(&mut labels, "route", route, false);
         let series = Arc::new(RouteSeries {
             duration: metrics::histogram!("outbound_http_route_request_duration_seconds", labels.iter()),
+            tap: TapRoute::policy(&route.name, &route.kind, &route.namespace),
             labels,
             statuses: Mutex::default(),
             backends: Mutex::default(),
@@ -245,6 +248,8 @@ impl SeriesCache {
 
 struct RouteSeries {
     labels: Vec<Label>,
+    /// The route as tap reports it, shared by its requests.
+    tap: TapRoute,
     duration: Histogram,
     statuses: Mutex<Vec<(Option<u16>, Counter)>>,
     backends: Mutex<Vec<(ResourceRef, Counter)>>,

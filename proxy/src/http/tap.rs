@@ -22,12 +22,12 @@ use tokio::time::Instant;
 
 use super::{
     body::{BodyEnd, ObservedBody, OnBodyEnd},
-    extensions::EndpointInfo,
+    extensions::{EndpointInfo, RouteParams},
     BoxBody, BoxError, Endpoint, LayerFuture,
 };
 use crate::{
     metrics::Direction,
-    tap::{ActiveTap, Inspect, Taps},
+    tap::{ActiveTap, Inspect, TapRoute, Taps},
 };
 
 #[derive(Clone)]
@@ -149,6 +149,7 @@ impl<S> TapService<S> {
             meta.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
         let identity = meta.as_ref().and_then(|m| m.identity.clone());
         let authority = super::headers::request_authority(req);
+        let route = route(req);
         let taps = self.layer.taps.matching(&Inspect {
             source: self.layer.source,
             destination,
@@ -157,6 +158,7 @@ impl<S> TapService<S> {
             authority: authority.as_ref().map(|a| a.as_str()),
             path: req.uri().path(),
             destination_labels: &dst_labels,
+            route_labels: route.as_ref().map_or(&[], |r| &r.0[..]),
         });
         if taps.is_empty() {
             return None;
@@ -176,12 +178,21 @@ impl<S> TapService<S> {
             }),
             destination: Some(destination.into()),
             destination_meta: Some(tap_event::EndpointMeta { labels: dst_labels.into_iter().collect() }),
-            route_meta: None,
+            route_meta: route.map(|r| tap_event::RouteMeta { labels: r.0.iter().cloned().collect() }),
             proxy_direction: direction as i32,
             event: None,
         };
         Some(Common { taps: taps.into(), id: next_id(), base, start: Instant::now() })
     }
+}
+
+/// The route the request was routed by: an OutboundPolicies route leaves
+/// its `TapRoute`; a ServiceProfile route is known by its `RouteParams`.
+fn route<B>(req: &Request<B>) -> Option<TapRoute> {
+    if let Some(route) = req.extensions().get::<TapRoute>() {
+        return Some(route.clone());
+    }
+    req.extensions().get::<RouteParams>().map(|RouteParams(r)| TapRoute::profile(&r.name))
 }
 
 fn duration(d: std::time::Duration) -> Option<prost_types::Duration> {
