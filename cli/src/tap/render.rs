@@ -2,7 +2,7 @@
 //! (so people and scripts used to it read ours unchanged), a wide variant
 //! with the TLS identities, and one JSON object per event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -52,10 +52,19 @@ pub fn render(event: &TapEvent, output: Output, target: &str) -> Option<String> 
     }
 }
 
+/// Labels sorted, so lines and JSON come out the same for the same event.
+fn sorted(labels: Option<&HashMap<String, String>>) -> BTreeMap<&str, &str> {
+    labels.map(|l| l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()).unwrap_or_default()
+}
+
 fn labels(meta: &Option<tap_event::EndpointMeta>) -> BTreeMap<&str, &str> {
-    meta.as_ref()
-        .map(|m| m.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
-        .unwrap_or_default()
+    sorted(meta.as_ref().map(|m| &m.labels))
+}
+
+/// The route the request was routed by (`route`, and for an
+/// OutboundPolicies route `route_kind` and `route_namespace`).
+fn route_labels(event: &TapEvent) -> BTreeMap<&str, &str> {
+    sorted(event.route_meta.as_ref().map(|m| &m.labels))
 }
 
 fn addr(a: &Option<TcpAddress>) -> String {
@@ -179,6 +188,10 @@ fn text_line(event: &TapEvent, wide: bool) -> Option<String> {
             );
         }
     }
+    // `linkerd viz tap` ends every line with the route's labels.
+    for (k, v) in route_labels(event) {
+        let _ = write!(line, " rt_{k}={v}");
+    }
     if wide {
         let src = labels(&event.source_meta);
         let dst = labels(&event.destination_meta);
@@ -207,6 +220,7 @@ fn json_line(event: &TapEvent, target: &str) -> Value {
         "source": endpoint(&event.source, &event.source_meta),
         "destination": endpoint(&event.destination, &event.destination_meta),
         "tls": tls(event),
+        "routeMeta": route_labels(event),
     });
     let Some(tap_event::Event::Http(http)) = &event.event else { return v };
     let body = match http.event.as_ref() {
@@ -325,5 +339,41 @@ mod tests {
         assert_eq!(j["target"], "pod/x");
         assert_eq!(j["source"]["labels"]["client_id"], "web.ns.sa");
         assert_eq!(classify(&end), Some(("end", (7, 3))));
+        assert_eq!(j["routeMeta"], json!({}), "no route: an empty object, not a missing key");
+    }
+
+    #[test]
+    fn the_route_ends_each_line_as_rt_labels_and_is_in_json() {
+        let mut req = event(
+            ProxyDirection::Outbound,
+            HttpEvent::RequestInit(RequestInit {
+                id: ID,
+                method: Some(http::Method::GET.into()),
+                scheme: None,
+                authority: "web:80".into(),
+                path: "/api".into(),
+                headers: None,
+            }),
+        );
+        req.route_meta = Some(tap_event::RouteMeta {
+            labels: [
+                ("route_namespace".into(), "test".into()),
+                ("route".into(), "web-all".into()),
+                ("route_kind".into(), "HTTPRoute".into()),
+            ]
+            .into(),
+        });
+        assert_eq!(
+            render(&req, Output::Default, "t").unwrap(),
+            "req id=7:3 proxy=out src=10.0.0.1:40000 dst=10.0.0.2:8080 tls=no_identity :method=GET :authority=web:80 :path=/api rt_route=web-all rt_route_kind=HTTPRoute rt_route_namespace=test"
+        );
+        assert!(render(&req, Output::Wide, "t")
+            .unwrap()
+            .ends_with(" rt_route_namespace=test src_id=web.ns.sa dst_id=- dst_pod=b-1"));
+        let j: Value = serde_json::from_str(&render(&req, Output::Json, "t").unwrap()).unwrap();
+        assert_eq!(
+            j["routeMeta"],
+            json!({"route": "web-all", "route_kind": "HTTPRoute", "route_namespace": "test"})
+        );
     }
 }
