@@ -9,7 +9,7 @@
 //! change, if any.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt::Debug,
     sync::{Arc, Mutex},
     time::Duration,
@@ -18,17 +18,19 @@ use std::{
 use futures_util::StreamExt;
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 use kube::{
-    api::{Api, ApiResource, DynamicObject, GroupVersionKind},
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
     runtime::{watcher, WatchStreamExt},
     Client, Resource,
 };
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::watch as channel;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
     index::Index,
     model::{self, Kind, ModelError, ObjKey, Object},
-    MeshConfig,
+    route_status, MeshConfig,
 };
 
 /// Which served version of `split.smi-spec.io` to watch. Both carry the same
@@ -73,6 +75,11 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
     .into();
     pending.extend(POLICY_CRDS.iter().map(|crd| crd.kind));
     let sync = Arc::new(SyncTracker { pending: Mutex::new(pending), index: index.clone() });
+    let shown = Arc::new(channel::Sender::new(ShownStatus::new()));
+    tokio::spawn(
+        write_route_statuses(client.clone(), index.clone(), shown.subscribe())
+            .instrument(info_span!("route_status")),
+    );
 
     tokio::spawn(
         watch_kind(
@@ -127,19 +134,27 @@ pub fn spawn(client: Client, index: Index, cfg: MeshConfig, split_version: Split
             index.clone(),
             sync.clone(),
             cfg.clone(),
+            None,
         )
         .instrument(info_span!("watch", kind = "TrafficSplit")),
     );
     tokio::spawn(
-        watch_crd(client.clone(), CrdKind::ServiceProfile, index.clone(), sync.clone(), cfg.clone())
+        watch_crd(client.clone(), CrdKind::ServiceProfile, index.clone(), sync.clone(), cfg.clone(), None)
             .instrument(info_span!("watch", kind = "ServiceProfile")),
     );
     // Linkerd's policy resources: each CRD on its own, so a cluster serving
     // some of them (or none) still watches the rest.
     for crd in &POLICY_CRDS {
         tokio::spawn(
-            watch_crd(client.clone(), CrdKind::Policy(crd), index.clone(), sync.clone(), cfg.clone())
-                .instrument(info_span!("watch", kind = crd.kind.as_str())),
+            watch_crd(
+                client.clone(),
+                CrdKind::Policy(crd),
+                index.clone(),
+                sync.clone(),
+                cfg.clone(),
+                Some(shown.clone()),
+            )
+            .instrument(info_span!("watch", kind = crd.kind.as_str())),
         );
     }
 }
@@ -238,7 +253,16 @@ async fn served(client: &Client, group: &str, version: &str, plural: &str) -> Re
 /// Watches a custom resource once its CRD is found. Until then the kind
 /// counts as synced and empty: a cluster without SMI or ServiceProfiles is a
 /// normal cluster, and must not keep discovery from becoming ready.
-async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTracker>, cfg: MeshConfig) {
+/// `shown`: where a route kind records each route's status as the API shows
+/// it, for [`write_route_statuses`].
+async fn watch_crd(
+    client: Client,
+    crd: CrdKind,
+    index: Index,
+    sync: Arc<SyncTracker>,
+    cfg: MeshConfig,
+    shown: Option<Arc<channel::Sender<ShownStatus>>>,
+) {
     let kind = crd.kind();
     let (group, version) = loop {
         let mut found = None;
@@ -284,6 +308,19 @@ async fn watch_crd(client: Client, crd: CrdKind, index: Index, sync: Arc<SyncTra
             CrdKind::ServiceProfile => Object::ServiceProfile(model::service_profile(key, &spec)?),
             CrdKind::Policy(crd) => {
                 let meta = serde_json::to_value(&obj.metadata)?;
+                if let Some(shown) = shown.as_ref().filter(|_| route_status::ROUTE_KINDS.contains(&crd.kind))
+                {
+                    let status = Shown {
+                        resource_version: obj.metadata.resource_version.clone(),
+                        parents: obj.data["status"]["parents"].as_array().cloned().unwrap_or_default(),
+                    };
+                    shown.send_if_modified(|all| {
+                        let entry = (crd.kind, key.clone());
+                        let changed = all.get(&entry) != Some(&status);
+                        all.insert(entry, status);
+                        changed
+                    });
+                }
                 model::policy_object(crd.kind, key, &meta, &spec, &cfg)?
             }
         }))
@@ -369,4 +406,111 @@ async fn watch_kind<K>(
             }
         }
     }
+}
+
+// === Route status ===
+
+/// A route's `status.parents` as the API last showed it, and the
+/// resourceVersion it was shown at.
+#[derive(Clone, Debug, PartialEq)]
+struct Shown {
+    resource_version: Option<String>,
+    parents: Vec<Value>,
+}
+
+/// Kept for every route seen (a deleted route's entry stays, harmless: only
+/// routes in the index are written).
+type ShownStatus = HashMap<(Kind, ObjKey), Shown>;
+
+/// Changes closer together than this are written once.
+const STATUS_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// The field manager of weft's status writes.
+const FIELD_MANAGER: &str = "weft-destination";
+
+/// Writes each mesh route's `status.parents` ([`route_status::desired`])
+/// when it differs from what the API shows, after the index settles.
+///
+/// Every replica runs this, with no leader election: all compute the same
+/// status from the same watches, a route already showing it is skipped, and
+/// a merge patch carrying the resourceVersion it was computed against fails
+/// (409) rather than overwrite a newer status, whether another replica's or
+/// another controller's; the watch then shows the newer status and it is
+/// computed again. A failed write is logged and retried on the next change.
+/// It runs beside the watchers: discovery never waits for it.
+async fn write_route_statuses(client: Client, index: Index, mut shown: channel::Receiver<ShownStatus>) {
+    let mut state = index.subscribe();
+    // What was last sent per route and the resourceVersion it was sent
+    // against: not sent again until the watch shows the result.
+    let mut sent: HashMap<(Kind, ObjKey), (Option<String>, Vec<Value>)> = HashMap::new();
+    loop {
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            changed = shown.changed() => if changed.is_err() { return },
+        }
+        tokio::time::sleep(STATUS_DEBOUNCE).await;
+        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let writes: Vec<_> = {
+            let state = state.borrow_and_update();
+            let shown = shown.borrow_and_update();
+            if !state.synced {
+                continue;
+            }
+            route_status::routes(&state)
+                .filter_map(|(kind, key)| {
+                    let entry = (kind, key.clone());
+                    let seen = shown.get(&entry);
+                    let rv = seen.and_then(|s| s.resource_version.clone());
+                    // Until the watch shows our last write, it stands for
+                    // what the API has (its transition times included).
+                    let pending = sent.get(&entry).filter(|(r, _)| *r == rv).map(|(_, p)| &p[..]);
+                    let observed = pending.or(seen.map(|s| &s.parents[..])).unwrap_or_default();
+                    let parents = route_status::desired(&state, kind, key, observed, &now)?;
+                    let unchanged = parents == observed;
+                    (!unchanged).then_some((entry, rv, parents))
+                })
+                .collect()
+        };
+        for ((kind, key), rv, parents) in writes {
+            match patch_status(&client, kind, &key, rv.as_deref(), &parents).await {
+                Ok(()) => {
+                    debug!(route = %key, kind = kind.as_str(), "status written");
+                    sent.insert((kind, key), (rv, parents));
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    debug!(route = %key, kind = kind.as_str(), "status changed meanwhile; computed again on the next change");
+                    sent.remove(&(kind, key));
+                }
+                Err(error) => {
+                    metrics::counter!("destination_route_status_errors_total", "kind" => kind.as_str())
+                        .increment(1);
+                    warn!(route = %key, kind = kind.as_str(), %error, "writing route status failed; retried on the next change");
+                    sent.remove(&(kind, key));
+                }
+            }
+        }
+    }
+}
+
+/// A JSON merge patch of the `status` subresource: `parents` is replaced as
+/// a whole (the list carries the other controllers' entries as shown), and
+/// `resourceVersion` makes it fail if the route changed meanwhile.
+async fn patch_status(
+    client: &Client,
+    kind: Kind,
+    key: &ObjKey,
+    resource_version: Option<&str>,
+    parents: &[Value],
+) -> Result<(), kube::Error> {
+    let Some(crd) = POLICY_CRDS.iter().find(|c| c.kind == kind) else { return Ok(()) };
+    let (group, version) = crd.group_version;
+    let resource =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, crd.api_kind), crd.plural);
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &key.namespace, &resource);
+    let mut body = serde_json::json!({ "status": { "parents": parents } });
+    if let Some(rv) = resource_version {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() };
+    api.patch_status(&key.name, &params, &Patch::Merge(&body)).await.map(drop)
 }
