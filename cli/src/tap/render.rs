@@ -288,19 +288,21 @@ mod tests {
 
     const ID: Option<StreamId> = Some(StreamId { base: 7, stream: 3 });
 
+    /// `GET web:80/api`, request init.
+    fn get_api() -> HttpEvent {
+        HttpEvent::RequestInit(RequestInit {
+            id: ID,
+            method: Some(http::Method::GET.into()),
+            scheme: None,
+            authority: "web:80".into(),
+            path: "/api".into(),
+            headers: None,
+        })
+    }
+
     #[test]
     fn linkerd_text_format() {
-        let req = event(
-            ProxyDirection::Inbound,
-            HttpEvent::RequestInit(RequestInit {
-                id: ID,
-                method: Some(http::Method::GET.into()),
-                scheme: None,
-                authority: "web:80".into(),
-                path: "/api".into(),
-                headers: None,
-            }),
-        );
+        let req = event(ProxyDirection::Inbound, get_api());
         assert_eq!(
             render(&req, Output::Default, "t").unwrap(),
             "req id=7:3 proxy=in  src=10.0.0.1:40000 dst=10.0.0.2:8080 tls=true :method=GET :authority=web:80 :path=/api"
@@ -344,17 +346,7 @@ mod tests {
 
     #[test]
     fn the_route_ends_each_line_as_rt_labels_and_is_in_json() {
-        let mut req = event(
-            ProxyDirection::Outbound,
-            HttpEvent::RequestInit(RequestInit {
-                id: ID,
-                method: Some(http::Method::GET.into()),
-                scheme: None,
-                authority: "web:80".into(),
-                path: "/api".into(),
-                headers: None,
-            }),
-        );
+        let mut req = event(ProxyDirection::Outbound, get_api());
         req.route_meta = Some(tap_event::RouteMeta {
             labels: [
                 ("route_namespace".into(), "test".into()),
