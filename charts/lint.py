@@ -348,6 +348,10 @@ RBAC_ALLOWED = {
     # Gateway API HTTPRoutes whose parentRefs name a Server: inbound routes.
     ("weft-destination", "gateway.networking.k8s.io", "httproutes"): READ,
     ("weft-destination", "gateway.networking.k8s.io", "grpcroutes"): READ,
+    # Route status (issue 19): weft's status.parents entries on mesh routes, a merge PATCH.
+    ("weft-destination", "policy.linkerd.io", "httproutes/status"): {"patch"},
+    ("weft-destination", "gateway.networking.k8s.io", "httproutes/status"): {"patch"},
+    ("weft-destination", "gateway.networking.k8s.io", "grpcroutes/status"): {"patch"},
     ("weft-injector", "", "namespaces"): READ,
     # weft-cni's plugin reads a new sandbox's pod and its namespace (only with cni.enabled).
     ("weft-cni", "", "pods"): {"get"},
