@@ -70,6 +70,9 @@ struct Replay {
     forbidden: Arc<Mutex<Vec<&'static str>>>,
     /// Every PATCH as `(path?query, content-type, body)`, answered 200.
     patches: Arc<Mutex<Vec<(String, String, serde_json::Value)>>>,
+    /// A `status` the Gateway HTTPRoute LIST gives voting-route, as if
+    /// written before.
+    voting_route_status: Arc<Mutex<Option<serde_json::Value>>>,
 }
 
 impl Replay {
@@ -95,13 +98,20 @@ impl Replay {
         let expired = Arc::new(Mutex::new(expire_first_split_watch));
         let forbidden = Arc::new(Mutex::new(Vec::new()));
         let patches = Arc::new(Mutex::new(Vec::new()));
-        let (log2, watches2, forbidden2, patches2) =
-            (log.clone(), watches.clone(), forbidden.clone(), patches.clone());
+        let voting_route_status = Arc::new(Mutex::new(None));
+        let (log2, watches2, forbidden2, patches2, status2) =
+            (log.clone(), watches.clone(), forbidden.clone(), patches.clone(), voting_route_status.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (log, watches, expired, forbidden, patches) =
-                    (log2.clone(), watches2.clone(), expired.clone(), forbidden2.clone(), patches2.clone());
+                let (log, watches, expired, forbidden, patches, status) = (
+                    log2.clone(),
+                    watches2.clone(),
+                    expired.clone(),
+                    forbidden2.clone(),
+                    patches2.clone(),
+                    status2.clone(),
+                );
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: hyper::Request<hyper::body::Incoming>| {
@@ -118,7 +128,7 @@ impl Replay {
                                     r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"forbidden","reason":"Forbidden","details":{},"code":403}"#.into(),
                                 )
                             } else {
-                                route(&req, &log, &watches, &expired, policy)
+                                route(&req, &log, &watches, &expired, policy, &status)
                             };
                             futures_util::future::Either::Right(async move { Ok::<_, Infallible>(rsp) })
                         },
@@ -129,7 +139,7 @@ impl Replay {
                 });
             }
         });
-        Self { addr, log, watches, forbidden, patches }
+        Self { addr, log, watches, forbidden, patches, voting_route_status }
     }
 
     fn release(&self, resource: &str, n: usize) {
@@ -180,6 +190,7 @@ fn route(
     watches: &Arc<HashMap<&'static str, Gated>>,
     expired: &Mutex<bool>,
     policy: bool,
+    voting_route_status: &Mutex<Option<serde_json::Value>>,
 ) -> hyper::Response<Body> {
     let path = req.uri().path().to_owned();
     let query: HashMap<String, String> = req
@@ -246,6 +257,13 @@ fn route(
         }
     };
     if !watching {
+        if let Some(status) =
+            voting_route_status.lock().unwrap().clone().filter(|_| list.starts_with("httproutes.gateway"))
+        {
+            let mut l: serde_json::Value = serde_json::from_str(&fixture(list)).unwrap();
+            l["items"][0]["status"] = status;
+            return json(200, l.to_string());
+        }
         if list.starts_with("networkauthentications.") {
             // The list as the apiserver would give it had the object it
             // accepted (`cidr: not-a-cidr`) stayed: weft must skip it alone.
@@ -664,4 +682,42 @@ async fn route_status_is_patched_once_per_change() {
     replay.release("servers", 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(patches().len(), before, "{:?}", patches());
+}
+
+/// voting-route already shows weft's status (written earlier, by this or
+/// another replica) beside a gateway's entry: weft leaves it alone, while
+/// the routes without one get theirs.
+#[tokio::test]
+async fn a_route_already_showing_its_status_is_not_patched() {
+    let replay = Replay::start_with("v1alpha4", false, true).await;
+    let condition = |t: &str, s: &str, r: &str, m: &str| {
+        serde_json::json!({"type": t, "status": s, "reason": r, "message": m,
+            "observedGeneration": 1, "lastTransitionTime": "2026-12-01T10:00:00Z"})
+    };
+    *replay.voting_route_status.lock().unwrap() = Some(serde_json::json!({"parents": [
+        {
+            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"},
+            "controllerName": "example.com/gateway",
+            "conditions": [condition("Accepted", "True", "Accepted", "")],
+        },
+        {
+            "parentRef": {"group": "core", "kind": "Service", "namespace": "emojivoto", "name": "voting-svc", "port": 8080},
+            "controllerName": "weft.io/destination",
+            "conditions": [
+                condition("Accepted", "True", "Accepted", ""),
+                condition("ResolvedRefs", "False", "BackendNotFound", "Service emojivoto/voting-v2 not found"),
+            ],
+        },
+    ]}));
+    let index = Index::new();
+    k8s::spawn(replay.client(), index.clone(), MeshConfig::default(), SplitVersion::Auto);
+    let patches = || replay.patches.lock().unwrap().clone();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while patches().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let targets: Vec<String> = patches().into_iter().map(|(t, _, _)| t).collect();
+    assert!(targets.iter().any(|t| t.contains("/grpcroutes/emoji-route/")), "{targets:?}");
+    assert!(!targets.iter().any(|t| t.contains("/httproutes/voting-route/")), "{targets:?}");
 }
