@@ -429,25 +429,34 @@ fn plan(state: &State, cfg: &MeshConfig, backends: &[BackendRef], default: &pb::
     }
 }
 
+/// `plan` as the Distribution of proto module `$route` (`http_route` or
+/// `grpc_route`: the same messages, generated twice), a backend's failure
+/// as the filter `$failure` makes.
+macro_rules! distribution {
+    ($route:ident, $plan:expr, $failure:expr) => {{
+        use pb::$route::{distribution, RouteBackend, WeightedRouteBackend};
+        let route_backend = |backend, failure: Option<String>| RouteBackend {
+            backend: Some(backend),
+            filters: failure.map($failure).into_iter().collect(),
+            ..Default::default()
+        };
+        let kind = match $plan {
+            Plan::One(b, failure) => distribution::Kind::FirstAvailable(distribution::FirstAvailable {
+                backends: vec![route_backend(*b, failure)],
+            }),
+            Plan::Weighted(list) => distribution::Kind::RandomAvailable(distribution::RandomAvailable {
+                backends: list
+                    .into_iter()
+                    .map(|(weight, b, f)| WeightedRouteBackend { weight, backend: Some(route_backend(b, f)) })
+                    .collect(),
+            }),
+        };
+        pb::$route::Distribution { kind: Some(kind) }
+    }};
+}
+
 fn http_distribution(plan: Plan) -> pb::http_route::Distribution {
-    use pb::http_route::{distribution, RouteBackend, WeightedRouteBackend};
-    let route_backend = |backend, failure: Option<String>| RouteBackend {
-        backend: Some(backend),
-        filters: failure.map(http_failure).into_iter().collect(),
-        ..Default::default()
-    };
-    let kind = match plan {
-        Plan::One(b, failure) => distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![route_backend(*b, failure)],
-        }),
-        Plan::Weighted(list) => distribution::Kind::RandomAvailable(distribution::RandomAvailable {
-            backends: list
-                .into_iter()
-                .map(|(weight, b, f)| WeightedRouteBackend { weight, backend: Some(route_backend(b, f)) })
-                .collect(),
-        }),
-    };
-    pb::http_route::Distribution { kind: Some(kind) }
+    distribution!(http_route, plan, http_failure)
 }
 
 fn http_route(
@@ -546,24 +555,7 @@ fn grpc_failure(message: String) -> pb::grpc_route::Filter {
 }
 
 fn grpc_distribution(plan: Plan) -> pb::grpc_route::Distribution {
-    use pb::grpc_route::{distribution, RouteBackend, WeightedRouteBackend};
-    let route_backend = |backend, failure: Option<String>| RouteBackend {
-        backend: Some(backend),
-        filters: failure.map(grpc_failure).into_iter().collect(),
-        ..Default::default()
-    };
-    let kind = match plan {
-        Plan::One(b, failure) => distribution::Kind::FirstAvailable(distribution::FirstAvailable {
-            backends: vec![route_backend(*b, failure)],
-        }),
-        Plan::Weighted(list) => distribution::Kind::RandomAvailable(distribution::RandomAvailable {
-            backends: list
-                .into_iter()
-                .map(|(weight, b, f)| WeightedRouteBackend { weight, backend: Some(route_backend(b, f)) })
-                .collect(),
-        }),
-    };
-    pb::grpc_route::Distribution { kind: Some(kind) }
+    distribution!(grpc_route, plan, grpc_failure)
 }
 
 fn grpc_route(
