@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long, value_name = "PREFIX")]
     path: Option<String>,
 
+    /// Only requests routed by this route: an HTTPRoute/GRPCRoute rule's
+    /// route or a ServiceProfile route (what output shows as `rt_route=`).
+    #[arg(long, value_name = "NAME")]
+    route: Option<String>,
+
     /// At most this many new requests per second are shown; the rest are
     /// skipped whole (all three events). 0: no limit. The proxies never wait
     /// for a slow tap either way: they drop and count what does not fit.
@@ -135,6 +140,9 @@ impl Args {
         }
         if let Some(p) = &self.path {
             all.push(http(m::http::Match::Path(string(string_match::Match::Prefix(p.clone())))));
+        }
+        if let Some(route) = &self.route {
+            all.push(m::Match::RouteLabel(m::Label { key: "route".into(), value: route.clone() }));
         }
         if all.is_empty() {
             return None;
@@ -335,6 +343,20 @@ mod tests {
         assert!(!l.admit("end", (1, 3)));
         assert!(l.skipped.is_empty());
         assert!(Limiter::new(0.0).admit("req", (9, 9)));
+    }
+
+    #[test]
+    fn route_asks_the_proxy_for_that_route_label() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            tap: Args,
+        }
+        let cli =
+            <Cli as clap::Parser>::parse_from(["tap", "--addr", "127.0.0.1:4190", "--route", "web-all"]);
+        let Some(Match { r#match: Some(m::Match::All(all)) }) = cli.tap.filter() else { panic!("no filter") };
+        let wanted = m::Match::RouteLabel(m::Label { key: "route".into(), value: "web-all".into() });
+        assert_eq!(all.matches, vec![Match { r#match: Some(wanted) }]);
     }
 
     #[test]
