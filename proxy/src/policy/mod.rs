@@ -96,8 +96,9 @@ pub struct Network {
 impl Network {
     pub fn all() -> Vec<Network> {
         vec![
-            Network { net: "0.0.0.0/0".parse().expect("valid"), except: vec![] },
-            Network { net: "::/0".parse().expect("valid"), except: vec![] },
+            // ipnet's defaults are the unspecified networks, 0.0.0.0/0 and ::/0.
+            Network { net: IpNet::V4(ipnet::Ipv4Net::default()), except: vec![] },
+            Network { net: IpNet::V6(ipnet::Ipv6Net::default()), except: vec![] },
         ]
     }
 
