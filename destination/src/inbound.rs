@@ -234,7 +234,7 @@ fn resolve_all<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{files::parse_manifests, index::Index};
+    use crate::index::Index;
 
     const FIXTURES: [&str; 6] = [
         "servers.policy.linkerd.io-emojivoto.list.json",
@@ -246,18 +246,8 @@ mod tests {
     ];
 
     fn index(skip: &[&str]) -> Index {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
-        let cfg = MeshConfig::default();
-        let mut objects = Vec::new();
-        for name in FIXTURES.iter().filter(|n| !skip.contains(n)) {
-            let text = std::fs::read_to_string(dir.join(name)).expect("fixture");
-            let (parsed, problems) = parse_manifests(&text, &cfg);
-            assert!(problems.is_empty(), "{name}: {problems:?}");
-            objects.extend(parsed.expect("parsed"));
-        }
-        let index = Index::new();
-        index.replace_all(objects);
-        index
+        let names: Vec<&str> = FIXTURES.iter().copied().filter(|n| !skip.contains(n)).collect();
+        crate::fixtures::index(&names, &[])
     }
 
     fn policy(index: &Index, pod: &str, port: u16) -> InboundPolicy {

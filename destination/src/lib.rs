@@ -15,6 +15,8 @@
 pub mod admin;
 pub mod endpoints;
 pub mod files;
+#[cfg(test)]
+mod fixtures;
 pub mod inbound;
 pub mod index;
 pub mod k8s;

@@ -764,20 +764,7 @@ mod tests {
 
     /// The fixtures plus `extra` manifests (YAML).
     fn index(extra: &[&str]) -> Index {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
-        let cfg = MeshConfig::default();
-        let mut texts: Vec<String> =
-            FIXTURES.iter().map(|name| std::fs::read_to_string(dir.join(name)).expect("fixture")).collect();
-        texts.extend(extra.iter().map(|s| s.to_string()));
-        let mut objects = Vec::new();
-        for text in texts {
-            let (parsed, problems) = parse_manifests(&text, &cfg);
-            assert!(problems.is_empty(), "{problems:?}");
-            objects.extend(parsed.expect("parsed"));
-        }
-        let index = Index::new();
-        index.replace_all(objects);
-        index
+        crate::fixtures::index(&FIXTURES, extra)
     }
 
     fn get(index: &Index, target: Target) -> Option<pb::OutboundPolicy> {

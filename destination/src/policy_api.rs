@@ -598,7 +598,7 @@ impl InboundServerPolicies for PolicyService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{files::parse_manifests, index::Index};
+    use crate::index::Index;
 
     const FIXTURES: [&str; 8] = [
         "servers.policy.linkerd.io-emojivoto.list.json",
@@ -613,23 +613,8 @@ mod tests {
 
     /// The fixtures but `skip`, plus `extra` manifests.
     fn index(skip: &[&str], extra: &str) -> Index {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/kubernetes");
-        let cfg = MeshConfig::default();
-        let mut texts: Vec<String> = FIXTURES
-            .iter()
-            .filter(|n| !skip.contains(n))
-            .map(|name| std::fs::read_to_string(dir.join(name)).expect("fixture"))
-            .collect();
-        texts.push(extra.to_owned());
-        let mut objects = Vec::new();
-        for text in texts {
-            let (parsed, problems) = parse_manifests(&text, &cfg);
-            assert!(problems.is_empty(), "{problems:?}");
-            objects.extend(parsed.expect("parsed"));
-        }
-        let index = Index::new();
-        index.replace_all(objects);
-        index
+        let names: Vec<&str> = FIXTURES.iter().copied().filter(|n| !skip.contains(n)).collect();
+        crate::fixtures::index(&names, &[extra])
     }
 
     fn server(index: &Index, pod: &str, port: u16, default_policy: AccessPolicy) -> pb::Server {
