@@ -197,6 +197,7 @@ fn http_rule(rule: api::http_route::Rule) -> Result<(inbound_api::http_route::Ru
         backends: http_distribution(rule.backends.map(|d| d.kind))?,
         response_headers,
         retry,
+        ..Default::default()
     };
     Ok((inbound_api::http_route::Rule { matches: rule.matches, filters }, params))
 }
@@ -271,6 +272,7 @@ fn grpc_rule(rule: api::grpc_route::Rule) -> Result<(inbound_api::grpc_route::Ru
         backends: grpc_distribution(rule.backends.map(|d| d.kind))?,
         response_headers: None,
         retry,
+        ..Default::default()
     };
     Ok((inbound_api::grpc_route::Rule { matches: rule.matches, filters }, params))
 }

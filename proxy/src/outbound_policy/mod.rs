@@ -76,6 +76,53 @@ pub struct RuleParams {
     pub backends: Vec<WeightedBackend>,
     pub response_headers: Option<HeaderModifier>,
     pub retry: Option<Arc<RetryPolicy>>,
+    /// Backends sent a copy of some requests (RequestMirror, weft's
+    /// extension); their answers are ignored.
+    pub mirrors: Vec<MirrorParams>,
+    /// Path and Host rewrite before the request goes on (URLRewrite, weft's
+    /// extension).
+    pub url_rewrite: Option<UrlRewrite>,
+    /// A second copy after a delay (`retry.weft.io/hedge-after`, weft's
+    /// extension).
+    pub hedge: Option<Arc<HedgePolicy>>,
+}
+
+/// One RequestMirror: `numerator / denominator` of the rule's requests are
+/// copied to `backend`.
+#[derive(Debug)]
+pub struct MirrorParams {
+    pub backend: ResourceRef,
+    pub target: BackendTarget,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+impl MirrorParams {
+    pub fn fires(&self) -> bool {
+        self.denominator > 0 && rand::random_range(0..self.denominator) < self.numerator
+    }
+}
+
+/// URLRewrite: a new Host / `:authority`, and the path replaced whole or
+/// the prefix the rule matched replaced.
+#[derive(Debug, Default)]
+pub struct UrlRewrite {
+    pub hostname: Option<http::uri::Authority>,
+    pub path: Option<crate::policy::filters::PathModifier>,
+}
+
+/// When to send a hedged copy of a request.
+#[derive(Debug)]
+pub struct HedgePolicy {
+    pub after: HedgeAfter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HedgeAfter {
+    /// A fixed delay.
+    Fixed(Duration),
+    /// A percentile (e.g. 95.0) of the rule's observed latency.
+    Percentile(f64),
 }
 
 /// A rule's retries (`retry.linkerd.io/*`): what failed responses are
