@@ -94,6 +94,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/metrics") => {
+                crate::process_metrics::refresh();
                 let mut rsp = text(StatusCode::OK, self.metrics.render());
                 rsp.headers_mut().insert(
                     http::header::CONTENT_TYPE,

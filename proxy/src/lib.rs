@@ -21,6 +21,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod outbound_policy;
 pub mod policy;
+pub mod process_metrics;
 pub mod profile;
 pub mod stack;
 pub mod tap;

@@ -39,6 +39,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     // Linkerd's `proxy_build_info`: `weft check --proxy` compares it with the
     // control plane's version.
     metrics::gauge!("proxy_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    crate::process_metrics::refresh();
     Ok(handle)
 }
 

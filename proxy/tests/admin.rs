@@ -62,6 +62,43 @@ async fn metrics_count_requests_responses_latency_and_connections() {
     assert_eq!(m.get("proxy_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0, "{}", m.0);
 }
 
+/// The process gauges dashboards chart for proxy health (Linkerd's names).
+#[tokio::test]
+async fn process_metrics_report_memory_cpu_and_open_connections() {
+    let proxy = Proxy::builder().spawn().await;
+    let m = proxy.metrics().await;
+    let rss = m.get("process_resident_memory_bytes", &[]);
+    assert!((1e6..1e9).contains(&rss), "resident memory {rss}\n{}", m.0);
+    assert!(m.get("process_virtual_memory_bytes", &[]) >= rss);
+    // A proxy that has just started may not have used a clock tick yet.
+    assert_eq!(m.samples("process_cpu_seconds_total").count(), 1, "{}", m.0);
+    assert!(m.get("process_threads", &[]) >= 1.0);
+    assert!(m.get("process_max_fds", &[]) >= 64.0);
+    let started = m.get("process_start_time_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 60.0..=now).contains(&started), "start {started}, now {now}");
+    // Each held connection is a file descriptor of the proxy.
+    let before = m.get("process_open_fds", &[]);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(proxy.outbound).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut open = before;
+    while open < before + 20.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        open = proxy.metrics().await.get("process_open_fds", &[]);
+    }
+    assert!(open >= before + 20.0, "fds {before} -> {open} with 20 connections held");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open > before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        open = proxy.metrics().await.get("process_open_fds", &[]);
+    }
+    assert!(open <= before, "fds {open} after closing, {before} before");
+}
+
 #[tokio::test]
 async fn log_level_can_be_read_and_changed_from_loopback() {
     let server = HttpServer::start().await;
