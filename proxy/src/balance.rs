@@ -112,6 +112,12 @@ impl Balancer {
     }
 
     pub fn pick(&self) -> Pick {
+        self.pick_avoiding(None)
+    }
+
+    /// As `pick`, but never `avoid` (a hedged request's first endpoint)
+    /// while there is another.
+    pub fn pick_avoiding(&self, avoid: Option<SocketAddr>) -> Pick {
         let mut state = lock(&self.state);
         state.refresh(false);
         match state.resolution {
@@ -121,7 +127,12 @@ impl Balancer {
             Kind::Known { .. } => {}
         }
         let now = Instant::now();
-        let eps = &state.endpoints;
+        let mut eps = &state.endpoints[..];
+        let skipped;
+        if let Some(i) = avoid.and_then(|a| eps.iter().position(|e| e.addr == a)).filter(|_| eps.len() > 1) {
+            skipped = [&eps[..i], &eps[i + 1..]].concat();
+            eps = &skipped;
+        }
         let mut rng = rand::rng();
         let chosen = if eps.len() == 1 {
             eps[0].clone()
@@ -370,6 +381,28 @@ mod tests {
         assert!(Arc::ptr_eq(&eps[0], &ep1), "kept endpoint keeps its state");
         assert!(eps[0].is_ejected());
         assert_eq!(eps[1].addr.to_string(), "10.0.0.3:80");
+    }
+
+    #[tokio::test]
+    async fn a_hedge_avoids_the_first_endpoint_unless_it_is_the_only_one() {
+        let (_tx, rx) = watch::channel(set(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]));
+        let b = Balancer::new(rx);
+        let first: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let picks: Vec<SocketAddr> = (0..200)
+            .map(|_| match b.pick_avoiding(Some(first)) {
+                Pick::Endpoint(e) => e.addr,
+                _ => panic!("no endpoint"),
+            })
+            .collect();
+        assert!(picks.iter().all(|&a| a != first));
+        assert!(
+            picks.iter().any(|a| a.to_string() == "10.0.0.1:80")
+                && picks.iter().any(|a| a.to_string() == "10.0.0.3:80")
+        );
+
+        let (_tx, rx) = watch::channel(set(&["10.0.0.2:80"]));
+        let lone = Balancer::new(rx);
+        assert!(matches!(lone.pick_avoiding(Some(first)), Pick::Endpoint(e) if e.addr == first));
     }
 
     #[tokio::test]

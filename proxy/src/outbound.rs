@@ -26,6 +26,7 @@ use crate::{
         balance::{BalanceLayer, Balancers},
         errors::RespondOnErrorLayer,
         forward::Forward,
+        hedge::HedgeLayer,
         logical::{LogicalLayer, Profiles},
         policy_route::PolicyRouteLayer,
         resolve::{DnsResolver, ResolveLayer, Target},
@@ -129,6 +130,7 @@ impl Outbound {
                             .layer(FiltersLayer)
                             .layer(RouteLayer)
                             .layer(RetryLayer)
+                            .layer(HedgeLayer)
                             .layer(SplitLayer)
                             .layer(BalanceLayer::new(balancers.clone()))
                             .service(endpoint);

@@ -3,6 +3,7 @@
 //! failing endpoints get less traffic.
 
 use std::{
+    net::SocketAddr,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::{
-    extensions::{Backend, EndpointInfo, FailureAccrual, RouteError},
+    extensions::{Backend, EndpointInfo, FailureAccrual, HedgeEndpoint, RouteError},
     BoxError, Endpoint, LayerFuture,
 };
 use crate::{
@@ -73,8 +74,13 @@ impl Balancers {
     /// An endpoint of `backend`, waiting up to the discovery timeout for a
     /// first answer about it.
     pub async fn pick(&self, backend: &Arc<str>) -> Pick {
+        self.pick_avoiding(backend, None).await
+    }
+
+    /// As `pick`, but not `avoid` while the backend has another endpoint.
+    pub async fn pick_avoiding(&self, backend: &Arc<str>, avoid: Option<SocketAddr>) -> Pick {
         let balancer = self.get(backend);
-        let pick = balancer.pick();
+        let pick = balancer.pick_avoiding(avoid);
         if !matches!(pick, Pick::Pending) {
             return pick;
         }
@@ -83,7 +89,7 @@ impl Balancers {
             tokio::time::timeout(self.discovery_timeout, rx.wait_for(|r| !matches!(r, Resolution::Pending)))
                 .await;
         if waited.is_ok() {
-            balancer.pick()
+            balancer.pick_avoiding(avoid)
         } else {
             Pick::Pending
         }
@@ -137,10 +143,12 @@ where
             return LayerFuture::inner(self.inner.call(req));
         };
         let accrual = req.extensions().get::<FailureAccrual>().map(|a| a.0).unwrap_or_default();
+        let hedge = req.extensions().get::<HedgeEndpoint>().cloned();
         let mut inner = super::take_ready(&mut self.inner);
         let balancers = self.balancers.clone();
         LayerFuture::own(async move {
-            let endpoint = match balancers.pick(&name).await {
+            let avoid = hedge.as_ref().and_then(|first| first.0.get().copied());
+            let endpoint = match balancers.pick_avoiding(&name, avoid).await {
                 Pick::Endpoint(endpoint) => endpoint,
                 Pick::NoEndpoints { exists: true } => {
                     return Err(RouteError::NoEndpoints(name.to_string()).into())
@@ -150,6 +158,9 @@ where
                     return inner.call(req).await.map_err(Into::into);
                 }
             };
+            if let Some(first) = hedge {
+                let _ = first.0.set(endpoint.addr);
+            }
             req.extensions_mut().insert(Endpoint(endpoint.addr));
             req.extensions_mut().insert(EndpointInfo(endpoint.meta.clone()));
             let in_flight = endpoint.start(accrual);

@@ -13,7 +13,7 @@ use crate::{
     balance::Accrual,
     connect::ConnectError,
     discovery::EndpointMeta,
-    outbound_policy::{OutboundPolicy, RetryPolicy},
+    outbound_policy::{HedgePolicy, OutboundPolicy, RetryPolicy},
     profile::{Profile, Route},
 };
 
@@ -136,3 +136,26 @@ pub enum ClientError {
     #[error("upstream {0}: {1}")]
     Http2(SocketAddr, #[source] h2::Error),
 }
+
+/// The matched policy rule hedges (`retry.weft.io/hedge-after`): its
+/// policy (delay, latency estimate, budget) and its route's counters.
+#[derive(Clone)]
+pub struct RouteHedge {
+    pub policy: Arc<HedgePolicy>,
+    pub counters: HedgeCounters,
+}
+
+/// weft's `outbound_http_route_hedge_*_total`, with the route's labels.
+#[derive(Clone, Debug)]
+pub struct HedgeCounters {
+    /// Copies sent.
+    pub requests: Counter,
+    /// Requests answered by their copy.
+    pub wins: Counter,
+}
+
+/// Where a hedged request's first try went: the balancer sets it for the
+/// first try, and the copy, carrying the same cell, goes to another
+/// endpoint when the backend has one.
+#[derive(Clone, Debug, Default)]
+pub struct HedgeEndpoint(pub Arc<std::sync::OnceLock<SocketAddr>>);

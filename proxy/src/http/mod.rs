@@ -8,6 +8,7 @@ pub mod errors;
 pub mod extensions;
 pub mod forward;
 pub mod headers;
+pub mod hedge;
 pub mod http1;
 pub mod http2;
 pub mod logical;

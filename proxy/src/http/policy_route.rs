@@ -122,6 +122,10 @@ where
             req.extensions_mut()
                 .insert(RouteRetry { policy: policy.clone(), counters: metrics.retry_counters() });
         }
+        if let Some(policy) = &rule.hedge {
+            let counters = policy.counters(&metrics.labels);
+            req.extensions_mut().insert(super::extensions::RouteHedge { policy: policy.clone(), counters });
+        }
         req.extensions_mut().insert(Matched { policy: table.matcher.clone(), route: matched });
         req.extensions_mut().insert(metrics.tap.clone());
         LayerFuture::inner(PolicyRouteFuture {

@@ -173,13 +173,13 @@ fn count_retry(logical: &LogicalProfile, route: Option<&RouteParams>, result: &'
 }
 
 /// A request body held in memory so it can be sent more than once.
-struct Replay {
+pub(super) struct Replay {
     data: Bytes,
     trailers: Option<HeaderMap>,
 }
 
 impl Replay {
-    fn request(&self, parts: &http::request::Parts) -> Request<BoxBody> {
+    pub(super) fn request(&self, parts: &http::request::Parts) -> Request<BoxBody> {
         let mut frames = Vec::with_capacity(2);
         if !self.data.is_empty() {
             frames.push(Ok::<_, BoxError>(Frame::data(self.data.clone())));
@@ -200,7 +200,7 @@ impl Replay {
 
 /// Reads the body into memory unless it is larger than `limit`; then hands
 /// back a body that replays what was read and streams the rest.
-async fn buffer(mut body: BoxBody, limit: usize) -> Result<Replay, BoxBody> {
+pub(super) async fn buffer(mut body: BoxBody, limit: usize) -> Result<Replay, BoxBody> {
     if body.size_hint().lower() > limit as u64 {
         return Err(body);
     }

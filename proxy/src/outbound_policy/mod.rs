@@ -111,10 +111,49 @@ pub struct UrlRewrite {
     pub path: Option<crate::policy::filters::PathModifier>,
 }
 
-/// When to send a hedged copy of a request.
-#[derive(Debug)]
+/// When to send a hedged copy of a request (http/hedge.rs), and what the
+/// rule has learned for it: its recent latencies and its budget.
 pub struct HedgePolicy {
     pub after: HedgeAfter,
+    /// The rule's recent latencies, for a percentile delay.
+    pub latencies: crate::http::hedge::Latencies,
+    /// Copies allowed: 10% of the rule's requests over 10 s, plus 10 a
+    /// second, so hedging can add at most that much load.
+    pub budget: tower::retry::budget::TpsBudget,
+    /// The route's hedge counters, registered on the rule's first request.
+    counters: std::sync::OnceLock<crate::http::extensions::HedgeCounters>,
+}
+
+impl HedgePolicy {
+    pub fn new(after: HedgeAfter) -> Self {
+        HedgePolicy {
+            after,
+            latencies: Default::default(),
+            budget: tower::retry::budget::TpsBudget::new(Duration::from_secs(10), 10, 0.1),
+            counters: Default::default(),
+        }
+    }
+
+    /// How long the first try may go unanswered before a copy is sent;
+    /// `None` while a percentile has too few latencies to go by.
+    pub fn delay(&self) -> Option<Duration> {
+        match self.after {
+            HedgeAfter::Fixed(after) => Some(after),
+            HedgeAfter::Percentile(p) => self.latencies.percentile(p),
+        }
+    }
+
+    /// The counters of the route this rule is in (`route`: its metric
+    /// labels), registered once.
+    pub fn counters(&self, route: &[metrics::Label]) -> crate::http::extensions::HedgeCounters {
+        self.counters.get_or_init(|| crate::http::hedge::register_counters(route)).clone()
+    }
+}
+
+impl std::fmt::Debug for HedgePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HedgePolicy").field("after", &self.after).finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
