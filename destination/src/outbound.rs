@@ -10,7 +10,11 @@
 //!   precedence); none: one `Default{http}` route to the Service itself;
 //! - backends: P2C over peak-EWMA fed by `Destination/Get`; a backendRef to a
 //!   Service that does not exist fails its share of requests with a 500;
-//! - Linkerd's retry, timeout and failure-accrual annotations.
+//! - Linkerd's retry, timeout and failure-accrual annotations;
+//! - weft's extensions, which Linkerd's message has no field for, in its
+//!   field 1000 ([`weft_api`]): each rule's RequestMirrors (a mirror to a
+//!   Service that does not exist is dropped), URLRewrite, and hedging
+//!   (`retry.weft.io/hedge-after`, route over Service like Linkerd's).
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -28,6 +32,7 @@ use crate::{
     target::Target,
     MeshConfig,
 };
+use weft_api::{self as ext, OutboundPolicyWithExtensions};
 
 const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 // Linkerd's queue and balancer defaults.
@@ -48,16 +53,30 @@ const ACCRUAL_JITTER: f32 = 0.5;
 
 const CORE_GROUP: &str = "core";
 
+/// A Service port's outbound policy as sent: Linkerd's message with weft's
+/// extensions, and what was left out of it and why (logged as it is sent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outbound {
+    pub message: OutboundPolicyWithExtensions,
+    pub skipped: Vec<String>,
+}
+
+impl Outbound {
+    fn plain(policy: pb::OutboundPolicy) -> Self {
+        Self { message: OutboundPolicyWithExtensions { policy, extensions: None }, skipped: Vec::new() }
+    }
+}
+
 /// The outbound policy for `target`, or `None` where Linkerd answers
 /// `NOT_FOUND`: names outside the cluster domain, Services not in the index,
 /// IPs that are neither a Service's cluster IP nor a pod's.
-pub fn policy(state: &State, cfg: &MeshConfig, target: &Target) -> Option<pb::OutboundPolicy> {
+pub fn policy(state: &State, cfg: &MeshConfig, target: &Target) -> Option<Outbound> {
     match target {
         Target::External => None,
         Target::Service { key, port } => service_policy(state, cfg, key, *port),
         Target::Ip(addr) => match state.service_by_ip(&addr.ip()) {
             Some(svc) => service_policy(state, cfg, &svc.key, addr.port()),
-            None => pod_policy(state, *addr),
+            None => pod_policy(state, *addr).map(Outbound::plain),
         },
     }
 }
@@ -66,6 +85,19 @@ pub fn policy(state: &State, cfg: &MeshConfig, target: &Target) -> Option<pb::Ou
 
 fn default_meta(name: &str) -> meta::Metadata {
     meta::Metadata { kind: Some(metadata::Kind::Default(name.to_owned())) }
+}
+
+/// A route as the policy names it (and weft's extensions find it).
+fn route_meta(group: &str, kind: &str, key: &ObjKey) -> meta::Metadata {
+    meta::Metadata {
+        kind: Some(metadata::Kind::Resource(meta::Resource {
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            ..Default::default()
+        })),
+    }
 }
 
 fn resource_meta(group: &str, kind: &str, key: &ObjKey, port: u16) -> meta::Metadata {
@@ -162,6 +194,7 @@ pub fn annotation_problems(a: &BTreeMap<String, String>) -> Problems {
     http_retry(a, &mut p);
     grpc_retry(a, &mut p);
     failure_accrual(a, &mut p);
+    hedge(a, &mut p);
     p.dedup();
     p
 }
@@ -341,6 +374,25 @@ fn failure_accrual(a: &BTreeMap<String, String>, problems: &mut Problems) -> Opt
     })
 }
 
+const HEDGE_AFTER: &str = "retry.weft.io/hedge-after";
+
+/// `retry.weft.io/hedge-after`: a duration (`20ms`; `0s` means none) or a
+/// percentile of the rule's observed latency (`p95`, 50 to 99.9).
+fn hedge(a: &BTreeMap<String, String>, problems: &mut Problems) -> Option<ext::Hedge> {
+    let v = a.get(HEDGE_AFTER)?.trim();
+    if let Some(p) = v.strip_prefix(['p', 'P']) {
+        return match p.parse::<f64>() {
+            Ok(p) if (50.0..=99.9).contains(&p) => Some(ext::Hedge { after: None, percentile: p }),
+            _ => {
+                problems.push(format!("{HEDGE_AFTER}: {v:?} is not a percentile from p50 to p99.9"));
+                None
+            }
+        };
+    }
+    duration_annotation(a, HEDGE_AFTER, problems)
+        .map(|d| ext::Hedge { after: Some(proto_duration(d)), percentile: 0.0 })
+}
+
 // === Routes ===
 
 /// The HTTPRoutes of both groups attached to the Service port, in
@@ -473,15 +525,7 @@ fn http_route(
         &mut Problems::new(),
     );
     pb::HttpRoute {
-        metadata: Some(meta::Metadata {
-            kind: Some(metadata::Kind::Resource(meta::Resource {
-                group: r.group.clone(),
-                kind: "HTTPRoute".into(),
-                name: r.key.name.clone(),
-                namespace: r.key.namespace.clone(),
-                ..Default::default()
-            })),
-        }),
+        metadata: Some(route_meta(&r.group, "HTTPRoute", &r.key)),
         hosts: route::proto_hosts(&r.hostnames),
         rules: r
             .rules
@@ -572,15 +616,7 @@ fn grpc_route(
         &mut Problems::new(),
     );
     pb::GrpcRoute {
-        metadata: Some(meta::Metadata {
-            kind: Some(metadata::Kind::Resource(meta::Resource {
-                group: route::GATEWAY_GROUP.into(),
-                kind: "GRPCRoute".into(),
-                name: r.key.name.clone(),
-                namespace: r.key.namespace.clone(),
-                ..Default::default()
-            })),
-        }),
+        metadata: Some(route_meta(route::GATEWAY_GROUP, "GRPCRoute", &r.key)),
         hosts: route::proto_hosts(&r.hostnames),
         rules: r
             .rules
@@ -606,6 +642,105 @@ fn grpc_route(
                 ..Default::default()
             })
             .collect(),
+    }
+}
+
+// === weft's extensions ===
+
+/// The rules' extensions of one policy, as its routes are written.
+struct Extensions<'a> {
+    state: &'a State,
+    cfg: &'a MeshConfig,
+    port: u16,
+    rules: Vec<ext::RuleExtension>,
+    skipped: Vec<String>,
+}
+
+impl Extensions<'_> {
+    /// Rule `index` of the route named `route`; nothing when it has no
+    /// extension.
+    fn rule(
+        &mut self,
+        route: &meta::Metadata,
+        index: usize,
+        mirrors: &[route::Mirror],
+        url_rewrite: Option<&route::UrlRewrite>,
+        hedge: Option<ext::Hedge>,
+    ) {
+        let mut resolved = Vec::with_capacity(mirrors.len());
+        for m in mirrors {
+            match resolve_backend(self.state, self.cfg, &m.backend, self.port) {
+                Ok(backend) => resolved.push(ext::Mirror {
+                    backend: Some(backend),
+                    ratio: Some(http_proto::Ratio { numerator: m.numerator, denominator: m.denominator }),
+                }),
+                Err(reason) => self.skipped.push(format!(
+                    "{} rule {index}: RequestMirror to {}/{} dropped: {reason}",
+                    describe_route(route),
+                    m.backend.namespace,
+                    m.backend.name
+                )),
+            }
+        }
+        let url_rewrite = url_rewrite.map(|r| ext::UrlRewrite {
+            hostname: r.hostname.clone().unwrap_or_default(),
+            path: r.path.as_ref().map(route::proto_path_modifier),
+        });
+        if resolved.is_empty() && url_rewrite.is_none() && hedge.is_none() {
+            return;
+        }
+        self.rules.push(ext::RuleExtension {
+            route: Some(route.clone()),
+            rule_index: u32::try_from(index).unwrap_or(u32::MAX),
+            mirrors: resolved,
+            url_rewrite,
+            hedge,
+        });
+    }
+
+    /// The HTTP routes' extensions; without routes, those of `Default{http}`
+    /// (the Service's hedging).
+    fn http(&mut self, routes: &[&HttpRouteRec], service_annotations: &BTreeMap<String, String>) {
+        if routes.is_empty() {
+            let hedge = hedge(service_annotations, &mut Problems::new());
+            self.rule(&default_meta("http"), 0, &[], None, hedge);
+        }
+        for r in routes {
+            let meta = route_meta(&r.group, "HTTPRoute", &r.key);
+            let hedge = hedge(
+                annotation_group(&r.annotations, service_annotations, "retry.weft.io/"),
+                &mut Problems::new(),
+            );
+            for (i, rule) in r.rules.iter().enumerate() {
+                self.rule(&meta, i, &rule.mirrors, rule.url_rewrite.as_ref(), hedge.clone());
+            }
+        }
+    }
+
+    fn grpc(&mut self, routes: &[&GrpcRouteRec], service_annotations: &BTreeMap<String, String>) {
+        for r in routes {
+            let meta = route_meta(route::GATEWAY_GROUP, "GRPCRoute", &r.key);
+            let hedge = hedge(
+                annotation_group(&r.annotations, service_annotations, "retry.weft.io/"),
+                &mut Problems::new(),
+            );
+            for (i, rule) in r.rules.iter().enumerate() {
+                self.rule(&meta, i, &rule.mirrors, None, hedge.clone());
+            }
+        }
+    }
+
+    fn finish(self, policy: pb::OutboundPolicy) -> Outbound {
+        let extensions = (!self.rules.is_empty()).then_some(ext::RouteExtensions { rules: self.rules });
+        Outbound { message: OutboundPolicyWithExtensions { policy, extensions }, skipped: self.skipped }
+    }
+}
+
+fn describe_route(m: &meta::Metadata) -> String {
+    match &m.kind {
+        Some(metadata::Kind::Resource(r)) => format!("{} {}/{}", r.kind, r.namespace, r.name),
+        Some(metadata::Kind::Default(name)) => format!("default route {name}"),
+        None => "route".into(),
     }
 }
 
@@ -635,7 +770,7 @@ fn app_protocol(value: Option<&str>, opaque_port: bool) -> AppProtocol {
     }
 }
 
-fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> Option<pb::OutboundPolicy> {
+fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> Option<Outbound> {
     let svc = state.services.get(key);
     let statics = state.statics.get(key);
     if svc.is_none() && statics.is_none() {
@@ -650,11 +785,18 @@ fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> O
     let accrual = failure_accrual(annotations, &mut Problems::new());
 
     let grpc_routes = grpc_routes_for(state, key, port);
+    let http_recs = http_routes_for(state, key, port);
+    let mut extensions = Extensions { state, cfg, port, rules: Vec::new(), skipped: Vec::new() };
+    match proto {
+        AppProtocol::Opaque => {}
+        AppProtocol::Http2 | AppProtocol::Detect if !grpc_routes.is_empty() => {
+            extensions.grpc(&grpc_routes, annotations)
+        }
+        _ => extensions.http(&http_recs, annotations),
+    }
     let http_routes = || {
-        let mut routes: Vec<_> = http_routes_for(state, key, port)
-            .into_iter()
-            .map(|r| http_route(state, cfg, r, annotations, &default, port))
-            .collect();
+        let mut routes: Vec<_> =
+            http_recs.iter().map(|r| http_route(state, cfg, r, annotations, &default, port)).collect();
         if routes.is_empty() {
             routes.push(default_http_route(annotations, &default));
         }
@@ -693,10 +835,10 @@ fn service_policy(state: &State, cfg: &MeshConfig, key: &ObjKey, port: u16) -> O
             })
         }
     };
-    Some(pb::OutboundPolicy {
+    Some(extensions.finish(pb::OutboundPolicy {
         metadata: Some(resource_meta(CORE_GROUP, "Service", key, port)),
         protocol: Some(pb::ProxyProtocol { kind: Some(kind) }),
-    })
+    }))
 }
 
 /// A pod IP: one `Forward` backend straight to that endpoint, with the pod's
@@ -768,6 +910,10 @@ mod tests {
     }
 
     fn get(index: &Index, target: Target) -> Option<pb::OutboundPolicy> {
+        get_outbound(index, target).map(|o| o.message.policy)
+    }
+
+    fn get_outbound(index: &Index, target: Target) -> Option<Outbound> {
         let state = index.subscribe();
         let state = state.borrow();
         policy(&state, &MeshConfig::default(), &target)
@@ -1296,5 +1442,207 @@ spec:
         // What the index holds once the route is refused.
         let index = index(&[]);
         assert_eq!(name(&http_routes(&get(&index, svc("web-svc", 80)).unwrap())[0].metadata), "default:http");
+    }
+    const VOTING_V2: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: voting-v2, namespace: emojivoto}
+spec:
+  clusterIP: 10.96.0.12
+  ports: [{name: grpc, port: 8080, appProtocol: kubernetes.io/h2c}]
+"#;
+
+    fn extensions(o: &Outbound) -> Vec<ext::RuleExtension> {
+        o.message.extensions.clone().map(|e| e.rules).unwrap_or_default()
+    }
+
+    /// The fixture route's RequestMirror (no percent: every request) to
+    /// voting-v2: once the Service exists, rule 1 of voting-route carries a
+    /// mirror to it; before, the mirror is dropped and said so.
+    #[test]
+    fn the_fixture_request_mirror_is_an_extension_once_its_service_exists() {
+        let without = get_outbound(&index(&[]), svc("voting-svc", 8080)).expect("voting-svc");
+        assert!(without.message.extensions.is_none(), "{:?}", without.message.extensions);
+        assert_eq!(without.skipped.len(), 1, "{:?}", without.skipped);
+        assert!(
+            without.skipped[0].contains("HTTPRoute emojivoto/voting-route rule 1")
+                && without.skipped[0].contains("voting-v2"),
+            "{:?}",
+            without.skipped
+        );
+
+        let with = get_outbound(&index(&[VOTING_V2]), svc("voting-svc", 8080)).expect("voting-svc");
+        assert!(with.skipped.is_empty(), "{:?}", with.skipped);
+        let rules = extensions(&with);
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        let rule = &rules[0];
+        // Found by the route's metadata exactly as the policy writes it.
+        assert_eq!(rule.route, http_routes(&with.message.policy)[0].metadata);
+        assert_eq!(rule.rule_index, 1);
+        assert!(rule.url_rewrite.is_none() && rule.hedge.is_none());
+        let mirror = &rule.mirrors[0];
+        assert_eq!(mirror.ratio, Some(http_proto::Ratio { numerator: 1, denominator: 1 }));
+        let b = mirror.backend.as_ref().expect("backend");
+        assert_eq!(name(&b.metadata), "core:Service:emojivoto/voting-v2:8080");
+        let Some(backend::Kind::Balancer(p2c)) = &b.kind else { panic!("{b:?}") };
+        assert!(matches!(p2c.discovery.as_ref().and_then(|d| d.kind.as_ref()),
+            Some(backend::endpoint_discovery::Kind::Dst(d)) if d.path == "voting-v2.emojivoto.svc.cluster.local:8080"));
+        // The Linkerd message is the same with or without the mirror's Service
+        // (its canary backends aside, which now resolve).
+        assert_eq!(http_routes(&with.message.policy)[0].rules[1].filters.len(), 1);
+    }
+
+    const EXTENDED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: shop
+  namespace: emojivoto
+  annotations: {retry.weft.io/hedge-after: 20ms}
+spec:
+  clusterIP: 10.96.0.13
+  ports: [{name: http, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a-rewrite, namespace: emojivoto, creationTimestamp: "2026-12-03T14:00:00Z"}
+spec:
+  parentRefs: [{group: core, kind: Service, name: shop, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: shop.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: web-svc, port: 80}, percent: 25}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: voting-svc, port: 8080}, fraction: {numerator: 1, denominator: 3}}
+  - matches: [{path: {type: Exact, value: /full}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /replaced}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: b-hedged
+  namespace: emojivoto
+  creationTimestamp: "2026-12-03T15:00:00Z"
+  annotations: {retry.weft.io/hedge-after: p95}
+spec:
+  parentRefs: [{group: core, kind: Service, name: shop, port: 80}]
+  rules: [{matches: [{path: {type: Exact, value: /hedged}}]}]
+"#;
+
+    /// URLRewrite (prefix with hostname, full path), mirrors by percent and
+    /// by fraction, and `retry.weft.io/hedge-after` on the route over the
+    /// Service's; the Linkerd message carries none of them.
+    #[test]
+    fn url_rewrites_mirrors_and_hedging_are_extensions() {
+        let o =
+            get_outbound(&index(&[EXTENDED]), Target::Ip("10.96.0.13:80".parse().unwrap())).expect("shop");
+        let routes = http_routes(&o.message.policy);
+        let names: Vec<_> = routes.iter().map(|r| name(&r.metadata)).collect();
+        assert_eq!(
+            names,
+            [
+                "gateway.networking.k8s.io:HTTPRoute:emojivoto/a-rewrite",
+                "gateway.networking.k8s.io:HTTPRoute:emojivoto/b-hedged"
+            ]
+        );
+        assert!(routes[0].rules.iter().all(|r| r.filters.is_empty()), "{:?}", routes[0].rules);
+        let rules = extensions(&o);
+        let keyed: Vec<_> = rules.iter().map(|r| (name(&r.route), r.rule_index)).collect();
+        assert_eq!(
+            keyed,
+            [
+                ("gateway.networking.k8s.io:HTTPRoute:emojivoto/a-rewrite".to_owned(), 0),
+                ("gateway.networking.k8s.io:HTTPRoute:emojivoto/a-rewrite".to_owned(), 1),
+                ("gateway.networking.k8s.io:HTTPRoute:emojivoto/b-hedged".to_owned(), 0),
+            ]
+        );
+        let prefix = &rules[0];
+        let rewrite = prefix.url_rewrite.as_ref().expect("rewrite");
+        assert_eq!(rewrite.hostname, "shop.example");
+        assert_eq!(
+            rewrite.path.as_ref().and_then(|p| p.replace.clone()),
+            Some(http_proto::path_modifier::Replace::Prefix("/new".into()))
+        );
+        let mirrors: Vec<_> = prefix
+            .mirrors
+            .iter()
+            .map(|m| {
+                let r = m.ratio.expect("ratio");
+                (name(&m.backend.as_ref().expect("backend").metadata), r.numerator, r.denominator)
+            })
+            .collect();
+        assert_eq!(
+            mirrors,
+            [
+                ("core:Service:emojivoto/web-svc:80".to_owned(), 25, 100),
+                ("core:Service:emojivoto/voting-svc:8080".to_owned(), 1, 3)
+            ]
+        );
+        // a-rewrite has no hedging of its own: the Service's 20ms.
+        assert_eq!(secs(&prefix.hedge.as_ref().expect("the Service's hedge").after), Some(0.02));
+        let full = &rules[1];
+        assert_eq!(
+            full.url_rewrite.as_ref().and_then(|r| r.path.as_ref()).and_then(|p| p.replace.clone()),
+            Some(http_proto::path_modifier::Replace::Full("/replaced".into()))
+        );
+        assert_eq!(full.url_rewrite.as_ref().map(|r| r.hostname.as_str()), Some(""));
+        assert_eq!(rules[2].hedge, Some(ext::Hedge { after: None, percentile: 95.0 }));
+        assert!(rules[2].mirrors.is_empty() && rules[2].url_rewrite.is_none());
+    }
+
+    /// A Service without routes: its hedging applies to `Default{http}`;
+    /// without any extension, no field 1000 at all (a Linkerd message).
+    #[test]
+    fn the_default_route_is_hedged_by_the_service_and_plain_policies_have_no_extensions() {
+        let hedged = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: hedged
+  namespace: emojivoto
+  annotations: {retry.weft.io/hedge-after: p99.5}
+spec:
+  clusterIP: 10.96.0.14
+  ports: [{name: http, port: 80}]
+"#;
+        let index = index(&[hedged]);
+        let o = get_outbound(&index, svc("hedged", 80)).expect("hedged");
+        let rules = extensions(&o);
+        assert_eq!(rules.len(), 1);
+        assert_eq!((name(&rules[0].route), rules[0].rule_index), ("default:http".to_owned(), 0));
+        assert_eq!(rules[0].hedge, Some(ext::Hedge { after: None, percentile: 99.5 }));
+        let plain = get_outbound(&index, svc("web-svc", 80)).expect("web-svc");
+        assert_eq!(plain.message.extensions, None);
+        assert!(plain.skipped.is_empty());
+    }
+
+    #[test]
+    fn invalid_hedge_after_values_are_problems_and_ignored() {
+        for (value, ok) in [
+            ("20ms", true),
+            ("p95", true),
+            ("p50", true),
+            ("p99.9", true),
+            ("0s", true),
+            ("p20", false),
+            ("p100", false),
+            ("soon", false),
+            ("pfast", false),
+        ] {
+            let a: BTreeMap<String, String> = [(HEDGE_AFTER.to_owned(), value.to_owned())].into();
+            let problems = annotation_problems(&a);
+            assert_eq!(problems.is_empty(), ok, "{value}: {problems:?}");
+            if !ok {
+                assert!(problems[0].contains(HEDGE_AFTER) && problems[0].contains(value), "{problems:?}");
+                assert!(hedge(&a, &mut Problems::new()).is_none());
+            }
+        }
+        let zero: BTreeMap<String, String> = [(HEDGE_AFTER.to_owned(), "0s".to_owned())].into();
+        assert!(hedge(&zero, &mut Problems::new()).is_none(), "0s means no hedging");
     }
 }

@@ -118,9 +118,26 @@ pub enum Filter {
     RequestHeaderModifier(HeaderModifier),
     ResponseHeaderModifier(HeaderModifier),
     RequestRedirect(Redirect),
-    /// A filter type weft does not apply (RequestMirror, URLRewrite,
-    /// ExtensionRef): kept by name so a consumer can report it.
+    /// A filter type weft does not apply (ExtensionRef, CORS, ...): kept by
+    /// name so a consumer can report it.
     Unsupported(String),
+}
+
+/// RequestMirror: a copy of `numerator / denominator` of the rule's
+/// requests goes to `backend`, its answer ignored. Kept beside the filters,
+/// not among them: only weft's extension to OutboundPolicies carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub backend: BackendRef,
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+/// URLRewrite: the Host and path the backend sees (weft's extension too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,13 +165,22 @@ pub struct Rule {
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
     pub timeouts: RuleTimeouts,
+    pub mirrors: Vec<Mirror>,
+    pub url_rewrite: Option<UrlRewrite>,
+}
+
+impl Rule {
+    /// Every Service the rule sends to: its backends and its mirrors.
+    pub fn backend_refs(&self) -> impl Iterator<Item = &BackendRef> {
+        self.backends.iter().chain(self.mirrors.iter().map(|m| &m.backend))
+    }
 }
 
 /// Annotation prefixes outbound policy reads (Linkerd's retry, timeout and
-/// balancer annotations); others are not kept, so an unrelated annotation
-/// edit wakes no subscriber.
-pub const POLICY_ANNOTATION_PREFIXES: [&str; 3] =
-    ["retry.linkerd.io/", "timeout.linkerd.io/", "balancer.linkerd.io/"];
+/// balancer annotations, weft's hedging); others are not kept, so an
+/// unrelated annotation edit wakes no subscriber.
+pub const POLICY_ANNOTATION_PREFIXES: [&str; 4] =
+    ["retry.linkerd.io/", "timeout.linkerd.io/", "balancer.linkerd.io/", "retry.weft.io/"];
 
 /// The annotations of `meta` (an object's `metadata` as JSON) that outbound
 /// policy reads.
@@ -272,6 +298,28 @@ struct FilterSpec {
     request_header_modifier: Option<ModifierSpec>,
     response_header_modifier: Option<ModifierSpec>,
     request_redirect: Option<RedirectSpec>,
+    request_mirror: Option<MirrorSpec>,
+    url_rewrite: Option<UrlRewriteSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MirrorSpec {
+    backend_ref: BackendSpec,
+    percent: Option<u32>,
+    fraction: Option<FractionSpec>,
+}
+
+#[derive(Deserialize)]
+struct FractionSpec {
+    numerator: u32,
+    denominator: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct UrlRewriteSpec {
+    hostname: Option<String>,
+    path: Option<RedirectPathSpec>,
 }
 
 #[derive(Deserialize)]
@@ -334,17 +382,74 @@ fn parent_refs(list: Option<Vec<ParentSpec>>, ns: &str) -> Vec<ParentRef> {
 }
 
 fn backend_refs(list: Option<Vec<BackendSpec>>, ns: &str) -> Vec<BackendRef> {
-    list.unwrap_or_default()
-        .into_iter()
-        .map(|b| BackendRef {
-            group: b.group.unwrap_or_default(),
-            kind: b.kind.unwrap_or_else(|| "Service".into()),
-            namespace: b.namespace.unwrap_or_else(|| ns.to_owned()),
-            name: b.name,
-            port: b.port,
-            weight: b.weight.unwrap_or(1),
-        })
-        .collect()
+    list.unwrap_or_default().into_iter().map(|b| backend_ref(b, ns)).collect()
+}
+
+fn backend_ref(b: BackendSpec, ns: &str) -> BackendRef {
+    BackendRef {
+        group: b.group.unwrap_or_default(),
+        kind: b.kind.unwrap_or_else(|| "Service".into()),
+        namespace: b.namespace.unwrap_or_else(|| ns.to_owned()),
+        name: b.name,
+        port: b.port,
+        weight: b.weight.unwrap_or(1),
+    }
+}
+
+/// A rule's filters: those Linkerd's protos carry, its mirrors and its URL
+/// rewrite (the last one wins; the apiserver allows one).
+type RuleFilters = (Vec<Filter>, Vec<Mirror>, Option<UrlRewrite>);
+
+fn rule_filters(list: Option<Vec<FilterSpec>>, ns: &str) -> Result<RuleFilters, ModelError> {
+    let (mut filters, mut mirrors, mut url_rewrite) = (Vec::new(), Vec::new(), None);
+    for f in list.unwrap_or_default() {
+        match f.kind.as_str() {
+            "RequestMirror" => mirrors.push(mirror(f.request_mirror, ns)?),
+            "URLRewrite" => url_rewrite = Some(rewrite(f.url_rewrite)?),
+            _ => filters.push(filter(f)?),
+        }
+    }
+    Ok((filters, mirrors, url_rewrite))
+}
+
+/// `percent` (0-100) or `fraction` (denominator 100 unless given); neither:
+/// every request.
+fn mirror(m: Option<MirrorSpec>, ns: &str) -> Result<Mirror, ModelError> {
+    const WHAT: &str = "HTTPRoute RequestMirror";
+    let m = m.ok_or_else(|| invalid(WHAT, "missing requestMirror"))?;
+    let (numerator, denominator) = match (m.percent, m.fraction) {
+        (Some(_), Some(_)) => return Err(invalid(WHAT, "both percent and fraction")),
+        (Some(p), None) if p <= 100 => (p, 100),
+        (Some(p), None) => return Err(invalid(WHAT, format!("percent {p} is over 100"))),
+        (None, Some(f)) => match f.denominator.unwrap_or(100) {
+            d if d > 0 && f.numerator <= d => (f.numerator, d),
+            d => return Err(invalid(WHAT, format!("fraction {}/{d}", f.numerator))),
+        },
+        (None, None) => (1, 1),
+    };
+    Ok(Mirror { backend: backend_ref(m.backend_ref, ns), numerator, denominator })
+}
+
+fn rewrite(r: Option<UrlRewriteSpec>) -> Result<UrlRewrite, ModelError> {
+    const WHAT: &str = "HTTPRoute URLRewrite";
+    let r = r.ok_or_else(|| invalid(WHAT, "missing urlRewrite"))?;
+    let hostname = r.hostname.filter(|h| !h.is_empty());
+    if let Some(h) = &hostname {
+        http::uri::Authority::try_from(h.as_str())
+            .map_err(|e| invalid(WHAT, format!("hostname {h:?}: {e}")))?;
+    }
+    Ok(UrlRewrite {
+        hostname,
+        path: r.path.map(|p| path_modifier(p, "HTTPRoute URLRewrite path")).transpose()?,
+    })
+}
+
+fn path_modifier(p: RedirectPathSpec, what: &'static str) -> Result<PathModifier, ModelError> {
+    match (p.kind.as_str(), p.replace_full_path, p.replace_prefix_match) {
+        ("ReplaceFullPath", Some(full), _) => Ok(PathModifier::Full(full)),
+        ("ReplacePrefixMatch", _, Some(prefix)) => Ok(PathModifier::Prefix(prefix)),
+        (kind, _, _) => Err(invalid(what, format!("type {kind:?} without its value"))),
+    }
 }
 
 /// An HTTPRoute of `group` (its `metadata` and `spec`).
@@ -369,10 +474,10 @@ pub fn http_route(
                 method: None,
             });
         }
-        let filters = r.filters.unwrap_or_default().into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
+        let (filters, mirrors, url_rewrite) = rule_filters(r.filters, ns)?;
         let backends = backend_refs(r.backend_refs, ns);
         let timeouts = rule_timeouts(r.timeouts)?;
-        rules.push(Rule { matches, filters, backends, timeouts });
+        rules.push(Rule { matches, filters, backends, timeouts, mirrors, url_rewrite });
     }
     let annotations = policy_annotations(meta);
     report_annotations(&key, "HTTPRoute", &annotations);
@@ -483,19 +588,7 @@ fn filter(f: FilterSpec) -> Result<Filter, ModelError> {
             let r = f
                 .request_redirect
                 .ok_or_else(|| invalid("HTTPRoute RequestRedirect", "missing requestRedirect"))?;
-            let path = match r.path {
-                None => None,
-                Some(p) => Some(match (p.kind.as_str(), p.replace_full_path, p.replace_prefix_match) {
-                    ("ReplaceFullPath", Some(full), _) => PathModifier::Full(full),
-                    ("ReplacePrefixMatch", _, Some(prefix)) => PathModifier::Prefix(prefix),
-                    (kind, _, _) => {
-                        return Err(invalid(
-                            "HTTPRoute RequestRedirect path",
-                            format!("type {kind:?} without its value"),
-                        ))
-                    }
-                }),
-            };
+            let path = r.path.map(|p| path_modifier(p, "HTTPRoute RequestRedirect path")).transpose()?;
             Filter::RequestRedirect(Redirect {
                 scheme: r.scheme,
                 hostname: r.hostname,
@@ -530,6 +623,14 @@ pub struct GrpcRule {
     pub matches: Vec<GrpcRouteMatch>,
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
+    pub mirrors: Vec<Mirror>,
+}
+
+impl GrpcRule {
+    /// Every Service the rule sends to: its backends and its mirrors.
+    pub fn backend_refs(&self) -> impl Iterator<Item = &BackendRef> {
+        self.backends.iter().chain(self.mirrors.iter().map(|m| &m.backend))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -607,8 +708,9 @@ pub fn grpc_route(
         if matches.is_empty() {
             matches.push(GrpcRouteMatch::default());
         }
-        let filters = r.filters.unwrap_or_default().into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
-        rules.push(GrpcRule { matches, filters, backends: backend_refs(r.backend_refs, ns) });
+        // GRPCRoute has no URLRewrite (the apiserver refuses one).
+        let (filters, mirrors, _) = rule_filters(r.filters, ns)?;
+        rules.push(GrpcRule { matches, filters, backends: backend_refs(r.backend_refs, ns), mirrors });
     }
     let annotations = policy_annotations(meta);
     report_annotations(&key, "GRPCRoute", &annotations);
@@ -711,6 +813,15 @@ pub fn proto_header_modifier(m: &HeaderModifier) -> proto::RequestHeaderModifier
     }
 }
 
+pub fn proto_path_modifier(p: &PathModifier) -> proto::PathModifier {
+    proto::PathModifier {
+        replace: Some(match p {
+            PathModifier::Full(s) => proto::path_modifier::Replace::Full(s.clone()),
+            PathModifier::Prefix(s) => proto::path_modifier::Replace::Prefix(s.clone()),
+        }),
+    }
+}
+
 pub fn proto_redirect(r: &Redirect) -> proto::RequestRedirect {
     use http_types::scheme::{Registered, Type};
     proto::RequestRedirect {
@@ -722,12 +833,7 @@ pub fn proto_redirect(r: &Redirect) -> proto::RequestRedirect {
             }),
         }),
         host: r.hostname.clone().unwrap_or_default(),
-        path: r.path.as_ref().map(|p| proto::PathModifier {
-            replace: Some(match p {
-                PathModifier::Full(s) => proto::path_modifier::Replace::Full(s.clone()),
-                PathModifier::Prefix(s) => proto::path_modifier::Replace::Prefix(s.clone()),
-            }),
-        }),
+        path: r.path.as_ref().map(proto_path_modifier),
         port: r.port.map(u32::from).unwrap_or_default(),
         status: r.status.map(u32::from).unwrap_or_default(),
     }
@@ -776,7 +882,11 @@ mod tests {
         assert!(
             matches!(&r.rules[1].filters[0], Filter::RequestHeaderModifier(m) if m.remove == ["x-debug"])
         );
-        assert_eq!(r.rules[1].filters[1], Filter::Unsupported("RequestMirror".into()));
+        assert_eq!(r.rules[1].filters.len(), 1);
+        let mirror = &r.rules[1].mirrors[0];
+        assert_eq!((mirror.backend.name.as_str(), mirror.backend.port), ("voting-v2", Some(8080)));
+        assert_eq!((mirror.numerator, mirror.denominator), (1, 1), "no percent: every request");
+        assert!(r.rules[1].url_rewrite.is_none());
     }
 
     /// The fixture's GRPCRoute: exact method matches, the apiserver's

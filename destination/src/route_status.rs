@@ -40,7 +40,7 @@ fn view<'a>(state: &'a State, kind: Kind, key: &ObjKey) -> Option<RouteView<'a>>
             let r = routes.get(key)?;
             Some(RouteView {
                 parents: &r.parents,
-                backends: r.rules.iter().flat_map(|r| &r.backends).collect(),
+                backends: r.rules.iter().flat_map(|r| r.backend_refs()).collect(),
                 generation: r.generation,
             })
         }
@@ -48,7 +48,7 @@ fn view<'a>(state: &'a State, kind: Kind, key: &ObjKey) -> Option<RouteView<'a>>
             let r = state.grpc_routes.get(key)?;
             Some(RouteView {
                 parents: &r.parents,
-                backends: r.rules.iter().flat_map(|r| &r.backends).collect(),
+                backends: r.rules.iter().flat_map(|r| r.backend_refs()).collect(),
                 generation: r.generation,
             })
         }
@@ -336,5 +336,24 @@ mod tests {
         assert_eq!(after[0]["conditions"][0]["lastTransitionTime"], NOW);
         assert_eq!(after[0]["conditions"][1]["lastTransitionTime"], later);
         assert_eq!(after[0]["conditions"][1]["status"], "True");
+    }
+    #[test]
+    fn a_mirror_to_a_missing_service_is_not_resolved() {
+        let r = json!({
+            "metadata": {"name": "mirrored", "namespace": "emojivoto"},
+            "spec": {
+                "parentRefs": [{"group": "core", "kind": "Service", "name": "web-svc", "port": 80}],
+                "rules": [{
+                    "backendRefs": [{"name": "web-svc", "port": 80}],
+                    "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow", "port": 80}}}],
+                }],
+            },
+        });
+        let rx = state(&[r]);
+        let s = rx.borrow();
+        let got = desired(&s, Kind::GatewayHTTPRoute, &ObjKey::new("emojivoto", "mirrored"), &[], NOW)
+            .expect("route indexed");
+        assert_eq!(conditions(&got[0])[1], cond("ResolvedRefs", "False", "BackendNotFound"));
+        assert!(got[0]["conditions"][1]["message"].as_str().unwrap_or_default().contains("emojivoto/shadow"));
     }
 }
