@@ -47,6 +47,7 @@ pub mod pod;
 pub mod policy;
 pub mod process;
 pub mod proxy;
+pub mod routes;
 pub mod temp;
 
 use std::{future::Future, time::Duration};
