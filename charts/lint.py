@@ -906,6 +906,221 @@ def check_notes(required: dict, tmp: str) -> None:
     ok("[notes-cni] NOTES.txt in CNI mode: weft-cni's rollout, no NET_ADMIN advice")
 
 
+# --------------------------------------------------------------------------
+# Grafana dashboards and the Prometheus scrape job
+
+DASHBOARDS = os.path.join(CHART, "dashboards")
+# What a dashboard must have for Grafana 10/11 to load it as the sidecar
+# hands it over (no import step that would fill in the data source).
+DASHBOARD_FIELDS = ("uid", "title", "schemaVersion", "panels", "templating", "time")
+PANEL_TYPES = {"timeseries", "stat", "table", "row"}
+PROM_DS = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def balanced(expr: str) -> str | None:
+    """None when brackets and quotes in a PromQL expression pair up; else what is wrong."""
+    stack, quote = [], None
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for i, ch in enumerate(expr):
+        if quote:
+            if ch == quote and expr[i - 1] != "\\":
+                quote = None
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack.pop() != pairs[ch]:
+                return f"unmatched {ch!r} at {i}"
+    if quote:
+        return f"unterminated {quote} string"
+    return f"unclosed {stack[-1]!r}" if stack else None
+
+
+def check_dashboard(name: str, board: dict) -> list[str]:
+    """Everything wrong with one dashboard (empty when it is fine)."""
+    bad = [f"missing {f!r}" for f in DASHBOARD_FIELDS if f not in board]
+    if board.get("schemaVersion") != 39:
+        bad.append(f"schemaVersion {board.get('schemaVersion')!r}, want 39 (Grafana 10/11)")
+    variables = {v.get("name"): v for v in (board.get("templating") or {}).get("list", [])}
+    ds = variables.get("datasource") or {}
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        bad.append(f"no `datasource` variable of Prometheus data sources: {ds}")
+    if "namespace" not in variables:
+        bad.append("no `namespace` variable")
+    for v in variables.values():
+        if v.get("type") != "query":
+            continue
+        if v.get("datasource") != PROM_DS:
+            bad.append(f"variable {v.get('name')} does not query ${{datasource}}: {v.get('datasource')}")
+        q = v.get("definition") or ""
+        if not q.startswith("label_values(") or (v.get("query") or {}).get("query") != q:
+            bad.append(f"variable {v.get('name')}: want label_values(...) in definition and query, got {q!r}")
+    ids: dict[int, str] = {}
+    for p in board.get("panels") or []:
+        title = p.get("title") or f"panel {p.get('id')}"
+        if not isinstance(p.get("id"), int):
+            bad.append(f"{title}: no integer id")
+        elif p["id"] in ids:
+            bad.append(f"{title}: id {p['id']} already used by {ids[p['id']]!r}")
+        else:
+            ids[p["id"]] = title
+        if p.get("type") not in PANEL_TYPES:
+            bad.append(f"{title}: type {p.get('type')!r}, want one of {sorted(PANEL_TYPES)}")
+        pos = p.get("gridPos") or {}
+        if not all(isinstance(pos.get(k), int) for k in ("h", "w", "x", "y")) or pos.get("x", 0) + pos.get("w", 0) > 24:
+            bad.append(f"{title}: gridPos {pos} is not h/w/x/y within 24 columns")
+        if p.get("type") == "row":
+            continue
+        if p.get("datasource") != PROM_DS:
+            bad.append(f"{title}: datasource {p.get('datasource')}, want {PROM_DS}")
+        targets = p.get("targets") or []
+        if not any((t.get("expr") or "").strip() for t in targets):
+            bad.append(f"{title}: no target with an expr")
+        for t in targets:
+            if t.get("datasource") != PROM_DS:
+                bad.append(f"{title} {t.get('refId')}: target datasource {t.get('datasource')}, want {PROM_DS}")
+            problem = balanced(t.get("expr") or "")
+            if problem:
+                bad.append(f"{title} {t.get('refId')}: {problem} in {t.get('expr')!r}")
+    return bad
+
+
+def dashboard_files() -> dict[str, str]:
+    return {f: os.path.join(DASHBOARDS, f) for f in sorted(os.listdir(DASHBOARDS)) if f.endswith(".json")}
+
+
+def check_dashboards() -> None:
+    """charts/weft/dashboards/*.json: valid JSON Grafana 10/11 loads as is."""
+    files = dashboard_files()
+    if not files:
+        return fail("[dashboards] charts/weft/dashboards has no dashboards")
+    uids: dict[str, str] = {}
+    for name, path in files.items():
+        try:
+            with open(path) as f:
+                board = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            fail(f"[dashboards] {name} does not parse: {e}")
+            continue
+        bad = check_dashboard(name, board)
+        if board.get("uid") in uids:
+            bad.append(f"uid {board.get('uid')!r} also used by {uids[board['uid']]}")
+        uids[board.get("uid")] = name
+        if bad:
+            fail(f"[dashboards] {name}: " + "; ".join(bad))
+        else:
+            panels = [p for p in board["panels"] if p["type"] != "row"]
+            ok(f"[dashboards] {name}: schema 39, ${{datasource}} everywhere, {len(panels)} panels with queries")
+    # The checks themselves must catch what they are for.
+    broken = {"schemaVersion": 27, "uid": "x", "title": "x", "time": {}, "templating": {"list": []},
+              "panels": [{"id": 1, "type": "graph", "gridPos": {"h": 1, "w": 30, "x": 0, "y": 0}, "targets": [{}]},
+                         {"id": 1, "type": "stat", "datasource": PROM_DS, "gridPos": {"h": 1, "w": 1, "x": 0, "y": 0},
+                          "targets": [{"datasource": PROM_DS, "expr": "sum(rate(x[5m])"}]}]}
+    found = " ".join(check_dashboard("broken", broken))
+    for needle in ("schemaVersion", "datasource", "namespace", "already used", "graph", "gridPos", "no target",
+                   "unclosed"):
+        if needle not in found:
+            fail(f"[dashboards] the checks miss {needle!r} in a broken dashboard: {found}")
+
+
+def check_grafana_dashboards(required: dict, tmp: str) -> None:
+    """Off by default; on, one ConfigMap per dashboard file, labelled for Grafana's sidecar,
+    holding the file unchanged."""
+    created, _, err = render("no-dashboards", required, tmp)
+    if err or any("dashboard" in d["metadata"]["name"] for d in created if d.get("kind") == "ConfigMap"):
+        return fail(f"[grafana] dashboards are off by default, yet: {err or 'dashboard ConfigMaps were rendered'}")
+    on = merge(required, {"grafana": {"dashboards": {"enabled": True}}})
+    created, _, err = render("dashboards", on, tmp)
+    if err:
+        return fail(f"[grafana] render failed: {err}")
+    maps = [d for d in created if d.get("kind") == "ConfigMap" and d["metadata"].get("labels", {}).get("grafana_dashboard")]
+    files = dashboard_files()
+    got = {k: v for m in maps for k, v in (m.get("data") or {}).items()}
+    if len(maps) != len(files) or set(got) != set(files):
+        return fail(f"[grafana] want one ConfigMap per dashboard {sorted(files)}, got {sorted(got)} in {len(maps)}")
+    for name, path in files.items():
+        with open(path) as f:
+            if json.loads(got[name]) != json.load(f):
+                return fail(f"[grafana] ConfigMap data {name} differs from charts/weft/dashboards/{name}")
+    if any(m["metadata"]["labels"]["grafana_dashboard"] != "1" or m["metadata"].get("namespace", NAMESPACE) != NAMESPACE
+           or "grafana_folder" in (m["metadata"].get("annotations") or {}) for m in maps):
+        return fail(f"[grafana] defaults: label grafana_dashboard=\"1\", release namespace, no folder: "
+                    f"{[m['metadata'] for m in maps]}")
+    custom = merge(required, {"grafana": {"dashboards": {
+        "enabled": True, "label": "dashboards.example.com/grafana", "labelValue": "mesh", "folder": "Service mesh",
+        "folderAnnotation": "k8s-sidecar-target-directory", "namespace": "monitoring"}}})
+    created, _, err = render("dashboards-custom", custom, tmp)
+    maps = [d for d in created if d.get("kind") == "ConfigMap" and "data" in d
+            and any(k.endswith(".json") for k in d["data"])]
+    if err or len(maps) != len(files) or any(
+            m["metadata"]["labels"].get("dashboards.example.com/grafana") != "mesh"
+            or "grafana_dashboard" in m["metadata"]["labels"]
+            or m["metadata"].get("annotations", {}).get("k8s-sidecar-target-directory") != "Service mesh"
+            or m["metadata"].get("namespace") != "monitoring" for m in maps):
+        return fail(f"[grafana] label, value, folder annotation and namespace should follow the values: "
+                    f"{err or [m['metadata'] for m in maps]}")
+    ok(f"[grafana] off by default; on: {len(files)} ConfigMaps labelled grafana_dashboard=\"1\" with the JSON "
+       "as is; label, value, folder annotation and namespace configurable")
+
+
+def check_prometheus_scrape(required: dict, tmp: str) -> None:
+    """Off by default; on, a Secret with a kubernetes_sd pod job that keeps only weft's and
+    Linkerd's proxy admin ports and labels series as the PodMonitor does."""
+    created, _, err = render("no-scrape", required, tmp)
+    if err or any("scrape" in d["metadata"]["name"] for d in created):
+        return fail(f"[scrape] off by default, yet: {err or 'a scrape config was rendered'}")
+    created, _, err = render("scrape", merge(required, {"prometheus": {"scrapeConfig": {"enabled": True}}}), tmp)
+    if err:
+        return fail(f"[scrape] render failed: {err}")
+    found = [d for d in created if d["metadata"]["name"] == "weft-prometheus-scrape-config"]
+    if len(found) != 1 or found[0]["kind"] != "Secret":
+        return fail(f"[scrape] want Secret weft-prometheus-scrape-config, got {[d['kind'] for d in found]}")
+    data = found[0].get("stringData") or {}
+    try:
+        bare = yaml.safe_load(data["additional-scrape-configs.yaml"])
+        file = yaml.safe_load(data["scrape-configs.yaml"])
+    except (KeyError, yaml.YAMLError) as e:
+        return fail(f"[scrape] keys additional-scrape-configs.yaml and scrape-configs.yaml should parse: {e}")
+    if file != {"scrape_configs": bare} or not isinstance(bare, list) or len(bare) != 1:
+        return fail(f"[scrape] want one job, as a bare list and under scrape_configs: {bare} / {file}")
+    job = bare[0]
+    rules = job.get("relabel_configs") or []
+    keep = [r for r in rules if r.get("action") == "keep"]
+    if job.get("job_name") != "weft-proxy" or job.get("kubernetes_sd_configs") != [{"role": "pod"}] \
+            or job.get("metrics_path") != "/metrics" or len(keep) != 1:
+        return fail(f"[scrape] want job weft-proxy over kubernetes_sd pods, /metrics, one keep rule: {job}")
+    kept = lambda s: re.fullmatch(keep[0]["regex"], s) is not None  # Prometheus anchors its regexes
+    if keep[0]["source_labels"] != ["__meta_kubernetes_pod_container_name", "__meta_kubernetes_pod_container_port_name"] \
+            or not (kept("weft-proxy;weft-admin") and kept("linkerd-proxy;linkerd-admin")) \
+            or any(kept(s) for s in ("app;http", "weft-destination;admin", "weft-proxy;weft-inbound", "app;weft-admin")):
+        return fail(f"[scrape] the keep rule should admit exactly the proxies' admin ports: {keep[0]}")
+    # The same labels as the PodMonitor's relabelings, in Prometheus's spelling.
+    mon, _, err = render("scrape-podmonitor", merge(required, {"podMonitor": {"enabled": True}}), tmp,
+                         extra_groups=MONITORING)
+    pm = next((d for d in mon if d.get("kind") == "PodMonitor" and d["metadata"]["name"] == "weft-proxy"), None)
+    if err or pm is None:
+        return fail(f"[scrape] PodMonitor for comparison did not render: {err}")
+    want = [{"source_labels": r["sourceLabels"], "target_label": r["targetLabel"],
+             **({"regex": r["regex"]} if "regex" in r else {})}
+            for r in pm["spec"]["podMetricsEndpoints"][0]["relabelings"] if "targetLabel" in r]
+    got = [r for r in rules if "target_label" in r]
+    if got != want:
+        return fail(f"[scrape] relabelling differs from the PodMonitor's: {got} vs {want}")
+    _, _, err = render("scrape-bad-kind", merge(required, {"prometheus": {"scrapeConfig": {
+        "enabled": True, "kind": "Deployment"}}}), tmp)
+    if err is None or "Secret or ConfigMap" not in err:
+        return fail(f"[scrape] kind Deployment should be refused: {err}")
+    created, _, err = render("scrape-configmap", merge(required, {"prometheus": {"scrapeConfig": {
+        "enabled": True, "kind": "ConfigMap"}}}), tmp)
+    cm = [d for d in created if d["metadata"]["name"] == "weft-prometheus-scrape-config"]
+    if err or [d["kind"] for d in cm] != ["ConfigMap"] or \
+            yaml.safe_load(cm[0]["data"]["additional-scrape-configs.yaml"]) != bare:
+        return fail(f"[scrape] kind ConfigMap should hold the same job: {err or cm}")
+    ok("[scrape] off by default; on: one kubernetes_sd job keeping weft-proxy:weft-admin and "
+       "linkerd-proxy:linkerd-admin only, relabelled as the PodMonitor; Secret or ConfigMap")
+
+
 def check_app_version() -> None:
     """The chart's appVersion is the release every image is tagged with, and the
     injector and `weft inject` default to the proxy images of their own crate
@@ -990,6 +1205,9 @@ def main() -> int:
         check_inbound_policy(required, defaults, tmp)
         check_crds()
         check_gateway_api(required, tmp)
+        check_dashboards()
+        check_grafana_dashboards(required, tmp)
+        check_prometheus_scrape(required, tmp)
         check_app_version()
 
     if failures:
