@@ -1,5 +1,6 @@
-//! rustls configurations for mesh traffic: TLS 1.3 only, ring only, trust
-//! limited to the mesh's anchors, and peers checked by identity name.
+//! rustls configurations for mesh traffic: TLS 1.3 only, ring (plus ML-KEM
+//! for the hybrid X25519MLKEM768 key exchange, preferred: [`crate::pq`]),
+//! trust limited to the mesh's anchors, and peers checked by identity name.
 
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ impl MeshTls {
     pub fn new(anchors: &TrustAnchors, cert: Arc<CurrentCert>) -> Result<Self, ConfigError> {
         // An explicit provider, never the process default: this library must
         // not depend on which crypto backend something else installed.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::pq::provider());
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(anchors.root_store(), provider.clone()).build()?;
         Ok(Self { provider, anchors: anchors.clone(), server_verifier, cert })

@@ -5,6 +5,7 @@
 //! - [`csr`]: the in-memory private key and the CSRs it signs;
 //! - [`current_cert`]: the certificate presented now, swappable at run time;
 //! - [`config`]: rustls server/client configs for mesh traffic, ALPN values;
+//! - [`pq`]: the hybrid post-quantum key exchange those configs prefer;
 //! - [`inspect`]: identities and validity read out of certificates;
 //! - [`certify`]: a process's own identity from weft-identity, renewed;
 //! - [`grpc`]: gRPC channels over mesh TLS that check the server's identity.
@@ -17,6 +18,7 @@ pub mod grpc;
 pub mod inspect;
 pub mod name;
 pub mod pem;
+pub mod pq;
 
 pub use certify::{IdentityConfig, IdentityError, LocalIdentity};
 pub use config::{ClientAuth, ConfigError, MeshClientConfig, MeshTls, ALPN_GRPC, ALPN_HTTP2, ALPN_OPAQUE};

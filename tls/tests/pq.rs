@@ -1,0 +1,285 @@
+//! Which key exchange mesh TLS negotiates, over loopback TCP: the hybrid
+//! post-quantum group between two weft peers, X25519 with a peer that lacks
+//! it, in either direction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use weft_tls::rustls::crypto::{ring, CryptoProvider, SupportedKxGroup};
+use weft_tls::rustls::pki_types::ServerName;
+use weft_tls::rustls::{ClientConfig, ClientConnection, ServerConfig};
+use weft_tls::{ClientAuth, CurrentCert, IdentityName, MeshTls, PrivateKey, TrustAnchors, ALPN_HTTP2};
+
+/// A root that signs workload certificates directly, from weft's own CSRs.
+struct Mesh {
+    anchors: TrustAnchors,
+    root: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { anchors: TrustAnchors::from_pem(root.pem().as_bytes()).unwrap(), root }
+    }
+
+    fn identity(&self, sa: &str) -> (IdentityName, Arc<CurrentCert>) {
+        let name = IdentityName::new(sa, "emojivoto", "weft", "cluster.local").unwrap();
+        let key = PrivateKey::generate().unwrap();
+        let csr = rcgen::CertificateSigningRequestParams::from_der(
+            &key.certificate_signing_request(&name).unwrap(),
+        )
+        .unwrap();
+        let mut params = CertificateParams::new(vec![name.dns_name().to_owned()]).unwrap();
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = params.signed_by(&csr.public_key, &self.root).unwrap();
+        (name, CurrentCert::with(key.certified_key(leaf.der().clone(), []).unwrap()))
+    }
+
+    fn weft(&self, sa: &str) -> (IdentityName, MeshTls) {
+        let (name, cert) = self.identity(sa);
+        (name, MeshTls::new(&self.anchors, cert).unwrap())
+    }
+}
+
+/// ring's provider with only `groups`: a peer built without ML-KEM.
+fn ring_with(groups: &[&'static dyn SupportedKxGroup]) -> Arc<CryptoProvider> {
+    Arc::new(CryptoProvider { kx_groups: groups.to_vec(), ..ring::default_provider() })
+}
+
+fn plain_server(provider: Arc<CryptoProvider>, cert: Arc<CurrentCert>) -> Arc<ServerConfig> {
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    Arc::new(config)
+}
+
+fn plain_client(provider: Arc<CryptoProvider>, anchors: &TrustAnchors) -> Arc<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(anchors.root_store())
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The group each side negotiated, once a ping and pong crossed.
+#[derive(Debug, PartialEq)]
+struct Negotiated {
+    client: &'static str,
+    server: &'static str,
+}
+
+async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, name: &IdentityName) -> Negotiated {
+    let run = async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = TlsAcceptor::from(server).accept(tcp).await.unwrap();
+            let mut ping = [0u8; 5];
+            tls.read_exact(&mut ping).await.unwrap();
+            tls.write_all(b"pong\n").await.unwrap();
+            tls.shutdown().await.unwrap();
+            weft_tls::pq::key_exchange_group(tls.get_ref().1)
+        });
+        let server_name = ServerName::try_from(name.dns_name().to_owned()).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = TlsConnector::from(client).connect(server_name, tcp).await.unwrap();
+        tls.write_all(b"ping\n").await.unwrap();
+        let mut pong = Vec::new();
+        tls.read_to_end(&mut pong).await.unwrap();
+        assert_eq!(pong, b"pong\n");
+        let client = weft_tls::pq::key_exchange_group(tls.get_ref().1);
+        Negotiated { client, server: served.await.unwrap() }
+    };
+    tokio::time::timeout(Duration::from_secs(10), run).await.expect("handshake timed out")
+}
+
+/// As the proxy logs it, from `negotiated_key_exchange_group()`.
+fn both(group: &'static str) -> Negotiated {
+    Negotiated { client: group, server: group }
+}
+
+#[tokio::test]
+async fn two_weft_peers_negotiate_x25519mlkem768() {
+    let mesh = Mesh::new();
+    let (web, server) = mesh.weft("web");
+    let (_, client) = mesh.weft("voting");
+    let server = server.server_config(ClientAuth::Required, &[ALPN_HTTP2]).unwrap();
+    let client = client.client_config(&web, &[ALPN_HTTP2]).unwrap().config;
+    assert_eq!(handshake(server, client, &web).await, both("X25519MLKEM768"));
+}
+
+/// A weft client against a server built on ring alone, offering `groups`.
+async fn weft_client_against(groups: &[&'static dyn SupportedKxGroup]) -> Negotiated {
+    let mesh = Mesh::new();
+    let (web, cert) = mesh.identity("web");
+    let server = plain_server(ring_with(groups), cert);
+    let (_, client) = mesh.weft("voting");
+    let client = client.client_config(&web, &[]).unwrap().config;
+    handshake(server, client, &web).await
+}
+
+#[tokio::test]
+async fn weft_client_falls_back_to_x25519_with_a_server_without_ml_kem() {
+    assert_eq!(weft_client_against(&[ring::kx_group::X25519]).await, both("X25519"));
+}
+
+/// A server with neither group answers with a HelloRetryRequest; the weft
+/// client still gets through on the next group it supports.
+#[tokio::test]
+async fn weft_client_retries_with_a_server_offering_only_p256() {
+    assert_eq!(weft_client_against(&[ring::kx_group::SECP256R1]).await, both("secp256r1"));
+}
+
+#[tokio::test]
+async fn client_without_ml_kem_gets_x25519_from_a_weft_server() {
+    let mesh = Mesh::new();
+    let (web, server) = mesh.weft("web");
+    let server = server.server_config(ClientAuth::Optional, &[]).unwrap();
+    let client = plain_client(Arc::new(ring::default_provider()), &mesh.anchors);
+    assert_eq!(handshake(server, client, &web).await, both("X25519"));
+}
+
+/// The weft ClientHello carries a hybrid share and a plain X25519 share, so a
+/// server without ML-KEM needs no HelloRetryRequest round trip.
+#[test]
+fn weft_client_hello_carries_both_key_shares() {
+    let mesh = Mesh::new();
+    let (web, client) = mesh.weft("voting");
+    let client = client.client_config(&web, &[]).unwrap();
+    let mut conn = ClientConnection::new(client.config, client.server_name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let shares = key_shares(&hello).expect("a ClientHello with a key_share extension");
+    assert_eq!(shares, [(0x11ec, 1216), (0x001d, 32)]);
+}
+
+/// (group, share length) of each key_share entry of a ClientHello record.
+fn key_shares(record: &[u8]) -> Option<Vec<(u16, usize)>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (b.get(..n)?, b.get(n..)?);
+        *b = tail;
+        Some(head)
+    }
+    fn u16_at(b: &mut &[u8]) -> Option<usize> {
+        take(b, 2).map(|v| usize::from(u16::from_be_bytes([v[0], v[1]])))
+    }
+    fn vec8<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = usize::from(*take(b, 1)?.first()?);
+        take(b, n)
+    }
+    fn vec16<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = u16_at(b)?;
+        take(b, n)
+    }
+    // Record header (5), handshake header (4), version (2), random (32).
+    let mut b = record.get(5 + 4 + 2 + 32..)?;
+    vec8(&mut b)?; // session id
+    vec16(&mut b)?; // cipher suites
+    vec8(&mut b)?; // compression methods
+    let mut exts = vec16(&mut b)?;
+    while !exts.is_empty() {
+        let kind = u16_at(&mut exts)?;
+        let mut body = vec16(&mut exts)?;
+        if kind == 0x0033 {
+            let mut entries = vec16(&mut body)?;
+            let mut shares = Vec::new();
+            while !entries.is_empty() {
+                let group = u16_at(&mut entries)? as u16;
+                shares.push((group, vec16(&mut entries)?.len()));
+            }
+            return Some(shares);
+        }
+    }
+    None
+}
+
+/// What the hybrid group costs: full mTLS handshakes in memory (both sides
+/// on this thread, ECDSA P-256 certificates), weft to weft (hybrid) against
+/// a ring-only client to the same weft server (X25519), plus the key
+/// exchange alone and the bytes each side sends. Numbers, not assertions:
+/// `cargo nextest run -p weft-tls --test pq --run-ignored only --no-capture`.
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn handshake_cost() {
+    use std::time::Instant;
+    use weft_tls::rustls::{Connection, ServerConnection};
+
+    const N: u32 = 200;
+    let mesh = Mesh::new();
+    let (web, server) = mesh.weft("web");
+    let server = server.server_config(ClientAuth::Required, &[ALPN_HTTP2]).unwrap();
+    let (_, weft_client) = mesh.weft("voting");
+    let weft_client = weft_client.client_config(&web, &[ALPN_HTTP2]).unwrap().config;
+    let (_, cert) = mesh.identity("voting");
+    let ring_client = ClientConfig::builder_with_provider(ring_with(&[ring::kx_group::X25519]))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(mesh.anchors.root_store())
+        .with_client_cert_resolver(cert);
+    let ring_client = Arc::new(ring_client);
+
+    /// Moves what `from` has to send into `to`; returns the byte count.
+    fn pump(from: &mut Connection, to: &mut Connection) -> usize {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).unwrap();
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).unwrap();
+            to.process_new_packets().unwrap();
+        }
+        buf.len()
+    }
+    // (client bytes, server bytes, group) of one handshake.
+    let handshake = |client: &Arc<ClientConfig>| {
+        let name = ServerName::try_from(web.dns_name().to_owned()).unwrap();
+        let mut c = Connection::from(ClientConnection::new(client.clone(), name).unwrap());
+        let mut s = Connection::from(ServerConnection::new(server.clone()).unwrap());
+        let (mut sent_c, mut sent_s) = (0, 0);
+        while c.is_handshaking() || s.is_handshaking() {
+            sent_c += pump(&mut c, &mut s);
+            sent_s += pump(&mut s, &mut c);
+        }
+        let Connection::Server(s) = &s else { unreachable!() };
+        (sent_c, sent_s, weft_tls::pq::key_exchange_group(s))
+    };
+    let time = |f: &mut dyn FnMut()| {
+        f();
+        let start = Instant::now();
+        for _ in 0..N {
+            f();
+        }
+        start.elapsed() / N
+    };
+
+    println!("mTLS handshake, client + server CPU on one thread, mean of {N}:");
+    for (what, client) in [("weft ↔ weft", &weft_client), ("ring-only client ↔ weft", &ring_client)] {
+        let (c, s, group) = handshake(client);
+        let per = time(&mut || {
+            handshake(client);
+        });
+        println!("  {what:<24} {group:<15} {per:>10.1?}   client sent {c} B, server sent {s} B");
+    }
+    println!("key exchange alone (client start, server start_and_complete, client complete):");
+    let groups: [&dyn SupportedKxGroup; 2] = [weft_tls::pq::X25519MLKEM768, ring::kx_group::X25519];
+    for group in groups {
+        let per = time(&mut || {
+            let client = group.start().unwrap();
+            let server = group.start_and_complete(client.pub_key()).unwrap();
+            client.complete(&server.pub_key).unwrap();
+        });
+        println!("  {:<24} {per:>10.1?}", format!("{:?}", group.name()));
+    }
+}
