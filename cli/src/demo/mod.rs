@@ -29,6 +29,7 @@ use procs::Procs;
 const ENDPOINTS_YAML: &str = include_str!("../../../examples/demo/endpoints.yaml");
 const MESH_YAML: &str = include_str!("../../../examples/demo/mesh.yaml");
 const POLICY_YAML: &str = include_str!("../../../examples/demo/policy.yaml");
+const ROUTES_YAML: &str = include_str!("../../../examples/demo/routes.yaml");
 /// The port base endpoints.yaml is written for.
 const MANIFEST_BASE: u16 = 4300;
 
@@ -283,6 +284,7 @@ async fn demo(args: Args) -> Result<()> {
     write(&manifests.join("endpoints.yaml"), &endpoints_for(base)?)?;
     write(&manifests.join("mesh.yaml"), MESH_YAML)?;
     write(&manifests.join("policy.yaml"), POLICY_YAML)?;
+    write(&manifests.join("routes.yaml"), ROUTES_YAML)?;
     write(&manifests.join("pods.yaml"), &pods(&wl))?;
 
     let mut procs = Procs::new(&logs);
@@ -552,7 +554,10 @@ fn print_banner(args: &Args, wl: &[Workload], procs: &Procs, p: &Paths<'_>, cp: 
     }
     println!();
     println!("  traffic: {} rps → web.{NS}.svc.cluster.local → backend.{NS}.svc.cluster.local, split 90/10 between backend-v1 and backend-v2", args.rps);
-    println!("  manifests (TrafficSplit, ServiceProfiles, StaticEndpoints): {}", p.manifests.display());
+    println!(
+        "  manifests (TrafficSplit, ServiceProfiles, HTTPRoute, StaticEndpoints): {}",
+        p.manifests.display()
+    );
     println!("  logs: {}", p.logs.display());
     println!();
     println!("  watch it live, in another terminal:");
@@ -565,6 +570,18 @@ fn print_banner(args: &Args, wl: &[Workload], procs: &Procs, p: &Paths<'_>, cp: 
     }
     if let Some(web) = wl.iter().find(|w| w.name == "web") {
         println!("    curl -s {}/metrics                  # web's proxy metrics", web.admin);
+        // Through web's proxy, as web: backend's inbound policy admits
+        // only web's identity.
+        println!();
+        println!("  header canary (HTTPRoute api-header-canary): x-canary: true goes to v2, the rest to v1");
+        println!(
+            "    curl -s -x http://{} -H 'x-canary: true' http://api.{NS}.svc.cluster.local/api/list   # v2",
+            web.outbound
+        );
+        println!(
+            "    curl -s -x http://{} http://api.{NS}.svc.cluster.local/api/list                      # v1",
+            web.outbound
+        );
     }
     println!();
     let _ = std::io::stdout().flush();
