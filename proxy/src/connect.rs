@@ -96,6 +96,8 @@ impl Connector {
             .await
             .map_err(|_| ConnectError::Timeout(addr, self.timeout))?
             .map_err(|e| ConnectError::Tls(addr, peer(), e))?;
+        let kx = weft_tls::pq::key_exchange_group(stream.get_ref().1);
+        tracing::debug!(server.id = %peer(), kx, "mesh TLS handshake");
         Ok(Upstream::Tls(Box::new(stream)))
     }
 }

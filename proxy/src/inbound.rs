@@ -131,6 +131,7 @@ impl Inbound {
         let span =
             tracing::info_span!("mtls", client.id = peer.as_ref().map(|p| p.dns_name()).unwrap_or("-"));
         let _enter = span.enter();
+        debug!(kx = weft_tls::pq::key_exchange_group(session), "mesh TLS handshake");
         if peer.is_none() && self.require_identity.contains(app.port()) {
             return info!(port = app.port(), "closing connection: this port requires a client identity");
         }
