@@ -8,15 +8,18 @@
 //! InvalidArgument and Unimplemented (a control plane without the API)
 //! mean no policy: requests go on as they did without it. A message that
 //! does not decode is logged and ignored.
+//!
+//! The call is Linkerd's `Watch`, made by hand so that the answer decodes
+//! as [`OutboundPolicyWithExtensions`]: weft-destination's extensions in
+//! field 1000, none from Linkerd's control plane.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use linkerd2_proxy_api::outbound::{
-    outbound_policies_client::OutboundPoliciesClient, traffic_spec, TrafficSpec,
-};
+use linkerd2_proxy_api::outbound::{traffic_spec, TrafficSpec};
 use tokio::sync::watch;
-use tonic::transport::Channel;
+use tonic::{codegen::http::uri::PathAndQuery, transport::Channel, Status, Streaming};
 use tracing::{debug, info, info_span, warn};
+use weft_api::OutboundPolicyWithExtensions;
 
 use super::{decode, OutboundPolicy};
 use crate::discovery::{watch_cached, Backoff, Resolution, WatchCache};
@@ -36,7 +39,7 @@ pub struct OutboundPolicies {
 }
 
 struct Inner {
-    client: OutboundPoliciesClient<Channel>,
+    client: tonic::client::Grpc<Channel>,
     /// TrafficSpec.source_workload (`WEFT_PROXY_POLICY_WORKLOAD`).
     workload: String,
     idle_timeout: Duration,
@@ -47,7 +50,7 @@ impl OutboundPolicies {
     pub fn new(channel: Channel, workload: Option<String>, idle_timeout: Duration) -> Self {
         OutboundPolicies {
             inner: Arc::new(Inner {
-                client: OutboundPoliciesClient::new(channel),
+                client: tonic::client::Grpc::new(channel),
                 workload: workload.unwrap_or_default(),
                 idle_timeout,
                 targets: WatchCache::default(),
@@ -69,6 +72,18 @@ impl OutboundPolicies {
     }
 }
 
+type Codec = tonic_prost::ProstCodec<TrafficSpec, OutboundPolicyWithExtensions>;
+
+async fn watch_stream(
+    client: &tonic::client::Grpc<Channel>,
+    spec: TrafficSpec,
+) -> Result<Streaming<OutboundPolicyWithExtensions>, Status> {
+    let mut client = client.clone();
+    client.ready().await.map_err(|e| Status::unavailable(format!("control plane not ready: {e}")))?;
+    let path = PathAndQuery::from_static(weft_api::OUTBOUND_POLICIES_WATCH);
+    Ok(client.server_streaming(tonic::Request::new(spec), path, Codec::default()).await?.into_inner())
+}
+
 fn no_policy(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Unimplemented)
 }
@@ -83,9 +98,8 @@ async fn follow(inner: &Inner, target: &Target, tx: &watch::Sender<Resolution<Ar
     };
     let mut backoff = Backoff::default();
     loop {
-        match inner.client.clone().watch(spec.clone()).await {
-            Ok(rsp) => {
-                let mut stream = rsp.into_inner();
+        match watch_stream(&inner.client, spec.clone()).await {
+            Ok(mut stream) => {
                 loop {
                     match stream.message().await {
                         Ok(Some(pb)) => {

@@ -2,22 +2,31 @@
 //!
 //! Routes' matches and request filters are the same messages inbound
 //! policy has, so they are handed to the inbound decoder (as the routes of
-//! a `Server`) rather than decoded twice. Anything malformed rejects the
-//! whole message: the caller keeps the policy it had.
+//! a `Server`) rather than decoded twice. weft's extensions (field 1000:
+//! mirrors, URL rewrites, hedging) join their rule by the route's metadata
+//! and the rule's index, in every table the route is in. Anything
+//! malformed, extensions included, rejects the whole message: the caller
+//! keeps the policy it had.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue};
 use linkerd2_proxy_api::{http_route as api_http, inbound as inbound_api, meta as api_meta, outbound as api};
+use weft_api::{self as ext, OutboundPolicyWithExtensions};
 
 use super::{
-    BackendFilters, BackendTarget, HeaderModifier, InjectedFailure, OutboundPolicy, OutboundRoute,
-    ResourceRef, RetryOn, RetryPolicy, RouteTable, RuleParams, WeightedBackend,
+    BackendFilters, BackendTarget, HeaderModifier, HedgeAfter, HedgePolicy, InjectedFailure, MirrorParams,
+    OutboundPolicy, OutboundRoute, ResourceRef, RetryOn, RetryPolicy, RouteTable, RuleParams,
+    WeightedBackend,
 };
 use crate::{
     balance::Accrual,
     discovery::endpoint_from_api,
-    policy::decode::{self as inbound_decode, DecodeError},
+    policy::{
+        decode::{self as inbound_decode, DecodeError},
+        filters::{Filter, PathModifier},
+        ServerPolicy,
+    },
 };
 
 type Result<T> = std::result::Result<T, DecodeError>;
@@ -32,11 +41,15 @@ fn bounded<T>(items: Vec<T>, what: &'static str) -> Result<Vec<T>> {
     Ok(items)
 }
 
-pub fn policy(pb: api::OutboundPolicy) -> Result<OutboundPolicy> {
+pub fn policy(pb: OutboundPolicyWithExtensions) -> Result<OutboundPolicy> {
     use api::proxy_protocol::Kind;
+    let extensions = Extensions::decode(pb.extensions)?;
+    let pb = pb.policy;
     let parent = resource(pb.metadata)?;
     let kind = pb.protocol.and_then(|p| p.kind).ok_or(DecodeError::Missing("protocol"))?;
-    let http = |routes: Vec<api::HttpRoute>, accrual| http_table(&parent, routes, failure_accrual(accrual)?);
+    let http = |routes: Vec<api::HttpRoute>, accrual| {
+        http_table(&parent, routes, failure_accrual(accrual)?, &extensions)
+    };
     let (http1, http2) = match kind {
         Kind::Detect(d) => {
             let (h1, h2) = (d.http1.unwrap_or_default(), d.http2.unwrap_or_default());
@@ -51,7 +64,7 @@ pub fn policy(pb: api::OutboundPolicy) -> Result<OutboundPolicy> {
             (t.clone(), t)
         }
         Kind::Grpc(g) => {
-            let t = grpc_table(&parent, g.routes, failure_accrual(g.failure_accrual)?)?;
+            let t = grpc_table(&parent, g.routes, failure_accrual(g.failure_accrual)?, &extensions)?;
             (t.clone(), t)
         }
         // Opaque and TLS routing are not done by policy (yet): the
@@ -76,12 +89,100 @@ fn resource(pb: Option<api_meta::Metadata>) -> Result<ResourceRef> {
     }
 }
 
+/// weft's extensions of a policy's rules, by route and rule index, checked
+/// whole before any table is built.
+struct Extensions(HashMap<(ResourceRef, usize), RuleExtension>);
+
+#[derive(Default)]
+struct RuleExtension {
+    mirrors: Vec<MirrorParams>,
+    url_rewrite: Option<(Option<http::uri::Authority>, Option<PathModifier>)>,
+    hedge: Option<HedgeAfter>,
+}
+
+impl Extensions {
+    fn decode(pb: Option<ext::RouteExtensions>) -> Result<Self> {
+        let mut rules = HashMap::new();
+        for rule in bounded(pb.map(|e| e.rules).unwrap_or_default(), "rule extensions")? {
+            let key = (resource(rule.route)?, rule.rule_index as usize);
+            let decoded = RuleExtension {
+                mirrors: bounded(rule.mirrors, "mirrors")?.into_iter().map(mirror).collect::<Result<_>>()?,
+                url_rewrite: rule.url_rewrite.map(url_rewrite).transpose()?,
+                hedge: rule.hedge.map(hedge).transpose()?,
+            };
+            if rules.insert(key, decoded).is_some() {
+                return Err(DecodeError::Invalid("two extensions for one rule"));
+            }
+        }
+        Ok(Extensions(rules))
+    }
+
+    /// Rule `index` of `route` with its extension; its URL rewrite goes
+    /// with its request filters (`filters`, the inbound decoder's).
+    fn apply(&self, route: &ResourceRef, index: usize, params: &mut RuleParams, filters: &mut Vec<Filter>) {
+        let Some(ext) = self.0.get(&(route.clone(), index)) else { return };
+        params.mirrors = ext.mirrors.clone();
+        params.hedge = ext.hedge.map(|after| Arc::new(HedgePolicy::new(after)));
+        if let Some((host, path)) = &ext.url_rewrite {
+            filters.push(Filter::UrlRewrite { host: host.clone(), path: path.clone() });
+        }
+    }
+
+    /// Joins the extensions to the rules of a table's routes.
+    fn join(&self, routes: &mut [OutboundRoute], matcher: &mut ServerPolicy) {
+        if self.0.is_empty() {
+            return;
+        }
+        for (route, inbound) in routes.iter_mut().zip(&mut matcher.routes) {
+            for (i, (params, rule)) in route.rules.iter_mut().zip(&mut inbound.rules).enumerate() {
+                self.apply(&route.meta, i, params, &mut rule.filters);
+            }
+        }
+    }
+}
+
+fn mirror(pb: ext::Mirror) -> Result<MirrorParams> {
+    let (numerator, denominator) = ratio(pb.ratio)?;
+    let WeightedBackend { meta, target, .. } = backend(pb.backend, BackendFilters::default(), 0)?;
+    Ok(MirrorParams { backend: meta, target, numerator, denominator })
+}
+
+fn url_rewrite(pb: ext::UrlRewrite) -> Result<(Option<http::uri::Authority>, Option<PathModifier>)> {
+    use api_http::path_modifier::Replace;
+    let host = match pb.hostname.as_str() {
+        "" => None,
+        h => Some(h.parse().map_err(|_| DecodeError::Invalid("rewrite hostname"))?),
+    };
+    let path = match pb.path.map(|p| p.replace) {
+        None => None,
+        Some(None) => return Err(DecodeError::Missing("rewrite path")),
+        Some(Some(Replace::Full(p) | Replace::Prefix(p)))
+            if !p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err() =>
+        {
+            return Err(DecodeError::Invalid("rewrite path"))
+        }
+        Some(Some(Replace::Full(p))) => Some(PathModifier::Full(p)),
+        Some(Some(Replace::Prefix(p))) => Some(PathModifier::Prefix(p)),
+    };
+    Ok((host, path))
+}
+
+/// Exactly one of a positive delay or a percentile strictly between 0 and
+/// 100.
+fn hedge(pb: ext::Hedge) -> Result<HedgeAfter> {
+    match (pb.after, pb.percentile) {
+        (Some(after), 0.0) => match Duration::try_from(after) {
+            Ok(d) if !d.is_zero() => Ok(HedgeAfter::Fixed(d)),
+            _ => Err(DecodeError::Invalid("hedge delay")),
+        },
+        (None, p) if p > 0.0 && p < 100.0 => Ok(HedgeAfter::Percentile(p)),
+        _ => Err(DecodeError::Invalid("hedge")),
+    }
+}
+
 /// The inbound decoder's view of our routes: a `Server` whose routes carry
 /// the matches and request filters.
-fn matcher(
-    parent: &ResourceRef,
-    protocol: inbound_api::proxy_protocol::Kind,
-) -> Result<Arc<crate::policy::ServerPolicy>> {
+fn matcher(parent: &ResourceRef, protocol: inbound_api::proxy_protocol::Kind) -> Result<ServerPolicy> {
     let labels = [("group", &parent.group), ("kind", &parent.kind), ("name", &parent.name)]
         .into_iter()
         .map(|(k, v)| (k.to_string(), if v.is_empty() { "outbound".to_string() } else { v.to_string() }))
@@ -91,7 +192,7 @@ fn matcher(
         labels,
         ..Default::default()
     };
-    Ok(Arc::new(inbound_decode::server(server)?))
+    inbound_decode::server(server)
 }
 
 /// Consecutive-failures accrual (`balancer.linkerd.io/failure-accrual:
@@ -125,6 +226,7 @@ fn http_table(
     parent: &ResourceRef,
     routes: Vec<api::HttpRoute>,
     accrual: Option<Accrual>,
+    extensions: &Extensions,
 ) -> Result<Option<Arc<RouteTable>>> {
     let routes = bounded(routes, "routes")?;
     if routes.is_empty() {
@@ -150,9 +252,11 @@ fn http_table(
         routes: inbound_routes,
         local_rate_limit: None,
     });
+    let mut matcher = matcher(parent, kind)?;
+    extensions.join(&mut params, &mut matcher);
     Ok(Some(Arc::new(RouteTable {
         parent: parent.clone(),
-        matcher: matcher(parent, kind)?,
+        matcher: Arc::new(matcher),
         routes: params,
         accrual,
     })))
@@ -206,6 +310,7 @@ fn grpc_table(
     parent: &ResourceRef,
     routes: Vec<api::GrpcRoute>,
     accrual: Option<Accrual>,
+    extensions: &Extensions,
 ) -> Result<Option<Arc<RouteTable>>> {
     let routes = bounded(routes, "routes")?;
     if routes.is_empty() {
@@ -229,9 +334,11 @@ fn grpc_table(
     }
     let kind =
         inbound_api::proxy_protocol::Kind::Grpc(inbound_api::proxy_protocol::Grpc { routes: inbound_routes });
+    let mut matcher = matcher(parent, kind)?;
+    extensions.join(&mut params, &mut matcher);
     Ok(Some(Arc::new(RouteTable {
         parent: parent.clone(),
-        matcher: matcher(parent, kind)?,
+        matcher: Arc::new(matcher),
         routes: params,
         accrual,
     })))
@@ -381,9 +488,7 @@ distribution!(grpc_distribution, grpc_route, grpc_backend_filters);
 fn ratio(r: Option<api_http::Ratio>) -> Result<(u32, u32)> {
     match r {
         None => Ok((1, 1)),
-        Some(r) if r.denominator == 0 || r.numerator > r.denominator => {
-            Err(DecodeError::Invalid("failure ratio"))
-        }
+        Some(r) if r.denominator == 0 || r.numerator > r.denominator => Err(DecodeError::Invalid("ratio")),
         Some(r) => Ok((r.numerator, r.denominator)),
     }
 }
@@ -519,7 +624,7 @@ mod tests {
     fn grpc_retry_conditions_become_status_codes() {
         let conditions =
             api::grpc_route::retry::Conditions { unavailable: true, cancelled: true, ..Default::default() };
-        let policy = policy(grpc_with_retry(conditions)).unwrap();
+        let policy = policy(plain(grpc_with_retry(conditions))).unwrap();
         let retry = policy.http2.unwrap().routes[0].rules[0].retry.clone().unwrap();
         assert!(matches!(&retry.on, RetryOn::Grpc(codes) if codes == &[1, 14]));
         let mut headers = http::HeaderMap::new();
@@ -536,12 +641,237 @@ mod tests {
         if let Some(api::proxy_protocol::Kind::Grpc(g)) = pb.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
             g.routes[0].rules[0].retry.as_mut().unwrap().conditions = None;
         }
-        let retry = policy(pb).unwrap().http2.unwrap().routes[0].rules[0].retry.clone().unwrap();
+        let retry = policy(plain(pb)).unwrap().http2.unwrap().routes[0].rules[0].retry.clone().unwrap();
         assert!(matches!(&retry.on, RetryOn::Grpc(codes) if codes.is_empty()));
         let mut pb = grpc_with_retry(Default::default());
         if let Some(api::proxy_protocol::Kind::Grpc(g)) = pb.protocol.as_mut().and_then(|p| p.kind.as_mut()) {
             g.routes[0].rules[0].retry.as_mut().unwrap().max_retries = 1_000_000;
         }
-        assert!(policy(pb).is_err());
+        assert!(policy(plain(pb)).is_err());
+    }
+
+    fn plain(policy: api::OutboundPolicy) -> OutboundPolicyWithExtensions {
+        OutboundPolicyWithExtensions { policy, extensions: None }
+    }
+
+    fn route_meta(name: &str) -> Option<api_meta::Metadata> {
+        Some(api_meta::Metadata {
+            kind: Some(api_meta::metadata::Kind::Resource(api_meta::Resource {
+                group: "gateway.networking.k8s.io".into(),
+                kind: "HTTPRoute".into(),
+                name: name.into(),
+                namespace: "test".into(),
+                ..Default::default()
+            })),
+        })
+    }
+
+    /// Detect with two HTTP routes of two rules each, in both tables.
+    fn detect() -> api::OutboundPolicy {
+        use api::http_route as hr;
+        let grpc = grpc_with_retry(Default::default());
+        let Some(api::proxy_protocol::Kind::Grpc(g)) = grpc.protocol.and_then(|p| p.kind) else {
+            unreachable!()
+        };
+        let Some(api::grpc_route::distribution::Kind::FirstAvailable(f)) =
+            g.routes[0].rules[0].backends.clone().and_then(|d| d.kind)
+        else {
+            unreachable!()
+        };
+        let backend = f.backends[0].backend.clone();
+        let rule = |prefix: &str| hr::Rule {
+            matches: vec![api_http::HttpRouteMatch {
+                path: Some(api_http::PathMatch {
+                    kind: Some(api_http::path_match::Kind::Prefix(prefix.into())),
+                }),
+                ..Default::default()
+            }],
+            backends: Some(hr::Distribution {
+                kind: Some(hr::distribution::Kind::FirstAvailable(hr::distribution::FirstAvailable {
+                    backends: vec![hr::RouteBackend { backend: backend.clone(), ..Default::default() }],
+                })),
+            }),
+            ..Default::default()
+        };
+        let routes = vec![
+            api::HttpRoute { metadata: route_meta("a"), hosts: vec![], rules: vec![rule("/a"), rule("/b")] },
+            api::HttpRoute { metadata: route_meta("b"), hosts: vec![], rules: vec![rule("/c"), rule("/d")] },
+        ];
+        let http1 = api::proxy_protocol::Http1 { routes: routes.clone(), failure_accrual: None };
+        let http2 = api::proxy_protocol::Http2 { routes, failure_accrual: None };
+        api::OutboundPolicy {
+            metadata: service(),
+            protocol: Some(api::ProxyProtocol {
+                kind: Some(api::proxy_protocol::Kind::Detect(api::proxy_protocol::Detect {
+                    http1: Some(http1),
+                    http2: Some(http2),
+                    ..Default::default()
+                })),
+            }),
+        }
+    }
+
+    fn extended(rules: Vec<ext::RuleExtension>) -> OutboundPolicyWithExtensions {
+        OutboundPolicyWithExtensions { policy: detect(), extensions: Some(ext::RouteExtensions { rules }) }
+    }
+
+    fn mirror_to(name: &str, numerator: u32, denominator: u32) -> ext::Mirror {
+        let mut backend = grpc_backend();
+        backend.metadata = route_meta(name);
+        ext::Mirror { backend: Some(backend), ratio: Some(api_http::Ratio { numerator, denominator }) }
+    }
+
+    fn grpc_backend() -> api::Backend {
+        let grpc = grpc_with_retry(Default::default());
+        let Some(api::proxy_protocol::Kind::Grpc(g)) = grpc.protocol.and_then(|p| p.kind) else {
+            unreachable!()
+        };
+        let Some(api::grpc_route::distribution::Kind::FirstAvailable(f)) =
+            g.routes[0].rules[0].backends.clone().and_then(|d| d.kind)
+        else {
+            unreachable!()
+        };
+        f.backends[0].backend.clone().expect("backend")
+    }
+
+    /// Each extension reaches its rule (route metadata, rule index) in
+    /// both tables, and only that rule; one for a rule the policy does not
+    /// have is ignored.
+    #[test]
+    fn extensions_join_their_rule_in_every_table() {
+        let rules = vec![
+            ext::RuleExtension {
+                route: route_meta("b"),
+                rule_index: 1,
+                mirrors: vec![mirror_to("shadow", 1, 4)],
+                url_rewrite: Some(ext::UrlRewrite {
+                    hostname: "shop.example".into(),
+                    path: Some(api_http::PathModifier {
+                        replace: Some(api_http::path_modifier::Replace::Prefix("/new".into())),
+                    }),
+                }),
+                hedge: Some(ext::Hedge { after: None, percentile: 95.0 }),
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                rule_index: 0,
+                hedge: Some(ext::Hedge {
+                    after: Some(prost_types::Duration { seconds: 0, nanos: 20_000_000 }),
+                    percentile: 0.0,
+                }),
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("gone"),
+                rule_index: 0,
+                mirrors: vec![mirror_to("x", 1, 1)],
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                rule_index: 7,
+                mirrors: vec![mirror_to("x", 1, 1)],
+                ..Default::default()
+            },
+        ];
+        let p = policy(extended(rules)).unwrap();
+        for table in [p.http1.unwrap(), p.http2.unwrap()] {
+            let (a, b) = (&table.routes[0], &table.routes[1]);
+            assert_eq!(&*b.meta.name, "b");
+            let rule = &b.rules[1];
+            assert_eq!(rule.mirrors.len(), 1);
+            let m = &rule.mirrors[0];
+            assert_eq!((&*m.backend.name, m.numerator, m.denominator), ("shadow", 1, 4));
+            assert!(
+                matches!(&m.target, BackendTarget::Balance(path) if &**path == "web.test.svc.cluster.local:80")
+            );
+            assert_eq!(rule.hedge.as_ref().map(|h| h.after), Some(HedgeAfter::Percentile(95.0)));
+            assert_eq!(
+                a.rules[0].hedge.as_ref().map(|h| h.after),
+                Some(HedgeAfter::Fixed(Duration::from_millis(20)))
+            );
+            assert!(
+                a.rules[0].mirrors.is_empty() && a.rules[1].hedge.is_none() && b.rules[0].mirrors.is_empty()
+            );
+            // The rewrite is the rule's last request filter; other rules have none.
+            let filters = |route: usize, rule: usize| &table.matcher.routes[route].rules[rule].filters;
+            assert!(
+                matches!(filters(1, 1).last(), Some(Filter::UrlRewrite { host: Some(h), path: Some(PathModifier::Prefix(p)) })
+                if h.as_str() == "shop.example" && p == "/new")
+            );
+            assert!(filters(0, 0).is_empty() && filters(0, 1).is_empty() && filters(1, 0).is_empty());
+        }
+    }
+
+    /// A malformed extension rejects the whole message, as a malformed
+    /// policy does.
+    #[test]
+    fn malformed_extensions_reject_the_message() {
+        let d = |ms| prost_types::Duration { seconds: 0, nanos: ms * 1_000_000 };
+        let bad = [
+            ext::RuleExtension {
+                route: route_meta("a"),
+                hedge: Some(ext::Hedge { after: Some(d(20)), percentile: 95.0 }),
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                hedge: Some(ext::Hedge { after: None, percentile: 100.0 }),
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                hedge: Some(ext::Hedge { after: Some(d(0)), percentile: 0.0 }),
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                hedge: Some(ext::Hedge::default()),
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                mirrors: vec![ext::Mirror { backend: None, ratio: None }],
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                mirrors: vec![mirror_to("x", 2, 1)],
+                ..Default::default()
+            },
+            ext::RuleExtension { route: None, ..Default::default() },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                url_rewrite: Some(ext::UrlRewrite { hostname: "bad host".into(), path: None }),
+                ..Default::default()
+            },
+            ext::RuleExtension {
+                route: route_meta("a"),
+                url_rewrite: Some(ext::UrlRewrite {
+                    hostname: String::new(),
+                    path: Some(api_http::PathModifier {
+                        replace: Some(api_http::path_modifier::Replace::Full("relative".into())),
+                    }),
+                }),
+                ..Default::default()
+            },
+        ];
+        for rule in bad {
+            assert!(policy(extended(vec![rule.clone()])).is_err(), "{rule:?}");
+        }
+        let twice = ext::RuleExtension {
+            route: route_meta("a"),
+            hedge: Some(ext::Hedge { after: None, percentile: 90.0 }),
+            ..Default::default()
+        };
+        assert!(policy(extended(vec![twice.clone(), twice.clone()])).is_err(), "two extensions for one rule");
+        assert!(policy(extended(vec![twice])).is_ok());
+        assert!(policy(plain(detect()))
+            .unwrap()
+            .http1
+            .unwrap()
+            .routes
+            .iter()
+            .all(|r| r.rules.iter().all(|r| r.mirrors.is_empty() && r.hedge.is_none())));
     }
 }

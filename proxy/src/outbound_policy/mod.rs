@@ -77,11 +77,9 @@ pub struct RuleParams {
     pub response_headers: Option<HeaderModifier>,
     pub retry: Option<Arc<RetryPolicy>>,
     /// Backends sent a copy of some requests (RequestMirror, weft's
-    /// extension); their answers are ignored.
+    /// extension; http/mirror.rs); their answers are ignored. The rule's
+    /// URLRewrite is one of its request filters (`policy::filters`).
     pub mirrors: Vec<MirrorParams>,
-    /// Path and Host rewrite before the request goes on (URLRewrite, weft's
-    /// extension).
-    pub url_rewrite: Option<UrlRewrite>,
     /// A second copy after a delay (`retry.weft.io/hedge-after`, weft's
     /// extension).
     pub hedge: Option<Arc<HedgePolicy>>,
@@ -89,7 +87,7 @@ pub struct RuleParams {
 
 /// One RequestMirror: `numerator / denominator` of the rule's requests are
 /// copied to `backend`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MirrorParams {
     pub backend: ResourceRef,
     pub target: BackendTarget,
@@ -101,14 +99,6 @@ impl MirrorParams {
     pub fn fires(&self) -> bool {
         self.denominator > 0 && rand::random_range(0..self.denominator) < self.numerator
     }
-}
-
-/// URLRewrite: a new Host / `:authority`, and the path replaced whole or
-/// the prefix the rule matched replaced.
-#[derive(Debug, Default)]
-pub struct UrlRewrite {
-    pub hostname: Option<http::uri::Authority>,
-    pub path: Option<crate::policy::filters::PathModifier>,
 }
 
 /// When to send a hedged copy of a request (http/hedge.rs), and what the
@@ -232,7 +222,7 @@ impl InjectedFailure {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum BackendTarget {
     /// Balanced over the endpoints discovery gives for this path
     /// (`name.ns.svc.cluster.local:port`).

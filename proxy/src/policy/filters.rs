@@ -1,6 +1,6 @@
-//! What a matched route's rule does to a request before it reaches the app:
-//! modify its headers, redirect it (3xx), or fail it on purpose (fault
-//! injection).
+//! What a matched route's rule does to a request before it goes on: modify
+//! its headers, redirect it (3xx), fail it on purpose (fault injection), or
+//! (outbound only, weft's extension) rewrite its Host and path.
 
 use std::task::{Context, Poll};
 
@@ -28,6 +28,11 @@ pub enum Filter {
         numerator: u32,
         denominator: u32,
     },
+    /// URLRewrite: the Host / `:authority` and the path the backend sees.
+    UrlRewrite {
+        host: Option<http::uri::Authority>,
+        path: Option<PathModifier>,
+    },
 }
 
 #[derive(Debug)]
@@ -45,7 +50,7 @@ pub struct Redirect {
     pub status: StatusCode,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum PathModifier {
     Full(String),
     /// Replaces the prefix the rule matched.
@@ -115,9 +120,72 @@ fn apply<B>(rule: &Rule, req: &mut Request<B>) -> Option<Response<BoxBody>> {
                     return Some(failure_response(failure, message));
                 }
             }
+            Filter::UrlRewrite { host, path } => rewrite(rule, host.as_ref(), path.as_ref(), req),
         }
     }
     None
+}
+
+/// The path `modifier` makes of `path`: replaced whole, or the prefix the
+/// rule matched replaced (`/old` → `/new` makes `/old/x` `/new/x`).
+fn modified_path(rule: &Rule, modifier: &PathModifier, path: &str) -> String {
+    match modifier {
+        PathModifier::Full(full) => full.clone(),
+        PathModifier::Prefix(replacement) => {
+            let matched = rule.matches.iter().find_map(|m| match &m.path {
+                Some(PathMatch::Prefix(p)) if path.starts_with(p.as_str()) => Some(p.as_str()),
+                _ => None,
+            });
+            match matched {
+                Some(p) => {
+                    let rest = &path[p.trim_end_matches('/').len()..];
+                    match format!("{}{rest}", replacement.trim_end_matches('/')) {
+                        // `/old` replaced by `/` on `/old` itself.
+                        empty if empty.is_empty() => "/".to_string(),
+                        path => path,
+                    }
+                }
+                None => path.to_string(),
+            }
+        }
+    }
+}
+
+/// URLRewrite: the new path keeps the query; the new host replaces the
+/// Host header and, where the request has one (HTTP/2, absolute form), the
+/// URI's authority.
+fn rewrite<B>(
+    rule: &Rule,
+    host: Option<&http::uri::Authority>,
+    path: Option<&PathModifier>,
+    req: &mut Request<B>,
+) {
+    let mut parts = req.uri().clone().into_parts();
+    if let Some(modifier) = path {
+        let uri = req.uri();
+        let path = modified_path(rule, modifier, uri.path());
+        let path_and_query = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        match http::uri::PathAndQuery::try_from(path_and_query) {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(error) => tracing::debug!(%error, "URL rewrite made an invalid path; path kept"),
+        }
+    }
+    if let Some(host) = host {
+        if parts.authority.is_some() {
+            parts.authority = Some(host.clone());
+        }
+        if let Ok(value) = HeaderValue::from_str(host.as_str()) {
+            if req.version() != http::Version::HTTP_2 || req.headers().contains_key(header::HOST) {
+                req.headers_mut().insert(header::HOST, value);
+            }
+        }
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 fn redirect_response<B>(rule: &Rule, redirect: &Redirect, req: &Request<B>) -> Response<BoxBody> {
@@ -134,22 +202,9 @@ fn redirect_response<B>(rule: &Rule, redirect: &Redirect, req: &Request<B>) -> R
                 .map(|h| h.split(':').next().unwrap_or(h))
         })
         .unwrap_or("");
-    let path = uri.path();
     let path = match &redirect.path {
-        None => path.to_string(),
-        Some(PathModifier::Full(full)) => full.clone(),
-        Some(PathModifier::Prefix(replacement)) => {
-            let matched = rule.matches.iter().find_map(|m| match &m.path {
-                Some(PathMatch::Prefix(p)) if path.starts_with(p.as_str()) => Some(p.as_str()),
-                _ => None,
-            });
-            match matched {
-                Some(p) => {
-                    format!("{}{}", replacement.trim_end_matches('/'), &path[p.trim_end_matches('/').len()..])
-                }
-                None => path.to_string(),
-            }
-        }
+        None => uri.path().to_string(),
+        Some(modifier) => modified_path(rule, modifier, uri.path()),
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let location = match redirect.port {
@@ -217,6 +272,45 @@ mod tests {
         assert!(req.headers().get("x-gone").is_none());
         assert_eq!(rsp.status(), StatusCode::MOVED_PERMANENTLY);
         assert_eq!(rsp.headers()[header::LOCATION], "http://new.example/new/x?q=1");
+    }
+
+    fn prefix_rule(prefix: &str, filter: Filter) -> Rule {
+        Rule {
+            matches: vec![RequestMatch {
+                path: Some(PathMatch::Prefix(prefix.into())),
+                ..Default::default()
+            }],
+            filters: vec![filter],
+        }
+    }
+
+    #[test]
+    fn url_rewrites_replace_the_matched_prefix_or_the_whole_path_and_the_host() {
+        let rewrite =
+            |host: Option<&str>, path| Filter::UrlRewrite { host: host.map(|h| h.parse().unwrap()), path };
+        let cases = [
+            ("/old", rewrite(None, Some(PathModifier::Prefix("/new".into()))), "/old/x?q=1", "/new/x?q=1"),
+            ("/old/", rewrite(None, Some(PathModifier::Prefix("/".into()))), "/old/x", "/x"),
+            ("/old", rewrite(None, Some(PathModifier::Prefix("/".into()))), "/old", "/"),
+            ("/", rewrite(None, Some(PathModifier::Prefix("/v2".into()))), "/a", "/v2/a"),
+            ("/old", rewrite(None, Some(PathModifier::Full("/all".into()))), "/old/x?q=1", "/all?q=1"),
+        ];
+        for (prefix, filter, before, after) in cases {
+            let mut req = Request::get(before).header(header::HOST, "web:80").body(()).unwrap();
+            assert!(apply(&prefix_rule(prefix, filter), &mut req).is_none());
+            assert_eq!(req.uri(), after, "{prefix} on {before}");
+            assert_eq!(req.headers()[header::HOST], "web:80");
+        }
+        // HTTP/1 origin form: the Host header; HTTP/2: the authority.
+        let rule = prefix_rule("/", rewrite(Some("shop.example"), None));
+        let mut req = Request::get("/a?b").header(header::HOST, "web:80").body(()).unwrap();
+        apply(&rule, &mut req);
+        assert_eq!(req.uri(), "/a?b");
+        assert_eq!(req.headers()[header::HOST], "shop.example");
+        let mut req = Request::get("http://web:80/a").version(http::Version::HTTP_2).body(()).unwrap();
+        apply(&rule, &mut req);
+        assert_eq!(req.uri(), "http://shop.example/a");
+        assert!(req.headers().get(header::HOST).is_none());
     }
 
     #[test]
