@@ -151,6 +151,15 @@ impl Rule {
         self
     }
 
+    /// A filter of a kind only its controller knows (`ExtensionRef` to
+    /// `group`/`kind` `name`).
+    pub fn extension(mut self, group: &str, kind: &str, name: &str) -> Rule {
+        self.filters.push(
+            json!({"type": "ExtensionRef", "extensionRef": {"group": group, "kind": kind, "name": name}}),
+        );
+        self
+    }
+
     /// Gateway API `timeouts.request` (`"300ms"`).
     pub fn request_timeout(mut self, timeout: &str) -> Rule {
         self.timeouts = Some(json!({"request": timeout}));
