@@ -1149,6 +1149,8 @@ def main() -> int:
 
         lint("defaults+required", default_set, tmp)
         lint("values-ha+required", ha_set, tmp)
+        lint("dashboards+scrape", merge(default_set, {"grafana": {"dashboards": {"enabled": True, "folder": "weft"}},
+                                                      "prometheus": {"scrapeConfig": {"enabled": True}}}), tmp)
 
         for label, vals, over, ha, policy in (
             ("defaults", default_set, required, False, "Ignore"),

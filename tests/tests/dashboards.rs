@@ -30,6 +30,9 @@ const NOT_PRODUCED: &[&str] = &[
     // limit low enough to trip here would also refuse the traffic the rest
     // of the dashboards need (tests/tests/inbound_policy.rs covers it).
     "inbound_http_local_ratelimit_rejected_total",
+    // linkerd2-proxy's name for what weft counts as identity_cert_refresh_total;
+    // read beside it (`or`) so the dashboards show Linkerd's proxies too.
+    "identity_cert_refresh_count",
 ];
 
 /// Labels Prometheus adds from the pod when it scrapes (podmonitor.yaml,
