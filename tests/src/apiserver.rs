@@ -4,7 +4,10 @@
 //! the CLI's tests, weft-cni's, and the pods' CNI mode ([`crate::pod`]). Answers are
 //! built from the captured API objects in tests/fixtures/kubernetes; what a
 //! test needs beyond a fixed answer (SelfSubjectAccessReviews, dry-run pod
-//! creation) goes through a handler it sets.
+//! creation, status PATCHes) goes through a handler it sets. A WATCH
+//! (`?watch=true`) of a path the table answers is accepted and left open
+//! with no events, as a quiet cluster's watch is, so a controller's
+//! LIST + WATCH informers (weft-destination's Kubernetes backend) settle.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -137,18 +140,41 @@ pub fn write_kubeconfig(dir: &Path, server: &str, ca_pem: &str) -> PathBuf {
     path
 }
 
+/// A watch response's body: open, without events, until the client goes.
+struct Quiet;
+
+impl hyper::body::Body for Quiet {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Pending
+    }
+}
+
 async fn serve(
     state: Arc<Mutex<State>>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Either<Full<Bytes>, Quiet>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let watching = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let answer = {
         let mut s = state.lock().unwrap();
         s.seen.push(format!("{method} {path}?{query}"));
+        if watching && method == "GET" && s.everything.is_none() && s.routes.contains_key(&path) {
+            return Ok(Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Either::Right(Quiet))
+                .unwrap());
+        }
         let handler = s.handler.clone();
         s.everything
             .clone()
@@ -161,6 +187,6 @@ async fn serve(
     Ok(Response::builder()
         .status(answer.status)
         .header("content-type", answer.content_type)
-        .body(Full::new(Bytes::from(answer.body)))
+        .body(Either::Left(Full::new(Bytes::from(answer.body))))
         .unwrap())
 }

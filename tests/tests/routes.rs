@@ -795,3 +795,140 @@ async fn the_demo_manifests_load_and_their_header_canary_routes_to_v2() {
     }
     assert!(versions.get("backend-v1").copied().unwrap_or(0) >= 70, "{versions:?}");
 }
+
+/// weft-destination in Kubernetes mode (the binary, KUBECONFIG pointing at
+/// the stub apiserver answering from the captured emojivoto objects): it
+/// lists and watches the cluster, then writes each mesh route's Gateway API
+/// status with a merge PATCH of `/status`, which is what `kubectl get
+/// httproute -o yaml` shows a user.
+// A plain test: the stub apiserver runs its own runtime, which must be
+// started and dropped outside of one.
+#[test]
+fn in_kubernetes_mode_the_captured_routes_get_their_status_patched() {
+    use std::sync::{Arc, Mutex};
+    use weft_e2e::apiserver::{Answer, ApiServer, Handler, State};
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/kubernetes");
+    let fixture = |name: &str| {
+        let text = std::fs::read_to_string(fixtures.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        Answer::text(200, "application/json", &text)
+    };
+    // The cluster-wide paths weft-destination lists (and watches); every
+    // captured object is in `emojivoto`.
+    let mut state = State::default();
+    for (path, file) in [
+        ("/apis/split.smi-spec.io/v1alpha4", "discovery-apis-split.smi-spec.io-v1alpha4.json"),
+        ("/apis/split.smi-spec.io/v1alpha2", "discovery-apis-split.smi-spec.io-v1alpha2.json"),
+        ("/apis/linkerd.io/v1alpha2", "discovery-apis-linkerd.io-v1alpha2.json"),
+        ("/apis/policy.linkerd.io/v1beta3", "discovery-apis-policy.linkerd.io-v1beta3.json"),
+        ("/apis/policy.linkerd.io/v1alpha1", "discovery-apis-policy.linkerd.io-v1alpha1.json"),
+        ("/apis/gateway.networking.k8s.io/v1", "discovery-apis-gateway.networking.k8s.io-v1.json"),
+        ("/api/v1/services", "services-emojivoto.list.json"),
+        ("/api/v1/pods", "pods-emojivoto.list.json"),
+        ("/api/v1/namespaces", "namespaces.list.json"),
+        ("/apis/discovery.k8s.io/v1/endpointslices", "endpointslices-emojivoto.list.json"),
+        ("/apis/split.smi-spec.io/v1alpha2/trafficsplits", "trafficsplits-v1alpha2.list.json"),
+        ("/apis/split.smi-spec.io/v1alpha4/trafficsplits", "trafficsplits-v1alpha4.list.json"),
+        ("/apis/linkerd.io/v1alpha2/serviceprofiles", "serviceprofiles.list.json"),
+        ("/apis/policy.linkerd.io/v1beta3/httproutes", "httproutes.policy.linkerd.io-emojivoto.list.json"),
+        (
+            "/apis/gateway.networking.k8s.io/v1/httproutes",
+            "httproutes.gateway.networking.k8s.io-emojivoto.list.json",
+        ),
+        (
+            "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+            "grpcroutes.gateway.networking.k8s.io-emojivoto.list.json",
+        ),
+        ("/apis/policy.linkerd.io/v1beta3/servers", "servers.policy.linkerd.io-emojivoto.list.json"),
+        (
+            "/apis/policy.linkerd.io/v1alpha1/authorizationpolicies",
+            "authorizationpolicies.policy.linkerd.io-emojivoto.list.json",
+        ),
+        (
+            "/apis/policy.linkerd.io/v1alpha1/meshtlsauthentications",
+            "meshtlsauthentications.policy.linkerd.io-emojivoto.list.json",
+        ),
+        (
+            "/apis/policy.linkerd.io/v1alpha1/networkauthentications",
+            "networkauthentications.policy.linkerd.io-emojivoto.list.json",
+        ),
+        (
+            "/apis/policy.linkerd.io/v1alpha1/httplocalratelimitpolicies",
+            "httplocalratelimitpolicies.policy.linkerd.io-emojivoto.list.json",
+        ),
+    ] {
+        state.routes.insert(path.to_string(), fixture(file));
+    }
+    // A status PATCH is recorded and answered with the patch as the object.
+    let patches: Arc<Mutex<Vec<(String, String, serde_json::Value)>>> = Arc::default();
+    let recorded = patches.clone();
+    let handler: Handler = Arc::new(move |method, path, query, body| {
+        if method != "PATCH" || !path.ends_with("/status") {
+            return None;
+        }
+        recorded.lock().unwrap_or_else(|p| p.into_inner()).push((path.into(), query.into(), body.clone()));
+        let mut obj = body.clone();
+        obj["apiVersion"] = "gateway.networking.k8s.io/v1".into();
+        obj["kind"] = if path.contains("/grpcroutes/") { "GRPCRoute" } else { "HTTPRoute" }.into();
+        Some(Answer::json(200, &obj))
+    });
+    state.handler = Some(handler);
+    let apiserver = ApiServer::start(state);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(status_patched(&apiserver, &patches));
+}
+
+async fn status_patched(
+    apiserver: &weft_e2e::apiserver::ApiServer,
+    patches: &std::sync::Mutex<Vec<(String, String, serde_json::Value)>>,
+) {
+    let dir = TempDir::new("routes-k8s");
+    let kubeconfig = apiserver.kubeconfig(dir.path());
+
+    let (addr, admin) = (free_addr(), free_addr());
+    let mut cmd = weft_e2e::Process::command("weft-destination");
+    cmd.env("KUBECONFIG", &kubeconfig).env_remove("KUBERNETES_SERVICE_HOST").arg("--kubernetes").args([
+        "--addr",
+        &addr.to_string(),
+        "--admin-addr",
+        &admin.to_string(),
+    ]);
+    let mut destination = weft_e2e::Process::spawn("weft-destination", cmd);
+    if let Err(e) = destination.wait_ready(admin, STEP).await {
+        panic!("{e}\napiserver saw: {:#?}", apiserver.seen());
+    }
+
+    let voting = "/apis/gateway.networking.k8s.io/v1/namespaces/emojivoto/httproutes/voting-route/status";
+    let patched = poll_until(STEP, Duration::from_millis(50), || async {
+        let all = patches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.into_iter().find(|(path, _, _)| path == voting)
+    })
+    .await;
+    let Some((_, query, body)) = patched else {
+        panic!("voting-route's status was never patched; apiserver saw: {:#?}", apiserver.seen())
+    };
+    assert!(query.contains("fieldManager=weft-destination"), "{query}");
+    let parents = body["status"]["parents"].as_array().cloned().unwrap_or_default();
+    assert_eq!(parents.len(), 1, "{body}");
+    assert_eq!(parents[0]["controllerName"], "weft.io/destination");
+    let conditions: Vec<(String, String, String)> = parents[0]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("type"), s("status"), s("reason"))
+        })
+        .collect();
+    // The captured route's canary backend (voting-v2) has no Service.
+    let want = [("Accepted", "True", "Accepted"), ("ResolvedRefs", "False", "BackendNotFound")]
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
+    assert_eq!(conditions, want, "{body}");
+    let grpc = poll_until(STEP, Duration::from_millis(50), || async {
+        let all = patches.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        all.iter().any(|(path, _, _)| path.contains("/grpcroutes/")).then_some(())
+    })
+    .await;
+    assert!(grpc.is_some(), "the GRPCRoute's status too: {:?}", patches.lock().map(|p| p.len()));
+}
