@@ -164,6 +164,79 @@ fn weft_client_hello_carries_both_key_shares() {
     assert_eq!(shares, [(0x11ec, 1216), (0x001d, 32)]);
 }
 
+/// Where `pattern` (a key share's group and length) ends in `record`: the
+/// share's first byte.
+fn share_at(record: &[u8], pattern: &[u8]) -> usize {
+    record.windows(pattern.len()).position(|w| w == pattern).expect("key share in the record") + pattern.len()
+}
+
+/// A weft ClientHello, then a weft server's first flight, each garbled in
+/// its hybrid key share as a hostile or broken peer would: the receiving
+/// side fails the handshake with an error (and an alert), never a panic.
+#[test]
+fn garbled_hybrid_shares_fail_the_handshake() {
+    use weft_tls::rustls::{Error, PeerMisbehaved, ServerConnection};
+
+    let mesh = Mesh::new();
+    let (web, server) = mesh.weft("web");
+    let server = server.server_config(ClientAuth::Optional, &[]).unwrap();
+    let (_, client) = mesh.weft("voting");
+    let client = client.client_config(&web, &[]).unwrap();
+    let hello = |client: &mut ClientConnection| {
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        hello
+    };
+    let new_client = || ClientConnection::new(client.config.clone(), client.server_name.clone()).unwrap();
+    // 0x11ec, 1216 bytes: ML-KEM-768 encapsulation key || X25519.
+    let client_share = |hello: &[u8]| share_at(hello, &[0x11, 0xec, 0x04, 0xc0]);
+    let invalid_share = Error::PeerMisbehaved(PeerMisbehaved::InvalidKeyShare);
+
+    // The server: an ML-KEM key with a coefficient above q, or a zero X25519 point.
+    let garble_key = |h: &mut Vec<u8>, at: usize| h[at..at + 2].copy_from_slice(&[0xff, 0x0f]);
+    let zero_x25519 = |h: &mut Vec<u8>, at: usize| h[at + 1184..at + 1216].fill(0);
+    for garble in [garble_key, zero_x25519] {
+        let mut hello = hello(&mut new_client());
+        let at = client_share(&hello);
+        garble(&mut hello, at);
+        let mut conn = ServerConnection::new(server.clone()).unwrap();
+        conn.read_tls(&mut &hello[..]).unwrap();
+        assert_eq!(conn.process_new_packets().unwrap_err(), invalid_share);
+        assert!(conn.wants_write(), "the server sends an alert");
+    }
+
+    // The client: a forged ML-KEM ciphertext (implicit rejection: a wrong
+    // secret, so the server's encrypted flight does not decrypt), or a zero
+    // X25519 point.
+    let forge_ciphertext = |f: &mut Vec<u8>, at: usize| f[at..at + 1088].fill(0x5a);
+    let zero_x25519 = |f: &mut Vec<u8>, at: usize| f[at + 1088..at + 1120].fill(0);
+    let cases: [(fn(&mut Vec<u8>, usize), Error); 2] =
+        [(forge_ciphertext, Error::DecryptError), (zero_x25519, invalid_share)];
+    for (garble, expected) in cases {
+        let mut client = new_client();
+        let hello = hello(&mut client);
+        let mut conn = ServerConnection::new(server.clone()).unwrap();
+        conn.read_tls(&mut &hello[..]).unwrap();
+        conn.process_new_packets().unwrap();
+        let mut flight = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut flight).unwrap();
+        }
+        // 0x11ec, 1120 bytes: ML-KEM-768 ciphertext || X25519.
+        let at = share_at(&flight, &[0x11, 0xec, 0x04, 0x60]);
+        garble(&mut flight, at);
+        let mut rd = &flight[..];
+        let error = loop {
+            client.read_tls(&mut rd).unwrap();
+            if let Err(error) = client.process_new_packets() {
+                break error;
+            }
+            assert!(!rd.is_empty(), "the client accepted a garbled share");
+        };
+        assert_eq!(error, expected);
+    }
+}
+
 /// (group, share length) of each key_share entry of a ClientHello record.
 fn key_shares(record: &[u8]) -> Option<Vec<(u16, usize)>> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
