@@ -28,6 +28,7 @@ use crate::{
         forward::Forward,
         hedge::HedgeLayer,
         logical::{LogicalLayer, Profiles},
+        mirror::MirrorLayer,
         policy_route::PolicyRouteLayer,
         resolve::{DnsResolver, ResolveLayer, Target},
         retry::RetryLayer,
@@ -128,6 +129,7 @@ impl Outbound {
                             .layer(LogicalLayer::new(profiles.clone(), orig_dst))
                             .layer(self.policy_routes.clone())
                             .layer(FiltersLayer)
+                            .layer(MirrorLayer)
                             .layer(RouteLayer)
                             .layer(RetryLayer)
                             .layer(HedgeLayer)

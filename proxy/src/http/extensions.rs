@@ -159,3 +159,47 @@ pub struct HedgeCounters {
 /// endpoint when the backend has one.
 #[derive(Clone, Debug, Default)]
 pub struct HedgeEndpoint(pub Arc<std::sync::OnceLock<SocketAddr>>);
+
+/// The matched policy rule's RequestMirrors (http/mirror.rs), and where to
+/// count what became of each copy.
+#[derive(Clone)]
+pub struct RouteMirrors {
+    pub table: Arc<crate::outbound_policy::RouteTable>,
+    pub route: crate::policy::routes::RouteMatch,
+    pub counters: Arc<dyn MirrorCounters>,
+}
+
+impl RouteMirrors {
+    pub fn mirrors(&self) -> &[crate::outbound_policy::MirrorParams] {
+        let rule = self.table.routes.get(self.route.route).and_then(|r| r.rules.get(self.route.rule));
+        rule.map_or(&[], |r| &r.mirrors)
+    }
+}
+
+/// What became of a mirrored copy.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MirrorResult {
+    /// The mirror answered (whatever its status).
+    Sent,
+    /// The mirror did not answer: refused, failed or timed out.
+    Failed,
+    /// Not sent, or cut short: the copy fell behind the request's body,
+    /// too many copies were in flight, or the mirror has no usable backend.
+    Dropped,
+}
+
+impl MirrorResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorResult::Sent => "sent",
+            MirrorResult::Failed => "failed",
+            MirrorResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// `outbound_http_route_mirror_requests_total` of the route the mirrors
+/// belong to.
+pub trait MirrorCounters: Send + Sync {
+    fn count(&self, backend: &crate::outbound_policy::ResourceRef, result: MirrorResult);
+}

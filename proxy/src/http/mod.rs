@@ -13,6 +13,7 @@ pub mod http1;
 pub mod http2;
 pub mod logical;
 pub mod metrics;
+pub mod mirror;
 pub mod policy_route;
 pub mod resolve;
 pub mod retry;

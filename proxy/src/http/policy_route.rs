@@ -4,8 +4,9 @@
 //! request timeout over the whole request, its response header changes,
 //! and the per-route metrics Linkerd's proxy reports. What layers below do
 //! for the rule travels as request extensions: its retries (`RouteRetry`,
-//! http/retry.rs) and the policy's failure accrual (`FailureAccrual`,
-//! http/balance.rs).
+//! http/retry.rs), its hedging (`RouteHedge`, http/hedge.rs), its mirrors
+//! (`RouteMirrors`, http/mirror.rs) and the policy's failure accrual
+//! (`FailureAccrual`, http/balance.rs).
 //!
 //! Linkerd's precedence: a ServiceProfile with routes or dst_overrides wins,
 //! and this layer steps aside. No policy, or a policy without HTTP routes,
@@ -28,8 +29,8 @@ use tokio::time::Instant;
 
 use super::{
     extensions::{
-        Backend, EndpointInfo, FailureAccrual, LogicalPolicy, LogicalProfile, RetryCounters, RouteError,
-        RouteRetry, RouteTimeout,
+        Backend, EndpointInfo, FailureAccrual, LogicalPolicy, LogicalProfile, MirrorCounters, MirrorResult,
+        RetryCounters, RouteError, RouteMirrors, RouteRetry, RouteTimeout,
     },
     BoxError, Endpoint, LayerFuture,
 };
@@ -125,6 +126,10 @@ where
         if let Some(policy) = &rule.hedge {
             let counters = policy.counters(&metrics.labels);
             req.extensions_mut().insert(super::extensions::RouteHedge { policy: policy.clone(), counters });
+        }
+        if !rule.mirrors.is_empty() {
+            let counters = metrics.clone();
+            req.extensions_mut().insert(RouteMirrors { table: table.clone(), route: matched, counters });
         }
         req.extensions_mut().insert(Matched { policy: table.matcher.clone(), route: matched });
         req.extensions_mut().insert(metrics.tap.clone());
@@ -243,6 +248,7 @@ impl SeriesCache {
             labels,
             statuses: Mutex::default(),
             backends: Mutex::default(),
+            mirrors: Mutex::default(),
             retries: OnceLock::new(),
         });
         cache.insert(key, series.clone());
@@ -257,6 +263,7 @@ struct RouteSeries {
     duration: Histogram,
     statuses: Mutex<Vec<(Option<u16>, Counter)>>,
     backends: Mutex<Vec<(ResourceRef, Counter)>>,
+    mirrors: Mutex<Vec<((ResourceRef, MirrorResult), Counter)>>,
     /// Registered once a rule of the route retries.
     retries: OnceLock<RetryCounters>,
 }
@@ -333,6 +340,20 @@ impl RouteSeries {
                 }
             }
             metrics::counter!("outbound_http_route_request_statuses_total", labels.iter())
+        })
+        .increment(1);
+    }
+}
+
+/// weft's `outbound_http_route_mirror_requests_total`: the route's labels,
+/// the mirror's backend and what became of the copy.
+impl MirrorCounters for RouteSeries {
+    fn count(&self, backend: &ResourceRef, result: MirrorResult) {
+        cached(&self.mirrors, &(backend.clone(), result), || {
+            let mut labels = self.labels.clone();
+            resource_labels(&mut labels, "backend", backend, true);
+            labels.push(Label::from_static_parts("result", result.as_str()));
+            metrics::counter!("outbound_http_route_mirror_requests_total", labels.iter())
         })
         .increment(1);
     }
