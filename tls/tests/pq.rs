@@ -164,6 +164,9 @@ fn weft_client_hello_carries_both_key_shares() {
     assert_eq!(shares, [(0x11ec, 1216), (0x001d, 32)]);
 }
 
+/// Damages a record at a key share's offset.
+type Garble = fn(&mut Vec<u8>, usize);
+
 /// Where `pattern` (a key share's group and length) ends in `record`: the
 /// share's first byte.
 fn share_at(record: &[u8], pattern: &[u8]) -> usize {
@@ -210,8 +213,7 @@ fn garbled_hybrid_shares_fail_the_handshake() {
     // X25519 point.
     let forge_ciphertext = |f: &mut Vec<u8>, at: usize| f[at..at + 1088].fill(0x5a);
     let zero_x25519 = |f: &mut Vec<u8>, at: usize| f[at + 1088..at + 1120].fill(0);
-    let cases: [(fn(&mut Vec<u8>, usize), Error); 2] =
-        [(forge_ciphertext, Error::DecryptError), (zero_x25519, invalid_share)];
+    let cases: [(Garble, Error); 2] = [(forge_ciphertext, Error::DecryptError), (zero_x25519, invalid_share)];
     for (garble, expected) in cases {
         let mut client = new_client();
         let hello = hello(&mut client);
