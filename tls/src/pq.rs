@@ -136,7 +136,8 @@ fn combine(mlkem: &[u8], x25519: &SharedSecret) -> SharedSecret {
 }
 
 /// A client's key exchange in flight. The decapsulation key zeroizes itself
-/// when dropped (ml-kem's `zeroize` feature); so does ring's X25519 key.
+/// when dropped (ml-kem's `zeroize` feature); rustls drops this as soon as
+/// the server's share arrives, or with a failed handshake.
 struct Active {
     x25519: Box<dyn ActiveKeyExchange>,
     mlkem: Box<DecapsulationKey>,
