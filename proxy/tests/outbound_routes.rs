@@ -579,3 +579,243 @@ async fn burst(conn: &mut hyper::client::conn::http1::SendRequest<BoxBody>) -> D
     }
     start.elapsed()
 }
+
+// weft's extensions (field 1000 of the OutboundPolicy, as weft-destination
+// sends them): RequestMirror and URLRewrite.
+
+/// Rule `rule_index` of route `route_name` (as `route` names it), to extend.
+fn extension(route_name: &str, rule_index: u32) -> weft_api::RuleExtension {
+    weft_api::RuleExtension { route: route(route_name, vec![]).metadata, rule_index, ..Default::default() }
+}
+
+/// A mirror to `b`'s backend for `numerator / denominator` of requests.
+fn mirror(
+    b: linkerd2_proxy_api::outbound::http_route::WeightedRouteBackend,
+    numerator: u32,
+    denominator: u32,
+) -> weft_api::Mirror {
+    weft_api::Mirror {
+        backend: b.backend.and_then(|b| b.backend),
+        ratio: Some(hr::Ratio { numerator, denominator }),
+    }
+}
+
+/// Every request to v1, through one rule of route `web-mirrored`.
+fn to_v1() -> linkerd2_proxy_api::outbound::OutboundPolicy {
+    policy(
+        PORT,
+        vec![route("web-mirrored", vec![rule(vec![prefix("/")], vec![], vec![backend("web", PORT, 1)])])],
+    )
+}
+
+fn post(path: &str) -> http::request::Builder {
+    Request::post(format!("http://web.test.svc.cluster.local{path}"))
+}
+
+async fn send_body(
+    conn: &mut hyper::client::conn::http1::SendRequest<BoxBody>,
+    req: http::request::Builder,
+    body: BoxBody,
+) -> Collected {
+    within("ready", conn.ready()).await.expect("connection usable");
+    collect(within("response", conn.send_request(req.body(body).unwrap())).await.expect("response")).await
+}
+
+async fn wait_seen(server: &HttpServer, n: usize) {
+    within("the mirror to see its copies", async {
+        while server.seen().len() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+fn mirror_labels<'a>(backend: &'a str, result: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("parent_name", "web"),
+        ("route_name", "web-mirrored"),
+        ("route_kind", "HTTPRoute"),
+        ("backend_name", backend),
+        ("result", result),
+    ]
+}
+
+#[tokio::test]
+async fn a_mirror_gets_a_copy_of_every_request_bodies_included_and_the_client_only_the_primarys_answer() {
+    let m = mesh(false, None).await;
+    let mirrored = weft_api::RuleExtension {
+        mirrors: vec![mirror(backend("web-v2", PORT, 1), 1, 1)],
+        ..extension("web-mirrored", 0)
+    };
+    m.api.set_extended(to_v1(), vec![mirrored]);
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    for i in 0..20 {
+        let rsp = send(&mut conn, get(&format!("/m/{i}"))).await;
+        assert_eq!(rsp.status, StatusCode::OK);
+    }
+    // A body of one frame (content-length) and one of three (chunked).
+    let rsp = send_body(&mut conn, post("/full"), full("a body for both")).await;
+    assert_eq!((rsp.status, &rsp.body[..]), (StatusCode::OK, &b"a body for both"[..]), "v1's echo");
+    let (tx, body) = channel_body();
+    for chunk in ["one,", "two,", "three"] {
+        tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from(chunk)))).await.unwrap();
+    }
+    drop(tx);
+    let rsp = send_body(&mut conn, post("/chunked"), body).await;
+    assert_eq!(&rsp.body[..], b"one,two,three");
+
+    wait_seen(&m.v2, 22).await;
+    assert_eq!(m.v1.seen().len(), 22);
+    for server in [&m.v1, &m.v2] {
+        let seen = server.seen();
+        let body = |path: &str| seen.iter().find(|s| s.uri == path).map(|s| s.body.clone()).expect(path);
+        assert_eq!(&body("/full")[..], b"a body for both");
+        assert_eq!(&body("/chunked")[..], b"one,two,three");
+        assert_eq!(seen.iter().filter(|s| s.uri.starts_with("/m/")).count(), 20);
+    }
+    m.proxy
+        .wait_metric("outbound_http_route_mirror_requests_total", &mirror_labels("web-v2", "sent"), 22.0)
+        .await;
+
+    // Linkerd's message alone (no field 1000): no more copies.
+    m.api.set(Some(to_v1()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        send(&mut conn, get("/plain")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(m.v2.seen().len(), 22, "no copies without the extension");
+    assert_eq!(m.v1.seen().iter().filter(|s| s.uri == "/plain").count(), 10);
+}
+
+#[tokio::test]
+async fn a_mirror_at_25_percent_gets_a_quarter_of_1000_requests() {
+    let m = mesh(false, None).await;
+    let mirrored = weft_api::RuleExtension {
+        mirrors: vec![mirror(backend("web-v2", PORT, 1), 25, 100)],
+        ..extension("web-mirrored", 0)
+    };
+    m.api.set_extended(to_v1(), vec![mirrored]);
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    for _ in 0..1000 {
+        assert_eq!(send(&mut conn, get("/r")).await.status, StatusCode::OK);
+    }
+    assert_eq!(m.v1.seen().len(), 1000);
+    // Copies still on their way: wait until what was sent has arrived.
+    let sent = within("the copies to settle", async {
+        loop {
+            let sent = m
+                .proxy
+                .metrics()
+                .await
+                .get("outbound_http_route_mirror_requests_total", &mirror_labels("web-v2", "sent"));
+            if sent as usize == m.v2.seen().len() {
+                break sent as usize;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!((200..=300).contains(&sent), "the mirror got {sent} of 1000 copies, want 250 ± 50");
+}
+
+/// A mirror that never answers, one that answers 500, one that refuses
+/// connections: the client's requests are answered by the primary as fast
+/// as without them.
+#[tokio::test]
+async fn a_slow_failing_or_refusing_mirror_changes_nothing_for_the_client() {
+    let sleeper = tokio::net::TcpListener::bind(loopback(0)).await.unwrap();
+    let sleeper_addr = sleeper.local_addr().unwrap();
+    let _held = AbortOnDrop(tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = sleeper.accept().await {
+            held.push(stream);
+        }
+    }));
+    let (failing, failing_count, _failing) = failing_app(|_| true).await;
+    let refused = loopback(free_port());
+    let m = mesh(false, None).await;
+    let mirrors = vec![
+        mirror(forward("sleeper", sleeper_addr, 1), 1, 1),
+        mirror(forward("failing", failing, 1), 1, 1),
+        mirror(forward("refused", refused, 1), 1, 1),
+    ];
+    m.api.set_extended(to_v1(), vec![weft_api::RuleExtension { mirrors, ..extension("web-mirrored", 0) }]);
+    let mut conn = h1_conn(m.proxy.outbound).await;
+    send(&mut conn, get("/warm")).await;
+    for i in 0..20 {
+        let start = Instant::now();
+        let rsp = send_body(&mut conn, post(&format!("/p/{i}")), full(format!("body {i}"))).await;
+        assert_eq!(rsp.status, StatusCode::OK);
+        assert_eq!(rsp.body, format!("body {i}").as_bytes(), "the primary's echo");
+        assert!(start.elapsed() < Duration::from_millis(200), "request {i} took {:?}", start.elapsed());
+    }
+    // A body larger than any copy's buffer, streamed: the primary gets all
+    // of it, whichever copies fall behind.
+    let (tx, body) = channel_body();
+    let feed = tokio::spawn(async move {
+        for _ in 0..64 {
+            tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; 32 * 1024])))).await.unwrap();
+        }
+    });
+    let rsp = send_body(&mut conn, post("/big"), body).await;
+    feed.await.unwrap();
+    assert_eq!((rsp.status, rsp.body.len()), (StatusCode::OK, 64 * 32 * 1024));
+
+    m.proxy
+        .wait_metric("outbound_http_route_mirror_requests_total", &mirror_labels("failing", "sent"), 22.0)
+        .await;
+    assert_eq!(failing_count.load(std::sync::atomic::Ordering::SeqCst), 22);
+    m.proxy
+        .wait_metric("outbound_http_route_mirror_requests_total", &mirror_labels("refused", "failed"), 22.0)
+        .await;
+    assert_eq!(m.v1.seen().len(), 22);
+    assert!(!m.proxy.stderr().contains("panicked"));
+}
+
+#[tokio::test]
+async fn url_rewrites_change_the_path_and_host_the_app_sees() {
+    let rules = vec![
+        rule(vec![prefix("/old")], vec![], vec![backend("web", PORT, 1)]),
+        rule(vec![prefix("/full")], vec![], vec![backend("web", PORT, 1)]),
+    ];
+    let rewrite = |hostname: &str, replace| weft_api::UrlRewrite {
+        hostname: hostname.into(),
+        path: Some(hr::PathModifier { replace: Some(replace) }),
+    };
+    let extensions = vec![
+        weft_api::RuleExtension {
+            url_rewrite: Some(rewrite("shop.example", hr::path_modifier::Replace::Prefix("/new".into()))),
+            ..extension("web-rewrite", 0)
+        },
+        weft_api::RuleExtension {
+            url_rewrite: Some(rewrite("", hr::path_modifier::Replace::Full("/replaced".into()))),
+            ..extension("web-rewrite", 1)
+        },
+    ];
+    let m = mesh(false, None).await;
+    m.api.set_extended(policy(PORT, vec![route("web-rewrite", rules)]), extensions);
+    let mut conn = h1_conn(m.proxy.outbound).await;
+
+    assert_eq!(send(&mut conn, get("/old/x?q=1")).await.status, StatusCode::OK);
+    let seen = m.v1.last();
+    assert_eq!(seen.uri, "/new/x?q=1");
+    assert_eq!(seen.header("host"), Some("shop.example"));
+
+    assert_eq!(send(&mut conn, get("/full/y?q=2")).await.status, StatusCode::OK);
+    let seen = m.v1.last();
+    assert_eq!(seen.uri, "/replaced?q=2");
+    assert_eq!(seen.header("host"), Some("web.test.svc.cluster.local"), "no hostname: the Host stays");
+
+    // HTTP/2: the authority is rewritten.
+    let mut conn = h2_conn(m.proxy.outbound).await;
+    within("ready", conn.ready()).await.expect("connection usable");
+    let rsp =
+        within("response", conn.send_request(get("/old").body(empty()).unwrap())).await.expect("response");
+    assert_eq!(collect(rsp).await.status, StatusCode::OK);
+    let seen = m.v1.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert!(seen.uri.ends_with("/new"), "{}", seen.uri);
+    let authority = seen.uri.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string()));
+    assert_eq!(authority.as_deref().or(seen.header("host")), Some("shop.example"), "{seen:?}");
+}

@@ -1,11 +1,15 @@
 //! A small control plane for outbound routing: Destination (`Get`,
 //! `GetProfile`) and OutboundPolicies (`Watch`) on one port, as
 //! weft-destination serves them. Endpoints and profiles are fixed per name;
-//! the outbound policy is whatever the test sets, pushed to every open
-//! Watch. Plus builders for OutboundPolicies messages.
+//! the outbound policy is whatever the test sets (with weft's extensions in
+//! field 1000, as weft-destination sends them, or without, as Linkerd's
+//! control plane does), pushed to every open Watch. Plus builders for
+//! OutboundPolicies messages.
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -17,18 +21,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use linkerd2_proxy_api::{
     destination::{self as dst, destination_server as dst_srv},
-    http_route as hr, meta,
-    outbound::{self as api, outbound_policies_server as srv},
+    http_route as hr, meta, outbound as api,
 };
 use tokio::{net::TcpListener, sync::watch, task::AbortHandle};
 use tonic::{codegen::async_trait, Request, Response, Status};
 use tower::Service;
+use weft_api::OutboundPolicyWithExtensions;
 
 use super::loopback;
 
 pub struct OutboundApi {
     pub addr: SocketAddr,
-    policy: watch::Sender<Option<api::OutboundPolicy>>,
+    policy: watch::Sender<Option<OutboundPolicyWithExtensions>>,
     /// The TrafficSpecs asked for, in order.
     pub specs: Arc<Mutex<Vec<api::TrafficSpec>>>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
@@ -36,7 +40,7 @@ pub struct OutboundApi {
 
 #[derive(Clone)]
 struct Handler {
-    policy: watch::Receiver<Option<api::OutboundPolicy>>,
+    policy: watch::Receiver<Option<OutboundPolicyWithExtensions>>,
     specs: Arc<Mutex<Vec<api::TrafficSpec>>>,
     endpoints: Arc<HashMap<String, Vec<SocketAddr>>>,
     profiles: Arc<HashMap<String, dst::DestinationProfile>>,
@@ -54,15 +58,11 @@ fn once_then_open<T: Send + 'static>(item: T) -> Boxed<T> {
     }))
 }
 
-#[async_trait]
-impl srv::OutboundPolicies for Handler {
-    async fn get(&self, _: Request<api::TrafficSpec>) -> Result<Response<api::OutboundPolicy>, Status> {
-        Err(Status::unimplemented("watch only"))
-    }
-
-    type WatchStream = Boxed<api::OutboundPolicy>;
-
-    async fn watch(&self, req: Request<api::TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
+impl Handler {
+    fn watch(
+        &self,
+        req: Request<api::TrafficSpec>,
+    ) -> Result<Response<Boxed<OutboundPolicyWithExtensions>>, Status> {
         self.specs.lock().unwrap().push(req.into_inner());
         let mut rx = self.policy.clone();
         if rx.borrow_and_update().is_none() {
@@ -76,6 +76,35 @@ impl srv::OutboundPolicies for Handler {
             Some((current.ok_or_else(|| Status::not_found("no policy")), (rx, false)))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// OutboundPolicies `Watch` served by hand (as weft-destination does), so
+/// that answers carry weft's extensions; `Get` is unimplemented.
+#[derive(Clone)]
+struct PoliciesServer(Handler);
+
+impl tonic::server::ServerStreamingService<api::TrafficSpec> for PoliciesServer {
+    type Response = OutboundPolicyWithExtensions;
+    type ResponseStream = Boxed<OutboundPolicyWithExtensions>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Self::ResponseStream>, Status>> + Send>>;
+
+    fn call(&mut self, req: Request<api::TrafficSpec>) -> Self::Future {
+        let watched = self.0.watch(req);
+        Box::pin(async move { watched })
+    }
+}
+
+impl PoliciesServer {
+    async fn call(
+        self,
+        req: http::Request<Incoming>,
+    ) -> Result<http::Response<tonic::body::Body>, Infallible> {
+        if req.uri().path() != weft_api::OUTBOUND_POLICIES_WATCH {
+            return Ok(Status::unimplemented("watch only").into_http());
+        }
+        let codec = tonic_prost::ProstCodec::<OutboundPolicyWithExtensions, api::TrafficSpec>::default();
+        Ok(tonic::server::Grpc::new(codec).server_streaming(self, req).await)
     }
 }
 
@@ -119,7 +148,7 @@ impl OutboundApi {
     ) -> Self {
         let listener = TcpListener::bind(loopback(0)).await.expect("bind control plane");
         let addr = listener.local_addr().unwrap();
-        let (policy, rx) = watch::channel(first);
+        let (policy, rx) = watch::channel(first.map(plain));
         let specs = Arc::new(Mutex::new(Vec::new()));
         let handler = Handler {
             policy: rx,
@@ -133,14 +162,14 @@ impl OutboundApi {
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let conns = tasks.clone();
         let accept = tokio::spawn(async move {
-            let policies = srv::OutboundPoliciesServer::new(handler.clone());
+            let policies = PoliciesServer(handler.clone());
             let destination = dst_srv::DestinationServer::new(handler);
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (policies, destination) = (policies.clone(), destination.clone());
                 let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                        let (mut policies, mut destination) = (policies.clone(), destination.clone());
+                        let (policies, mut destination) = (policies.clone(), destination.clone());
                         async move {
                             if req.uri().path().starts_with("/io.linkerd.proxy.destination.") {
                                 destination.call(req).await
@@ -161,7 +190,13 @@ impl OutboundApi {
     }
 
     pub fn set(&self, policy: Option<api::OutboundPolicy>) {
-        self.policy.send_replace(policy);
+        self.policy.send_replace(policy.map(plain));
+    }
+
+    /// A policy with weft's rule extensions.
+    pub fn set_extended(&self, policy: api::OutboundPolicy, rules: Vec<weft_api::RuleExtension>) {
+        let extensions = Some(weft_api::RouteExtensions { rules });
+        self.policy.send_replace(Some(OutboundPolicyWithExtensions { policy, extensions }));
     }
 
     /// The control plane goes away: the listener and every stream close.
@@ -180,6 +215,11 @@ impl Drop for OutboundApi {
 
 // ---------------------------------------------------------------------------
 // Messages.
+
+/// A Linkerd policy, without weft's extensions.
+fn plain(policy: api::OutboundPolicy) -> OutboundPolicyWithExtensions {
+    OutboundPolicyWithExtensions { policy, extensions: None }
+}
 
 fn resource(group: &str, kind: &str, name: &str, port: u32) -> Option<meta::Metadata> {
     Some(meta::Metadata {
