@@ -669,16 +669,7 @@ mod tests {
     /// Detect with two HTTP routes of two rules each, in both tables.
     fn detect() -> api::OutboundPolicy {
         use api::http_route as hr;
-        let grpc = grpc_with_retry(Default::default());
-        let Some(api::proxy_protocol::Kind::Grpc(g)) = grpc.protocol.and_then(|p| p.kind) else {
-            unreachable!()
-        };
-        let Some(api::grpc_route::distribution::Kind::FirstAvailable(f)) =
-            g.routes[0].rules[0].backends.clone().and_then(|d| d.kind)
-        else {
-            unreachable!()
-        };
-        let backend = f.backends[0].backend.clone();
+        let backend = Some(grpc_backend());
         let rule = |prefix: &str| hr::Rule {
             matches: vec![api_http::HttpRouteMatch {
                 path: Some(api_http::PathMatch {
