@@ -6,6 +6,13 @@
 //! be in A's or B's `/metrics`, and every label a query filters or groups by
 //! on one of the series it reads. A renamed metric or label in the proxy, or
 //! a typo in a dashboard, fails here instead of showing an empty panel.
+//!
+//! When Debian's `prometheus` is installed, a real Prometheus also scrapes
+//! both proxies (with the namespace/pod/deployment labels the chart's
+//! relabelling gives them) and evaluates every query as Grafana would send
+//! it: each must parse and return series, and the top line's request rate
+//! must show the traffic. Without it the test says so and checks `/metrics`
+//! only; `WEFT_E2E_REQUIRE_PROMETHEUS=1` makes that a failure (CI).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -235,6 +242,105 @@ fn exported(scrapes: &[Metrics]) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
+/// A real Prometheus scraping proxies' admin ports every second, each with
+/// the labels Prometheus would give its pod; answers queries over its HTTP API.
+struct Prometheus {
+    addr: std::net::SocketAddr,
+    process: Process,
+}
+
+impl Prometheus {
+    /// The `prometheus` binary on PATH, if any.
+    fn binary() -> Option<PathBuf> {
+        std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("prometheus")).find(|p| p.is_file())
+    }
+
+    /// `targets`: (admin address, pod, deployment), all in namespace [`NS`].
+    async fn start(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        targets: &[(std::net::SocketAddr, &str, &str)],
+    ) -> Self {
+        let mut config = String::from(
+            "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n\
+             scrape_configs:\n- job_name: weft-proxy\n  static_configs:\n",
+        );
+        for (addr, pod, deployment) in targets {
+            config.push_str(&format!(
+                "  - targets: [\"{addr}\"]\n    labels: {{namespace: {NS}, pod: {pod}, deployment: {deployment}}}\n"
+            ));
+        }
+        std::fs::create_dir_all(dir).expect("prometheus dir");
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).expect("write prometheus.yml");
+        let addr = free_addr();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(format!("--config.file={}", file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"));
+        let mut process = Process::spawn("prometheus", cmd);
+        let ready = poll_until(STEP, Duration::from_millis(100), || async {
+            http_get(addr, "/-/ready").await.ok().filter(|r| r.status == 200).map(|_| ())
+        })
+        .await;
+        assert!(ready.is_some() && process.is_running(), "prometheus never ready:\n{}", process.tail(30));
+        Prometheus { addr, process }
+    }
+
+    /// The result of an instant query, or Prometheus's error.
+    async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let mut client = Client::connect(self.addr, HttpVersion::Http1).await.map_err(|e| e.to_string())?;
+        let reply = client
+            .get_with(
+                &format!("http://{}/api/v1/query?query={encoded}", self.addr),
+                &[("host", &self.addr.to_string())],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = reply.json().ok_or_else(|| format!("{}: {}", reply.status, reply.text()))?;
+        match body["status"].as_str() {
+            Some("success") => Ok(body["data"]["result"].as_array().cloned().unwrap_or_default()),
+            _ => Err(format!("{}: {}", body["errorType"], body["error"])),
+        }
+    }
+
+    /// The first sample's value of `promql`, if it has one.
+    async fn value(&self, promql: &str) -> Option<f64> {
+        let result = self.query(promql).await.ok()?;
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+}
+
+/// A query as Grafana sends it for namespace [`NS`]: every deployment and
+/// pod selected, `$__rate_interval` a few scrapes long.
+fn as_grafana_sends(query: &str) -> String {
+    query
+        .replace("$__rate_interval", "30s")
+        .replace("$namespace", NS)
+        .replace("$deployment", "web|client")
+        .replace("$pod", ".+")
+}
+
+/// `label_values(selector, label)` as the query Grafana's variable runs.
+fn label_values_query(query: &str) -> String {
+    let args = query.trim().trim_start_matches("label_values(").trim_end_matches(')');
+    match args.rfind(',') {
+        Some(at) if !args[at..].contains('}') => {
+            format!("group by ({}) ({})", args[at + 1..].trim(), &args[..at])
+        }
+        _ => format!("group by ({args}) ({{{args}!=\"\"}})"),
+    }
+}
+
 #[test]
 fn promql_reads_names_series_and_labels_not_functions_or_variables() {
     let r = promql_reads(
@@ -318,6 +424,27 @@ async fn every_dashboard_query_reads_series_real_proxies_export() {
         .start()
         .await;
 
+    let prometheus = match Prometheus::binary() {
+        Some(bin) => Some(
+            Prometheus::start(
+                &bin,
+                &dir.join("prometheus"),
+                &[(a.admin, "client-0", "client"), (b.admin, "web-0", "web")],
+            )
+            .await,
+        ),
+        None if std::env::var_os("WEFT_E2E_REQUIRE_PROMETHEUS").is_some() => {
+            panic!("WEFT_E2E_REQUIRE_PROMETHEUS is set but prometheus is not installed (apt-get install prometheus)")
+        }
+        None => {
+            eprintln!(
+                "note: prometheus is not installed (apt-get install prometheus): the dashboards' queries are \
+                 checked against the proxies' /metrics only, not evaluated"
+            );
+            None
+        }
+    };
+
     let url = |path: &str| format!("http://web.{NS}.svc.cluster.local:{PORT}{path}");
     let mut http = Client::connect(a.outbound, HttpVersion::Http1).await.expect("connect to A");
     // Until B has its policy and A its route, answers may differ.
@@ -392,5 +519,83 @@ async fn every_dashboard_query_reads_series_real_proxies_export() {
     for name in NOT_PRODUCED {
         assert!(checked.contains(*name), "NOT_PRODUCED lists {name}, which no dashboard reads any more");
     }
+
+    if let Some(prometheus) = prometheus {
+        evaluate_in_prometheus(&prometheus, &mut http, &url("/public/again")).await;
+    }
     drop((a, b, app, destination, identity, dir));
+}
+
+/// Every dashboard query, evaluated by a Prometheus that scraped the
+/// proxies, parses and returns series (but for those reading only
+/// [`NOT_PRODUCED`] series), and the top line's request rate shows
+/// requests sent while Prometheus watched.
+async fn evaluate_in_prometheus(prometheus: &Prometheus, http: &mut Client, url: &str) {
+    // A rate needs a series sampled before and after requests: wait for the
+    // first scrapes, then send more.
+    let scraped = poll_until(STEP, Duration::from_millis(200), || async {
+        prometheus.value("count(request_total{direction=\"inbound\"})").await.filter(|n| *n > 0.0)
+    })
+    .await;
+    if scraped.is_none() {
+        let targets = http_get(prometheus.addr, "/api/v1/targets").await.map(|r| r.body).unwrap_or_default();
+        panic!(
+            "prometheus never scraped request_total ({:?}); targets: {targets}\n{}",
+            prometheus.query("up").await,
+            prometheus.process.tail(30)
+        );
+    }
+    let boards = dashboards();
+    let top = boards.iter().find(|(f, _)| f == "weft-top-line.json").expect("weft-top-line.json");
+    let rate = top.1["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["title"] == "Request rate")
+        .and_then(|p| p["targets"][0]["expr"].as_str())
+        .expect("the top line has a Request rate panel");
+    let rate = as_grafana_sends(rate);
+    // Both proxies' request rates must be up before the dashboards are read
+    // (a scrape can be late on a loaded machine).
+    let both = "count(count by (pod) (rate(request_total[30s]) > 0))";
+    let deadline = Instant::now() + STEP;
+    let mut shown = None;
+    while shown.is_none() && Instant::now() < deadline {
+        for _ in 0..5 {
+            let reply = http.get(url).await.expect("request through A");
+            assert_eq!(reply.status, 200, "{}", reply.text());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if prometheus.value(both).await == Some(2.0) {
+            shown = prometheus.value(&rate).await.filter(|v| *v > 0.0);
+        }
+    }
+    assert!(shown.is_some(), "the top line's request rate never showed the requests: {rate}");
+
+    let mut wrong = Vec::new();
+    for (file, board) in &boards {
+        for (place, query, variable) in queries(board) {
+            let (promql, reads) = if variable {
+                (as_grafana_sends(&label_values_query(&query)), label_values_reads(&query))
+            } else {
+                (as_grafana_sends(&query), promql_reads(&query))
+            };
+            match prometheus.query(&promql).await {
+                Err(e) => wrong.push(format!("{file}: {place}: {e}\n    {promql}")),
+                Ok(result)
+                    if result.is_empty()
+                        && !reads.metrics.iter().all(|m| NOT_PRODUCED.contains(&m.as_str())) =>
+                {
+                    wrong.push(format!("{file}: {place}: no series\n    {promql}"))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "dashboard queries Prometheus cannot answer:\n{}\n\nseries per pod: {:?}",
+        wrong.join("\n"),
+        prometheus.query("count by (pod) ({__name__=~\".+\"})").await,
+    );
 }
