@@ -1012,6 +1012,10 @@ def check_dashboards() -> None:
         else:
             panels = [p for p in board["panels"] if p["type"] != "row"]
             ok(f"[dashboards] {name}: schema 39, ${{datasource}} everywhere, {len(panels)} panels with queries")
+    # Helm keeps the rendered release (dashboards included) in one Secret, 1 MiB at most.
+    total = sum(os.path.getsize(p) for p in files.values())
+    if total > 512 * 1024:
+        fail(f"[dashboards] {total} bytes of dashboards: keep them under 512 KiB (Helm's release Secret is 1 MiB)")
     # The checks themselves must catch what they are for.
     broken = {"schemaVersion": 27, "uid": "x", "title": "x", "time": {}, "templating": {"list": []},
               "panels": [{"id": 1, "type": "graph", "gridPos": {"h": 1, "w": 30, "x": 0, "y": 0}, "targets": [{}]},
